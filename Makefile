@@ -1,0 +1,46 @@
+# Muster: `make run` starts everything on SQLite; `make test` runs the whole suite.
+SHELL := /bin/bash
+PY := $(shell scripts/find-python)
+VENV := .venv
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+export UV_PYTHON := $(PY)
+
+.PHONY: setup system-packages run test lint typecheck migrations-check bench clean
+
+$(UV):
+	$(PY) -m venv .tools && .tools/bin/pip install --quiet uv
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PY)
+	touch $@
+
+## setup: system packages (apt, when missing) and the virtual environment
+setup: system-packages $(VENV)/.synced
+
+system-packages:
+	@scripts/system-packages.sh
+
+## run: migrate SQLite, first-run admin/queue/key, then the ASGI server, celery worker and beat
+run: setup
+	$(VENV)/bin/python scripts/run.py
+
+## test: lint, types, migrations check, then the suite on SQLite and on PostgreSQL
+test: setup
+	scripts/test.sh
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.synced
+	$(VENV)/bin/mypy
+
+migrations-check: $(VENV)/.synced
+	$(VENV)/bin/python manage.py makemigrations --check --dry-run
+
+## bench: every benchmark in bench/ (PostgreSQL and Redis started when not given)
+bench: setup
+	scripts/bench.sh
+
+clean:
+	rm -rf $(VENV) .tools var/test-* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""Reads about experiments, attempts and logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Q, QuerySet
+
+from experiments.models import Attempt, Experiment, LogChunk
+from orchestration.errors import NotFound
+
+TRUNCATION_MARKER = "\n[… the middle of this log was dropped to keep it under its size cap …]\n"
+
+
+def experiment_list(
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    owner: str | None = None,
+    project: str | None = None,
+    search: str | None = None,
+) -> QuerySet[Experiment]:
+    qs = Experiment.objects.select_related("owner", "queue")
+    if status:
+        qs = qs.filter(status__in=status.split(","))
+    if queue:
+        qs = qs.filter(Q(queue_id=queue) | Q(queue__name__iexact=queue))
+    if owner:
+        qs = qs.filter(owner__username=owner)
+    if project:
+        qs = qs.filter(project=project)
+    if search:
+        qs = qs.filter(Q(name__icontains=search) | Q(id__startswith=search.lower()))
+    return qs
+
+
+def experiment_get(experiment_id: str) -> Experiment:
+    try:
+        return Experiment.objects.select_related("owner", "queue").get(pk=experiment_id)
+    except Experiment.DoesNotExist:
+        raise NotFound(f"experiment {experiment_id} does not exist", field="id") from None
+
+
+def attempt_list(experiment_id: str) -> QuerySet[Attempt]:
+    return Attempt.objects.filter(experiment_id=experiment_id).order_by("number")
+
+
+@dataclass
+class LogPage:
+    attempt: str | None
+    truncated: bool
+    chunks: list[dict[str, object]]
+    next_after: int | None
+
+
+def log_page(*, experiment: Experiment, attempt_id: str | None, after: int | None, limit: int = 500) -> LogPage:
+    """Log chunks of an attempt (default: the current one) after a sequence number."""
+    if attempt_id:
+        attempt = Attempt.objects.filter(pk=attempt_id, experiment=experiment).first()
+        if attempt is None:
+            raise NotFound(f"attempt {attempt_id} is not an attempt of this experiment", field="attempt")
+    else:
+        attempt = experiment.current_attempt
+        if attempt is None:
+            return LogPage(attempt=None, truncated=False, chunks=[], next_after=after)
+    qs = LogChunk.objects.filter(attempt=attempt).order_by("seq")
+    prev_in_head = True
+    if after is not None:
+        qs = qs.filter(seq__gt=after)
+        prev_in_head = not LogChunk.objects.filter(attempt=attempt, seq__lte=after, in_tail=True).exists()
+    chunks: list[dict[str, object]] = []
+    for seq, stored, in_tail in qs.values_list("seq", "text", "in_tail")[:limit]:
+        marker = TRUNCATION_MARKER if attempt.log_truncated and in_tail and prev_in_head else ""
+        prev_in_head = not in_tail
+        chunks.append({"seq": seq, "text": marker + stored})
+    next_after = int(chunks[-1]["seq"]) if chunks else after  # type: ignore[call-overload]
+    return LogPage(attempt=attempt.pk, truncated=attempt.log_truncated, chunks=chunks, next_after=next_after)

@@ -1,0 +1,730 @@
+"""Every state change of experiments and attempts: compare-and-set, audited, one function each."""
+
+from __future__ import annotations
+
+import hmac
+import math
+import secrets
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from experiments.models import (
+    DEFAULT_RETRY_POLICY,
+    FINISHED,
+    Attempt,
+    Experiment,
+    FailureClass,
+    LogChunk,
+    Status,
+    UsageRecord,
+)
+from orchestration.actor import Actor
+from orchestration.audit import Change, audit_record, audit_record_many
+from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
+from queues import positions
+from queues.models import Queue, QueueEntry
+from queues.wakeup import notify_queues
+
+# Fields a user sets when creating or editing an experiment; everything else is state.
+SPEC_FIELDS = (
+    "name", "project", "tags", "command", "script", "working_dir", "repository", "branch",
+    "commit", "diff", "entry_point", "snapshot", "requirements", "python_version",
+    "container_image", "container_args", "setup_script", "env", "secret_env", "parameters",
+    "gpus", "gpu_type", "cpus", "memory_mb", "priority", "max_runtime_s", "retry_policy",
+    "stop_signal", "stop_grace_s",
+)  # fmt: skip
+# Fields that may change whatever the status (labels, not what runs).
+LABEL_FIELDS = frozenset({"name", "project", "tags"})
+STOP_SIGNALS = frozenset(s.name for s in signal.Signals if s.name.startswith("SIG") and "_" not in s.name)
+
+
+@dataclass
+class Outcome:
+    """What a service did: the experiment, whether it changed anything, and warnings."""
+
+    experiment: Experiment
+    changed: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _snapshot(exp: Experiment) -> dict[str, Any]:
+    return {
+        "status": exp.status,
+        "queue": exp.queue_id,
+        "status_message": exp.status_message,
+        "attempt": exp.current_attempt_id,
+    }
+
+
+def _locked(experiment_id: str) -> Experiment:
+    try:
+        return Experiment.objects.select_for_update().get(pk=experiment_id)
+    except Experiment.DoesNotExist:
+        raise NotFound(f"experiment {experiment_id} does not exist", field="experiment") from None
+
+
+def _check_owner(actor: Actor, exp: Experiment) -> None:
+    if not actor.can_write:
+        raise Forbidden("this key is read-only")
+    if actor.is_agent:
+        raise Forbidden("agent keys cannot manage experiments")
+    if not actor.is_admin and exp.owner_id != actor.user_id:
+        raise Forbidden("only the owner or an admin may change this experiment")
+
+
+def _move(
+    *,
+    actor: Actor,
+    exp: Experiment,
+    to: Status,
+    action: str,
+    message: str = "",
+    **fields: Any,
+) -> None:
+    """Compare-and-set the status from what was read under lock; audit the change."""
+    before = _snapshot(exp)
+    now = timezone.now()
+    values = {"status": to, "updated_at": now, **fields}
+    rows = Experiment.objects.filter(pk=exp.pk, status=exp.status).update(**values)
+    if rows != 1:
+        raise Conflict(f"experiment {exp.pk} changed while it was being updated; try again")
+    for key, value in values.items():
+        setattr(exp, key, value)
+    audit_record(
+        actor=actor,
+        change=Change("experiment", exp.pk, action, before, _snapshot(exp), message),
+    )
+
+
+def _illegal(exp: Experiment, verb: str) -> Conflict:
+    return Conflict(f"cannot {verb} experiment {exp.pk}: it is {exp.status}", field="status")
+
+
+def _may_submit(actor: Actor, queue: Queue) -> bool:
+    if actor.is_admin:
+        return True
+    allowed = list(queue.groups.values_list("id", flat=True))
+    return not allowed or bool(actor.group_ids.intersection(allowed))
+
+
+def resolve_queue(*, actor: Actor, queue_id: str | None = None, queue_name: str | None = None) -> Queue:
+    """The queue named by id or name (case-insensitive); only admins may name unknown queues."""
+    try:
+        if queue_id:
+            return Queue.objects.get(pk=queue_id)
+        if queue_name:
+            return Queue.objects.get(name__iexact=queue_name)
+    except Queue.DoesNotExist:
+        raise NotFound(f"queue {queue_id or queue_name!r} does not exist", field="queue") from None
+    raise InvalidInput("a queue is required", field="queue")
+
+
+def _live_listener_exists(queue: Queue) -> bool:
+    from workers.selectors import live_workers
+
+    return live_workers().filter(queue_links__queue=queue).exists()
+
+
+def validate_spec(values: Mapping[str, Any]) -> None:
+    """Domain rules on an experiment's spec that a type check cannot express."""
+    gpus = values.get("gpus")
+    if gpus is not None and (not math.isfinite(gpus) or gpus < 0 or (gpus > 1 and gpus != int(gpus))):
+        raise InvalidInput("gpus must be 0, a fraction below 1, or a whole number", field="gpus")
+    cpus = values.get("cpus")
+    if cpus is not None and (not math.isfinite(cpus) or cpus < 0):
+        raise InvalidInput("cpus must be a finite number of at least 0", field="cpus")
+    sig = values.get("stop_signal")
+    if sig is not None and sig not in STOP_SIGNALS:
+        raise InvalidInput(f"unknown stop signal {sig!r}", field="stop_signal")
+    policy = values.get("retry_policy")
+    if policy is not None:
+        known = set(FailureClass.values) - {FailureClass.STOPPED}
+        for key, count in policy.items():
+            if key not in known:
+                raise InvalidInput(f"unknown failure class {key!r}", field="retry_policy")
+            if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 100:
+                raise InvalidInput(f"retries for {key} must be an integer from 0 to 100", field="retry_policy")
+    wd = values.get("working_dir")
+    if values.get("command") and wd and not wd.startswith("/"):
+        raise InvalidInput("a command's working directory must be absolute", field="working_dir")
+    if values.get("script") and values.get("command"):
+        raise InvalidInput("give a command or a script, not both", field="script")
+
+
+# ---------------------------------------------------------------------------- experiments
+
+
+@transaction.atomic
+def experiment_create(*, actor: Actor, spec: Mapping[str, Any], group_id: int | None = None) -> Experiment:
+    """Create an experiment in `created` from a validated spec."""
+    if actor.is_agent or not actor.can_write or actor.user_id is None:
+        raise Forbidden("only users and admins create experiments")
+    unknown = set(spec) - set(SPEC_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+    validate_spec(spec)
+    values = dict(spec)
+    values.setdefault("stop_grace_s", settings.STOP_GRACE_DEFAULT_S)
+    if group_id is not None and not actor.is_admin and group_id not in actor.group_ids:
+        raise Forbidden("you are not in that group", field="group")
+    exp = Experiment.objects.create(owner_id=actor.user_id, group_id=group_id, **values)
+    audit_record(actor=actor, change=Change("experiment", exp.pk, "create", {}, _snapshot(exp)))
+    return exp
+
+
+@transaction.atomic
+def experiment_update(*, actor: Actor, experiment_id: str, changes: Mapping[str, Any]) -> Experiment:
+    """Edit an experiment: labels at any time, what it runs only while it is `created`."""
+    exp = _locked(experiment_id)
+    _check_owner(actor, exp)
+    unknown = set(changes) - set(SPEC_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+    spec_changes = set(changes) - LABEL_FIELDS
+    if spec_changes and exp.status != Status.CREATED:
+        raise Conflict(
+            f"only a created experiment's spec can be edited (it is {exp.status}); clone it instead",
+            field=sorted(spec_changes)[0],
+        )
+    validate_spec({**{f: getattr(exp, f) for f in SPEC_FIELDS}, **changes})
+    if not changes:
+        return exp
+    before = {k: getattr(exp, k) for k in changes if k != "secret_env"}
+    for key, value in changes.items():
+        setattr(exp, key, value)
+    exp.save(update_fields=[*changes, "updated_at"])
+    after = {k: getattr(exp, k) for k in changes if k != "secret_env"}
+    audit_record(actor=actor, change=Change("experiment", exp.pk, "edit", before, after))
+    return exp
+
+
+def _clone_values(exp: Experiment, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    values = {f: getattr(exp, f) for f in SPEC_FIELDS}
+    if overrides:
+        params = dict(values["parameters"])
+        for key, value in overrides.items():
+            if key in SPEC_FIELDS and key != "parameters":
+                values[key] = value
+            else:
+                params[key] = value
+        values["parameters"] = params
+    return values
+
+
+@transaction.atomic
+def experiment_clone(
+    *, actor: Actor, experiment_id: str, overrides: Mapping[str, Any] | None = None, name: str | None = None
+) -> Experiment:
+    """A new `created` experiment with the same spec (overrides applied), linked to its parent."""
+    try:
+        source = Experiment.objects.get(pk=experiment_id)
+    except Experiment.DoesNotExist:
+        raise NotFound(f"experiment {experiment_id} does not exist", field="experiment") from None
+    if actor.is_agent or not actor.can_write or actor.user_id is None:
+        raise Forbidden("only users and admins clone experiments")
+    values = _clone_values(source, overrides)
+    values["name"] = name or source.name
+    validate_spec(values)
+    exp = Experiment.objects.create(
+        owner_id=actor.user_id, group_id=source.group_id, parent=source, queue=source.queue, **values
+    )
+    audit_record(
+        actor=actor,
+        change=Change("experiment", exp.pk, "clone", {}, _snapshot(exp), f"cloned from {source.pk}"),
+    )
+    return exp
+
+
+def _add_entry(exp: Experiment, queue: Queue, *, front: bool = False) -> QueueEntry:
+    position = positions.front_position(queue.pk, exp.priority) if front else positions.next_position()
+    return QueueEntry.objects.create(
+        queue=queue,
+        experiment=exp,
+        priority=exp.priority,
+        position=position,
+        added_at=timezone.now(),
+        gpus=exp.gpus,
+        gpu_type=exp.gpu_type,
+        cpus=exp.cpus,
+        memory_mb=exp.memory_mb,
+        needs=exp.needs_mask,
+    )
+
+
+@transaction.atomic
+def experiment_enqueue(
+    *,
+    actor: Actor,
+    experiment_id: str,
+    queue_id: str | None = None,
+    queue_name: str | None = None,
+    priority: int | None = None,
+) -> Outcome:
+    """Put an experiment in a queue; a queued one moves; warns when no live worker listens."""
+    exp = _locked(experiment_id)
+    _check_owner(actor, exp)
+    if not queue_id and not queue_name and exp.queue_id:
+        queue_id = exp.queue_id
+    queue = resolve_queue(actor=actor, queue_id=queue_id, queue_name=queue_name)
+    if not _may_submit(actor, queue):
+        raise Forbidden(f"you may not submit to queue {queue.name}", field="queue")
+    if priority is not None and priority != exp.priority:
+        Experiment.objects.filter(pk=exp.pk).update(priority=priority)
+        exp.priority = priority
+    warnings = [] if _live_listener_exists(queue) else [f"no live worker listens to queue {queue.name}"]
+    if exp.status == Status.QUEUED:
+        entry = QueueEntry.objects.filter(experiment=exp).first()
+        if entry is not None and entry.queue_id == queue.pk and (priority is None or entry.priority == priority):
+            return Outcome(exp, changed=False, warnings=warnings)
+        _entries_to_queue(actor=actor, entries=[entry] if entry else [], experiments=[exp], target=queue)
+        return Outcome(exp, warnings=warnings)
+    if exp.status == Status.IN_PROGRESS:
+        raise _illegal(exp, "enqueue")
+    _add_entry(exp, queue)
+    _move(
+        actor=actor,
+        exp=exp,
+        to=Status.QUEUED,
+        action="enqueue",
+        message=f"queue {queue.name}",
+        enqueue_status=exp.status,
+        queue=queue,
+        queued_at=timezone.now(),
+        status_reason="",
+        status_message="",
+        stop_requested_at=None,
+    )
+    notify_queues([queue.pk])
+    return Outcome(exp, warnings=warnings)
+
+
+def _entries_to_queue(
+    *, actor: Actor, entries: Sequence[QueueEntry], experiments: Sequence[Experiment], target: Queue
+) -> None:
+    """Move entries to the end of another queue (their priority kept)."""
+    changes = []
+    for entry, exp in zip(entries, experiments, strict=True):
+        if entry.queue_id == target.pk:
+            continue
+        before = _snapshot(exp)
+        QueueEntry.objects.filter(pk=entry.pk).update(queue=target, position=positions.next_position())
+        Experiment.objects.filter(pk=exp.pk).update(queue=target, updated_at=timezone.now())
+        exp.queue = target
+        changes.append(Change("experiment", exp.pk, "move_queue", before, _snapshot(exp), f"to queue {target.name}"))
+    audit_record_many(actor=actor, changes=changes)
+    notify_queues([target.pk])
+
+
+def _return_from_queue(exp: Experiment) -> Status:
+    """The status a dequeued experiment goes back to (its enqueue_status, else created)."""
+    back = exp.enqueue_status
+    return Status(back) if back in (Status.CREATED, *FINISHED) else Status.CREATED
+
+
+@transaction.atomic
+def experiment_dequeue(*, actor: Actor, experiment_id: str) -> Outcome:
+    """Take a queued experiment out of its queue, back to the status it had before."""
+    exp = _locked(experiment_id)
+    _check_owner(actor, exp)
+    if exp.status != Status.QUEUED:
+        if exp.status == Status.IN_PROGRESS:
+            raise _illegal(exp, "dequeue")
+        return Outcome(exp, changed=False)
+    QueueEntry.objects.filter(experiment=exp).delete()
+    _move(actor=actor, exp=exp, to=_return_from_queue(exp), action="dequeue", enqueue_status="")
+    return Outcome(exp)
+
+
+def experiments_dequeue_many(*, actor: Actor, entries: Iterable[QueueEntry], action: str = "dequeue") -> int:
+    """Dequeue many entries in bulk (clear, delete, bulk dequeue): each back to its enqueue_status."""
+    ids = [e.experiment_id for e in entries]
+    if not ids:
+        return 0
+    exps = list(Experiment.objects.select_for_update().filter(pk__in=ids, status=Status.QUEUED))
+    QueueEntry.objects.filter(experiment_id__in=[e.pk for e in exps]).delete()
+    now = timezone.now()
+    changes = []
+    by_status: dict[Status, list[str]] = {}
+    for exp in exps:
+        before = _snapshot(exp)
+        exp.status = _return_from_queue(exp)
+        by_status.setdefault(exp.status, []).append(exp.pk)
+        changes.append(Change("experiment", exp.pk, action, before, _snapshot(exp)))
+    for status, pks in by_status.items():
+        Experiment.objects.filter(pk__in=pks, status=Status.QUEUED).update(
+            status=status, enqueue_status="", updated_at=now
+        )
+    audit_record_many(actor=actor, changes=changes)
+    return len(exps)
+
+
+@transaction.atomic
+def experiment_stop(*, actor: Actor, experiment_id: str, message: str = "") -> Outcome:
+    """Stop: queued at once; running on a live worker, a request the agent carries out."""
+    exp = _locked(experiment_id)
+    _check_owner(actor, exp)
+    if exp.status == Status.STOPPED:
+        return Outcome(exp, changed=False)
+    if exp.status == Status.QUEUED:
+        QueueEntry.objects.filter(experiment=exp).delete()
+        _move(actor=actor, exp=exp, to=Status.STOPPED, action="stop", message=message, finished_at=timezone.now())
+        return Outcome(exp)
+    if exp.status != Status.IN_PROGRESS:
+        raise _illegal(exp, "stop")
+    attempt = exp.current_attempt
+    from workers.selectors import worker_is_live
+
+    if attempt is not None and attempt.worker is not None and worker_is_live(attempt.worker):
+        if exp.stop_requested_at is not None:
+            return Outcome(exp, changed=False)
+        before = _snapshot(exp)
+        Experiment.objects.filter(pk=exp.pk).update(
+            stop_requested_at=timezone.now(), status_message="stopping", updated_at=timezone.now()
+        )
+        exp.status_message = "stopping"
+        audit_record(actor=actor, change=Change("experiment", exp.pk, "stop_request", before, _snapshot(exp), message))
+        return Outcome(exp)
+    if attempt is not None:
+        _end_attempt(attempt, outcome=Status.STOPPED, failure_class=FailureClass.STOPPED, fenced=True)
+    _move(actor=actor, exp=exp, to=Status.STOPPED, action="stop", message=message, finished_at=timezone.now())
+    return Outcome(exp)
+
+
+@transaction.atomic
+def experiment_reset(*, actor: Actor, experiment_id: str) -> Outcome:
+    """Back to `created`: from a finished status, or from a run (whose attempt is fenced)."""
+    exp = _locked(experiment_id)
+    _check_owner(actor, exp)
+    if exp.status == Status.CREATED:
+        return Outcome(exp, changed=False)
+    if exp.status == Status.QUEUED:
+        raise Conflict(f"experiment {exp.pk} is queued: dequeue it first", field="status")
+    if exp.status == Status.IN_PROGRESS and exp.current_attempt is not None:
+        _end_attempt(exp.current_attempt, outcome=Status.STOPPED, failure_class=FailureClass.STOPPED, fenced=True)
+    _move(
+        actor=actor,
+        exp=exp,
+        to=Status.CREATED,
+        action="reset",
+        status_reason="",
+        status_message="",
+        enqueue_status="",
+        stop_requested_at=None,
+        started_at=None,
+        finished_at=None,
+        exit_code=None,
+        last_iteration=None,
+        last_metrics={},
+        retry_count=0,
+    )
+    return Outcome(exp)
+
+
+@transaction.atomic
+def experiment_rerun(
+    *,
+    actor: Actor,
+    experiment_id: str,
+    queue_id: str | None = None,
+    queue_name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Outcome:
+    """Run a finished experiment again: a new attempt, or with overrides a linked clone."""
+    exp = _locked(experiment_id)
+    _check_owner(actor, exp)
+    if exp.status not in FINISHED:
+        raise _illegal(exp, "re-run")
+    if overrides:
+        clone = experiment_clone(actor=actor, experiment_id=exp.pk, overrides=overrides)
+        return experiment_enqueue(
+            actor=actor, experiment_id=clone.pk, queue_id=queue_id or exp.queue_id, queue_name=queue_name
+        )
+    Experiment.objects.filter(pk=exp.pk).update(retry_count=0, exit_code=None, stop_requested_at=None)
+    return experiment_enqueue(actor=actor, experiment_id=exp.pk, queue_id=queue_id, queue_name=queue_name)
+
+
+# ---------------------------------------------------------------------------- attempts (agent side)
+
+
+def _leased(*, actor: Actor, attempt_id: str, token: str) -> Attempt:
+    """The attempt, locked, if `token` is its lease and it was not fenced; else 409 (kill it)."""
+    try:
+        attempt = Attempt.objects.select_for_update().select_related("worker").get(pk=attempt_id)
+    except Attempt.DoesNotExist:
+        raise NotFound(f"attempt {attempt_id} does not exist", field="attempt") from None
+    if not actor.is_admin:
+        worker = attempt.worker
+        if worker is None or actor.key is None or worker.api_key_id != actor.key.pk:
+            raise Forbidden("this attempt runs on a worker your key does not own")
+    if not hmac.compare_digest(attempt.lease_token, token) or attempt.fenced:
+        raise StaleLease()
+    return attempt
+
+
+@transaction.atomic
+def attempt_start(*, actor: Actor, attempt_id: str, token: str) -> Attempt:
+    """The agent started the run; a repeat is a no-op."""
+    attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
+    if attempt.started_at is not None:
+        return attempt
+    if attempt.finished_at is not None:
+        raise Conflict("this attempt has already finished")
+    now = timezone.now()
+    Attempt.objects.filter(pk=attempt.pk, started_at__isnull=True).update(started_at=now)
+    attempt.started_at = now
+    exp = _locked(attempt.experiment_id)
+    before = _snapshot(exp)
+    Experiment.objects.filter(pk=exp.pk, started_at__isnull=True).update(started_at=now)
+    audit_record(
+        actor=actor,
+        change=Change("attempt", attempt.pk, "start", before, {**before, "started_at": now.isoformat()}),
+    )
+    return attempt
+
+
+@transaction.atomic
+def attempt_progress(
+    *, actor: Actor, attempt_id: str, token: str, iteration: int | None, metrics: Mapping[str, float]
+) -> bool:
+    """Record the latest iteration and scalars (not a state change); True when a stop is requested."""
+    attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
+    if attempt.finished_at is not None:
+        raise Conflict("this attempt has already finished")
+    exp = Experiment.objects.only("id", "last_metrics", "last_iteration", "stop_requested_at").get(
+        pk=attempt.experiment_id
+    )
+    fields: dict[str, Any] = {}
+    if iteration is not None and (exp.last_iteration is None or iteration > exp.last_iteration):
+        fields["last_iteration"] = iteration
+    if metrics:
+        fields["last_metrics"] = {**exp.last_metrics, **metrics}
+    if fields:
+        Experiment.objects.filter(pk=exp.pk).update(**fields)
+    return exp.stop_requested_at is not None
+
+
+def _clean_text(text: str) -> str:
+    """NUL bytes and lone surrogates (invalid UTF-8 that reached us decoded) become U+FFFD."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+@transaction.atomic
+def attempt_append_logs(*, actor: Actor, attempt_id: str, token: str, chunks: Sequence[tuple[int, str]]) -> int:
+    """Store sequenced log chunks; a chunk seen before is skipped; over the cap keep head and tail."""
+    attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
+    seqs = [seq for seq, _ in chunks]
+    seen = set(LogChunk.objects.filter(attempt=attempt, seq__in=seqs).values_list("seq", flat=True))
+    fresh: dict[int, str] = {}
+    for seq, text in chunks:
+        if seq not in seen:
+            fresh[seq] = _clean_text(text)
+    if not fresh:
+        return 0
+    head_cap: int = settings.LOG_HEAD_BYTES
+    tail_cap: int = settings.LOG_TAIL_BYTES
+    head, tail = attempt.log_head_bytes, attempt.log_tail_bytes
+    rows = []
+    for seq in sorted(fresh):
+        text = fresh[seq]
+        size = len(text.encode())
+        in_tail = head + size > head_cap and head > 0
+        if in_tail:
+            tail += size
+        else:
+            head += size
+        rows.append(LogChunk(attempt=attempt, seq=seq, text=text, in_tail=in_tail))
+    LogChunk.objects.bulk_create(rows, ignore_conflicts=True)
+    truncated = attempt.log_truncated
+    if tail > tail_cap:
+        # Drop the oldest tail chunks: tracebacks are at the end, and the head says how it began.
+        dropped = 0
+        for pk, text in (
+            LogChunk.objects.filter(attempt=attempt, in_tail=True).order_by("seq").values_list("pk", "text")
+        ):
+            if tail - dropped <= tail_cap:
+                break
+            dropped += len(text.encode())
+            LogChunk.objects.filter(pk=pk).delete()
+        tail -= dropped
+        truncated = True
+    Attempt.objects.filter(pk=attempt.pk).update(log_head_bytes=head, log_tail_bytes=tail, log_truncated=truncated)
+    return len(rows)
+
+
+def _retry_allowed(exp: Experiment, failure_class: str) -> bool:
+    policy = {**DEFAULT_RETRY_POLICY, **(exp.retry_policy or {})}
+    return exp.stop_requested_at is None and exp.retry_count < int(policy.get(failure_class, 0))
+
+
+def _record_usage(attempt: Attempt, exp: Experiment, ended: datetime) -> None:
+    worker = attempt.worker
+    gpu_type = ""
+    if worker is not None and worker.gpu_slots:
+        gpu_type = str(worker.gpu_slots[0].get("model", ""))
+    queue_name = Queue.objects.filter(pk=attempt.queue_id).values_list("name", flat=True).first() or ""
+    UsageRecord.objects.get_or_create(
+        attempt=attempt,
+        defaults={
+            "owner_id": exp.owner_id,
+            "group_id": exp.group_id,
+            "project": exp.project,
+            "queue_name": queue_name,
+            "worker_name": attempt.worker_name,
+            "gpu_type": gpu_type,
+            "gpu_count": attempt.gpus,
+            "cpus": attempt.cpus,
+            "started_at": attempt.started_at or attempt.claimed_at,
+            "ended_at": ended,
+        },
+    )
+
+
+def _end_attempt(
+    attempt: Attempt,
+    *,
+    outcome: Status,
+    failure_class: str = "",
+    exit_code: int | None = None,
+    message: str = "",
+    fenced: bool = False,
+    resource_summary: Mapping[str, Any] | None = None,
+) -> None:
+    now = timezone.now()
+    values: dict[str, Any] = {
+        "finished_at": now,
+        "outcome": outcome,
+        "failure_class": failure_class,
+        "exit_code": exit_code,
+        "message": message[:500],
+        "fenced": fenced,
+    }
+    if resource_summary is not None:
+        values["resource_summary"] = dict(resource_summary)
+    Attempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(**values)
+    for key, value in values.items():
+        setattr(attempt, key, value)
+    if attempt.worker_id is not None:
+        from workers.models import Worker, WorkerStatus
+
+        if not Attempt.objects.filter(worker_id=attempt.worker_id, finished_at__isnull=True).exists():
+            Worker.objects.filter(pk=attempt.worker_id, status=WorkerStatus.BUSY).update(status=WorkerStatus.IDLE)
+    exp = Experiment.objects.get(pk=attempt.experiment_id)
+    _record_usage(attempt, exp, now)
+
+
+def _settle_experiment(
+    *, actor: Actor, exp: Experiment, attempt: Attempt, outcome: Status, failure_class: str, message: str
+) -> None:
+    """After an attempt ended: retry at the front of its queue when the policy allows, else finish."""
+    if outcome != Status.COMPLETED and failure_class and _retry_allowed(exp, failure_class):
+        queue = Queue.objects.filter(pk=attempt.queue_id or exp.queue_id).first()
+        if queue is not None:
+            _add_entry(exp, queue, front=True)
+            _move(
+                actor=actor,
+                exp=exp,
+                to=Status.QUEUED,
+                action="retry",
+                message=f"retry {exp.retry_count + 1} after {failure_class}",
+                enqueue_status=Status.CREATED,
+                queue=queue,
+                queued_at=timezone.now(),
+                retry_count=exp.retry_count + 1,
+                status_reason=failure_class,
+            )
+            notify_queues([queue.pk])
+            return
+    _move(
+        actor=actor,
+        exp=exp,
+        to=outcome,
+        action="finish",
+        message=message,
+        finished_at=timezone.now(),
+        exit_code=attempt.exit_code,
+        status_reason=failure_class,
+        status_message=message[:500],
+    )
+
+
+@transaction.atomic
+def attempt_finish(
+    *,
+    actor: Actor,
+    attempt_id: str,
+    token: str,
+    outcome: Status,
+    exit_code: int | None = None,
+    failure_class: str = "",
+    message: str = "",
+    resource_summary: Mapping[str, Any] | None = None,
+    frozen_requirements: str | None = None,
+) -> Attempt:
+    """The agent's final word on a run; the same word again is a no-op (delivery is retried)."""
+    if outcome not in FINISHED:
+        raise InvalidInput("outcome must be completed, failed or stopped", field="outcome")
+    attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
+    exp = _locked(attempt.experiment_id)
+    if outcome == Status.FAILED and exp.stop_requested_at is not None:
+        outcome = Status.STOPPED  # the run died of the stop we asked for
+    if outcome == Status.STOPPED:
+        failure_class = FailureClass.STOPPED
+    elif outcome == Status.COMPLETED:
+        failure_class = ""
+    elif not failure_class:
+        failure_class = FailureClass.USER_ERROR
+    if attempt.finished_at is not None:
+        if attempt.outcome == outcome:
+            return attempt
+        raise Conflict(f"this attempt already finished as {attempt.outcome}")
+    if exp.current_attempt_id != attempt.pk or exp.status != Status.IN_PROGRESS:
+        raise StaleLease()
+    if frozen_requirements is not None:
+        Attempt.objects.filter(pk=attempt.pk).update(frozen_requirements=frozen_requirements)
+    _end_attempt(
+        attempt,
+        outcome=outcome,
+        failure_class=failure_class,
+        exit_code=exit_code,
+        message=message,
+        resource_summary=resource_summary,
+    )
+    _settle_experiment(
+        actor=actor, exp=exp, attempt=attempt, outcome=outcome, failure_class=failure_class, message=message
+    )
+    return attempt
+
+
+def attempt_fence(*, actor: Actor, attempt: Attempt, failure_class: str, message: str) -> None:
+    """End a run the server gave up on (worker lost or replaced): fence it, then retry or fail."""
+    with transaction.atomic():
+        attempt = Attempt.objects.select_for_update().select_related("worker").get(pk=attempt.pk)
+        if attempt.finished_at is not None:
+            return
+        exp = _locked(attempt.experiment_id)
+        _end_attempt(attempt, outcome=Status.FAILED, failure_class=failure_class, message=message, fenced=True)
+        if exp.current_attempt_id == attempt.pk and exp.status == Status.IN_PROGRESS:
+            outcome = Status.STOPPED if exp.stop_requested_at is not None else Status.FAILED
+            _settle_experiment(
+                actor=actor, exp=exp, attempt=attempt, outcome=outcome, failure_class=failure_class, message=message
+            )
+
+
+def new_lease_token() -> str:
+    return secrets.token_hex(16)
+
+
+def next_attempt_number(experiment_id: str) -> int:
+    top = Attempt.objects.filter(experiment_id=experiment_id).aggregate(top=Max("number"))["top"]
+    return (top or 0) + 1

@@ -1,0 +1,54 @@
+"""Admin helpers: read-only model admins and actions that call services with the admin's actor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+
+from orchestration.actor import Actor, actor_for_user
+from orchestration.errors import ServiceError
+
+
+def admin_actor(request: HttpRequest) -> Actor:
+    return actor_for_user(request.user)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[Any]):
+    """For models whose rows change only through services: look, never edit here."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def service_action(
+    description: str, call: Callable[[Actor, Any], Any]
+) -> Callable[[admin.ModelAdmin[Any], HttpRequest, QuerySet[Any]], None]:
+    """An admin action that calls a service once per selected row and reports the result."""
+
+    def action(modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Model]) -> None:
+        actor = admin_actor(request)
+        done, failed = 0, []
+        for obj in queryset:
+            try:
+                call(actor, obj)
+                done += 1
+            except ServiceError as exc:
+                failed.append(f"{obj}: {exc.message}")
+        if done:
+            modeladmin.message_user(request, f"{description}: {done} done.", messages.SUCCESS)
+        for text in failed[:20]:
+            modeladmin.message_user(request, text, messages.ERROR)
+
+    action.short_description = description  # type: ignore[attr-defined]
+    action.__name__ = description.lower().replace(" ", "_").replace("/", "_")
+    return action

@@ -1,0 +1,52 @@
+"""`manage.py bootstrap`: on first run, an admin login, a `default` queue and API keys."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandParser
+
+from orchestration.actor import SYSTEM
+from orchestration.models import Role
+from orchestration.services import apikey_create
+from queues.models import Queue
+from queues.services import queue_create
+
+
+class Command(BaseCommand):
+    help = "First-run set-up; later runs print what exists. Writes var/bootstrap.json (mode 600)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--username", default="admin")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        state_file = Path(settings.VAR_DIR) / "bootstrap.json"
+        if state_file.exists() and User.objects.filter(username=opts["username"]).exists():
+            state = json.loads(state_file.read_text())
+        else:
+            password = secrets.token_urlsafe(12)
+            user = User.objects.filter(username=opts["username"]).first()
+            if user is None:
+                user = User.objects.create_superuser(opts["username"], "", password)
+            else:
+                user.set_password(password)
+                user.save()
+            if not Queue.objects.filter(name__iexact="default").exists():
+                queue_create(actor=SYSTEM, name="default", system_tags=["default"])
+            user_key = apikey_create(actor=SYSTEM, user=user, name="make run (CLI)", role=Role.ADMIN)
+            agent_key = apikey_create(actor=SYSTEM, user=user, name="make run (local agent)", role=Role.AGENT)
+            state = {
+                "username": user.username,
+                "password": password,
+                "api_key": user_key.token,
+                "agent_key": agent_key.token,
+            }
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            state_file.write_text(json.dumps(state, indent=2))
+            state_file.chmod(0o600)
+        self.stdout.write(json.dumps(state))

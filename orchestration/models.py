@@ -1,0 +1,72 @@
+"""Accounts (API keys, roles) and the audit trail."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Role(models.TextChoices):
+    """What a caller may do: admins everything, users their own work, agents their worker."""
+
+    ADMIN = "admin", "Admin"
+    USER = "user", "User"
+    AGENT = "agent", "Agent"
+
+
+class KeyScope(models.TextChoices):
+    """Read keys may only read; write keys act with their role's full rights."""
+
+    READ = "read", "Read only"
+    WRITE = "write", "Read and write"
+
+
+class ApiKey(models.Model):
+    """An API key: a public access key plus a 256-bit secret kept only as an HMAC digest."""
+
+    access_key = models.CharField(max_length=40, unique=True)
+    digest = models.CharField(max_length=64)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.USER)
+    scope = models.CharField(max_length=10, choices=KeyScope.choices, default=KeyScope.WRITE)
+    # Agent keys only: the queues a worker registered with this key may serve (empty: all)
+    # and the prefix its worker names must start with (empty: any).
+    allowed_queues = models.ManyToManyField("queues.Queue", blank=True, related_name="+")
+    worker_prefix = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.access_key} ({self.user}, {self.role})"
+
+
+class AuditEvent(models.Model):
+    """One state change: who did what to which object, with the state before and after."""
+
+    at = models.DateTimeField(db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=200, blank=True)
+    object_type = models.CharField(max_length=40)
+    object_id = models.CharField(max_length=200)
+    action = models.CharField(max_length=60)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            # The audit list of one object ("history of this experiment").
+            models.Index(fields=["object_type", "object_id", "at"], name="audit_object_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.object_type}:{self.object_id} {self.action}"

@@ -1,0 +1,142 @@
+"""API keys: made with a 256-bit secret shown once and kept only as an HMAC/SHA-256 digest."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from orchestration.actor import Actor
+from orchestration.audit import Change, audit_record
+from orchestration.errors import Forbidden, InvalidInput, NotFound
+from orchestration.models import ApiKey, KeyScope, Role
+
+ACCESS_PREFIX = "mk"
+
+
+def _pepper() -> bytes:
+    return hashlib.sha256(b"muster-api-key:" + settings.SECRET_KEY.encode()).digest()
+
+
+def key_digest(secret: str) -> str:
+    """HMAC/SHA-256 of the secret: microseconds to check, unlike a password hash."""
+    return hmac.new(_pepper(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just made: the secret is here once and never again."""
+
+    key: ApiKey
+    secret: str
+
+    @property
+    def token(self) -> str:
+        return f"{self.key.access_key}.{self.secret}"
+
+
+def _snapshot(key: ApiKey) -> dict[str, object]:
+    return {
+        "user": key.user_id,
+        "role": key.role,
+        "scope": key.scope,
+        "revoked": key.revoked_at is not None,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+    }
+
+
+@transaction.atomic
+def apikey_create(
+    *,
+    actor: Actor,
+    user: User,
+    name: str = "",
+    role: str = Role.USER,
+    scope: str = KeyScope.WRITE,
+    expires_at: datetime | None = None,
+    expires_in_days: int | None = None,
+    allowed_queue_ids: Sequence[str] = (),
+    worker_prefix: str = "",
+) -> NewKey:
+    """Make a key for `user` (admins for anyone, others for themselves, never above their role)."""
+    if actor.is_agent or not actor.can_write:
+        raise Forbidden("agent and read-only keys cannot make keys")
+    if not actor.is_admin and actor.user_id != user.pk:
+        raise Forbidden("you can only make keys for yourself")
+    if role not in Role.values:
+        raise InvalidInput(f"role must be one of {', '.join(Role.values)}", field="role")
+    if scope not in KeyScope.values:
+        raise InvalidInput(f"scope must be one of {', '.join(KeyScope.values)}", field="scope")
+    if role == Role.ADMIN and not (user.is_staff or user.is_superuser):
+        raise InvalidInput("only staff users can hold admin keys", field="role")
+    if role != Role.AGENT and (allowed_queue_ids or worker_prefix):
+        raise InvalidInput("allowed queues and a worker prefix apply to agent keys only", field="role")
+    if expires_in_days is not None:
+        expires_at = timezone.now() + timedelta(days=expires_in_days)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("the expiry is in the past", field="expires_at")
+    secret = secrets.token_urlsafe(32)  # 256 bits
+    key = ApiKey.objects.create(
+        access_key=f"{ACCESS_PREFIX}{secrets.token_hex(10)}",
+        digest=key_digest(secret),
+        user=user,
+        name=name,
+        role=role,
+        scope=scope,
+        expires_at=expires_at,
+        worker_prefix=worker_prefix,
+    )
+    if allowed_queue_ids:
+        from queues.models import Queue
+
+        found = set(Queue.objects.filter(pk__in=allowed_queue_ids).values_list("id", flat=True))
+        missing = [q for q in allowed_queue_ids if q not in found]
+        if missing:
+            raise InvalidInput(f"unknown queue {missing[0]}", field="allowed_queues")
+        key.allowed_queues.set(Queue.objects.filter(pk__in=found))
+    audit_record(actor=actor, change=Change("apikey", key.access_key, "create", {}, _snapshot(key), name))
+    return NewKey(key=key, secret=secret)
+
+
+@transaction.atomic
+def apikey_revoke(*, actor: Actor, access_key: str) -> ApiKey:
+    """Revoke a key at once; revoking a revoked key is a no-op."""
+    if actor.is_agent or not actor.can_write:
+        raise Forbidden("agent and read-only keys cannot revoke keys")
+    key = ApiKey.objects.select_for_update().filter(access_key=access_key).first()
+    if key is None or (not actor.is_admin and key.user_id != actor.user_id):
+        raise NotFound(f"no key {access_key}", field="access_key")
+    if key.revoked_at is None:
+        before = _snapshot(key)
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit_record(actor=actor, change=Change("apikey", key.access_key, "revoke", before, _snapshot(key)))
+    return key
+
+
+def apikey_check(token: str) -> ApiKey | None:
+    """The live key a presented `ACCESS.SECRET` (or `ACCESS:SECRET`) token belongs to, if any."""
+    sep = "." if "." in token else ":"
+    access, _, secret = token.partition(sep)
+    if not access or not secret or len(access) > 40 or len(secret) > 200:
+        return None
+    key = ApiKey.objects.select_related("user").filter(access_key=access).first()
+    if key is None or not hmac.compare_digest(key.digest, key_digest(secret)):
+        return None
+    now = timezone.now()
+    if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+        return None
+    if not key.user.is_active:
+        return None
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > settings.API_KEY_TOUCH_INTERVAL_S:
+        # Touched at most once a minute: a cheap hint for people, not a write per request.
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key

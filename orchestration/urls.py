@@ -1,0 +1,48 @@
+"""URL map: the REST API under /api/v1/, its schema, health checks and the admin."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from experiments.api import (
+    AttemptFinishView,
+    AttemptLogsView,
+    AttemptProgressView,
+    AttemptStartView,
+    ExperimentViewSet,
+)
+from orchestration import views_api
+from queues.api import QueueViewSet
+from workers.api import WorkerClaimView, WorkerDetailView, WorkerListView
+
+router = SimpleRouter()
+router.register("experiments", ExperimentViewSet, basename="experiment")
+router.register("queues", QueueViewSet, basename="queue")
+
+WORKER = "workers/<str:name>/"
+ATTEMPT = "attempts/<str:attempt_id>/"
+
+api_v1 = [
+    *router.urls,
+    path("workers/", WorkerListView.as_view(), name="worker-list"),
+    path(WORKER, WorkerDetailView.as_view(), name="worker-detail"),
+    path(WORKER + "claim/", WorkerClaimView.as_view(), name="worker-claim"),
+    path(ATTEMPT + "start/", AttemptStartView.as_view(), name="attempt-start"),
+    path(ATTEMPT + "logs/", AttemptLogsView.as_view(), name="attempt-logs"),
+    path(ATTEMPT + "progress/", AttemptProgressView.as_view(), name="attempt-progress"),
+    path(ATTEMPT + "finish/", AttemptFinishView.as_view(), name="attempt-finish"),
+    path("keys/", views_api.ApiKeyListView.as_view(), name="key-list"),
+    path("keys/<str:access_key>/", views_api.ApiKeyDetailView.as_view(), name="key-detail"),
+    path("audit/", views_api.AuditListView.as_view(), name="audit-list"),
+    path("auth/login/", views_api.LoginView.as_view(), name="auth-login"),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", views_api.healthz, name="healthz"),
+    path("readyz", views_api.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+]

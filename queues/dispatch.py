@@ -1,0 +1,213 @@
+"""The claim: hand a worker the first entry it can run, exactly once, under concurrency.
+
+Walk the worker's queues in its order (or round robin), skip paused queues and queues at
+their concurrency limit, and take the first entry by (priority desc, position) whose
+request fits the worker's free capacity and capabilities and that every claim policy
+allows, with SELECT … FOR UPDATE SKIP LOCKED. In the same transaction: delete the entry,
+create the attempt, move the experiment to in_progress, record the wait and audit it.
+No per-queue row is written, so claimers of one queue never serialize on a hot row;
+only a queue with a concurrency limit locks its own row, to keep the limit exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from experiments.models import Attempt, Capability, Experiment, Status
+from experiments.services import new_lease_token, next_attempt_number
+from orchestration.actor import Actor
+from orchestration.audit import Change, audit_record
+from orchestration.errors import Conflict, Forbidden
+from queues.models import Queue, QueueEntry
+from workers.models import Worker, WorkerQueue, WorkerStatus
+
+ALL_CAPABILITIES = sum(c.value for c in Capability)
+UNLIMITED = 1e18
+MAX_POLICY_SKIPS = 50
+
+# A claim policy looks at a candidate entry for a worker (None: a caller that names no
+# worker) and returns a reason to leave it queued, or None to allow it. The resource
+# policies issue registers its engine here; by default everything is allowed.
+ClaimPolicy = Callable[[QueueEntry, "Worker | None"], "str | None"]
+CLAIM_POLICIES: list[ClaimPolicy] = []
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a claimer has free right now; UNLIMITED where it does not say."""
+
+    gpus: float = UNLIMITED
+    cpus: float = UNLIMITED
+    memory_mb: float = UNLIMITED
+    capabilities: int = ALL_CAPABILITIES
+    gpu_models: tuple[str, ...] = ()
+    any_gpu_model: bool = True
+
+
+@dataclass
+class Claim:
+    """A successful claim: the new attempt (with its lease token) and its experiment."""
+
+    attempt: Attempt
+    experiment: Experiment
+    queue: Queue
+
+
+def _free_capacity(worker: Worker) -> Capacity:
+    used = Attempt.objects.filter(worker=worker, finished_at__isnull=True).aggregate(
+        gpus=Sum("gpus"), cpus=Sum("cpus"), memory=Sum("memory_mb")
+    )
+    return Capacity(
+        gpus=worker.gpus - (used["gpus"] or 0),
+        cpus=(worker.cpus - (used["cpus"] or 0)) if worker.cpus > 0 else UNLIMITED,
+        memory_mb=(worker.memory_mb - (used["memory"] or 0)) if worker.memory_mb > 0 else UNLIMITED,
+        capabilities=worker.capabilities,
+        gpu_models=tuple(worker.gpu_models),
+        any_gpu_model=False,
+    )
+
+
+def _fits(capacity: Capacity) -> Q:
+    eps = 1e-9  # float sums of fractions (0.1 + 0.2) must still fit
+    q = Q(gpus__lte=capacity.gpus + eps, cpus__lte=capacity.cpus + eps, memory_mb__lte=capacity.memory_mb)
+    if not capacity.any_gpu_model:
+        q &= Q(gpu_type="") | Q(gpu_type__in=capacity.gpu_models)
+    return q
+
+
+def _queue_order(worker: Worker | None, queue_ids: Sequence[str] | None) -> list[tuple[str, bool, int | None]]:
+    if worker is not None:
+        rows = list(
+            WorkerQueue.objects.filter(worker=worker)
+            .order_by("order")
+            .values_list("queue_id", "queue__paused", "queue__concurrency_limit")
+        )
+        if worker.order_fairness and worker.last_queue_id:
+            ids = [r[0] for r in rows]
+            if worker.last_queue_id in ids:
+                start = ids.index(worker.last_queue_id) + 1
+                rows = rows[start:] + rows[:start]
+        return rows
+    by_id = {
+        q[0]: q for q in Queue.objects.filter(pk__in=queue_ids or []).values_list("id", "paused", "concurrency_limit")
+    }
+    return [by_id[q] for q in (queue_ids or []) if q in by_id]
+
+
+def _touch(worker: Worker) -> None:
+    """A claim shows the agent is alive; write only when the last sign is a second old."""
+    now = timezone.now()
+    if (now - worker.last_seen_at).total_seconds() >= 1:
+        Worker.objects.filter(pk=worker.pk).update(
+            last_seen_at=now, live_until=now + timedelta(seconds=worker.effective_timeout_s)
+        )
+
+
+def _under_limit(queue_id: str, limit: int) -> bool:
+    # The only per-queue lock in the claim: it keeps the limit exact under concurrency.
+    Queue.objects.select_for_update().filter(pk=queue_id).values_list("id", flat=True).first()
+    running = Attempt.objects.filter(queue_id=queue_id, finished_at__isnull=True).count()
+    return running < limit
+
+
+def _pick(queue_id: str, fits: Q, missing_caps: int, worker: Worker | None) -> QueueEntry | None:
+    excluded: list[int] = []
+    for _ in range(MAX_POLICY_SKIPS):
+        qs = (
+            QueueEntry.objects.filter(Q(queue_id=queue_id) & fits)
+            .annotate(missing=F("needs").bitand(missing_caps))
+            .filter(missing=0)
+            .exclude(pk__in=excluded)
+            .order_by("-priority", "position", "id")
+            .select_for_update(skip_locked=True, of=("self",))
+        )
+        entry = qs.first()
+        if entry is None:
+            return None
+        if all(policy(entry, worker) is None for policy in CLAIM_POLICIES):
+            return entry
+        excluded.append(entry.pk)
+    return None
+
+
+def dispatch_claim(
+    *,
+    actor: Actor,
+    worker: Worker | None = None,
+    queue_ids: Sequence[str] | None = None,
+    capacity: Capacity | None = None,
+) -> Claim | None:
+    """Claim the next runnable experiment for a worker (or for a caller naming queues only)."""
+    if not (actor.is_agent or actor.is_admin) or not actor.can_write:
+        raise Forbidden("only agent keys claim work")
+    with transaction.atomic():
+        if worker is not None:
+            # Locking the worker serializes one agent's own parallel claims, so its free
+            # capacity cannot be given away twice; other workers are not affected.
+            worker = Worker.objects.select_for_update().get(pk=worker.pk)
+            _touch(worker)
+            if worker.draining or worker.status == WorkerStatus.LOST:
+                return None
+            capacity = _free_capacity(worker)
+        capacity = capacity or Capacity()
+        fits = _fits(capacity)
+        missing_caps = ALL_CAPABILITIES & ~capacity.capabilities
+        for queue_id, paused, limit in _queue_order(worker, queue_ids):
+            if paused:
+                continue
+            if limit is not None and not _under_limit(queue_id, limit):
+                continue
+            entry = _pick(queue_id, fits, missing_caps, worker)
+            if entry is not None:
+                return _take(actor=actor, entry=entry, worker=worker)
+    return None
+
+
+def _take(*, actor: Actor, entry: QueueEntry, worker: Worker | None) -> Claim:
+    now = timezone.now()
+    QueueEntry.objects.filter(pk=entry.pk).delete()
+    exp_id = entry.experiment_id
+    attempt = Attempt.objects.create(
+        experiment_id=exp_id,
+        number=next_attempt_number(exp_id),
+        worker=worker,
+        worker_name=worker.name if worker else "",
+        queue_id=entry.queue_id,
+        lease_token=new_lease_token(),
+        gpus=entry.gpus,
+        cpus=entry.cpus,
+        memory_mb=entry.memory_mb,
+        queued_at=entry.added_at,
+        claimed_at=now,
+        wait_s=max((now - entry.added_at).total_seconds(), 0.0),
+    )
+    rows = Experiment.objects.filter(pk=exp_id, status=Status.QUEUED).update(
+        status=Status.IN_PROGRESS, current_attempt=attempt, status_message="", updated_at=now
+    )
+    if rows != 1:  # an entry always belongs to a queued experiment; anything else is a bug
+        raise Conflict(f"experiment {exp_id} was not queued")
+    audit_record(
+        actor=actor,
+        change=Change(
+            "experiment",
+            exp_id,
+            "claim",
+            {"status": Status.QUEUED, "queue": entry.queue_id},
+            {"status": Status.IN_PROGRESS, "attempt": attempt.pk, "worker": attempt.worker_name},
+        ),
+    )
+    if worker is not None:
+        fields: dict[str, Any] = {"status": WorkerStatus.BUSY}
+        if worker.order_fairness:
+            fields["last_queue_id"] = entry.queue_id
+        Worker.objects.filter(pk=worker.pk).update(**fields)
+    experiment = Experiment.objects.get(pk=exp_id)
+    queue = Queue.objects.get(pk=entry.queue_id)
+    return Claim(attempt=attempt, experiment=experiment, queue=queue)

@@ -1,0 +1,116 @@
+"""`make run`: migrate, first-run set-up, then the ASGI server, a celery worker with beat.
+
+Every child runs in its own process group; Ctrl-C (or SIGTERM) stops all of them, and
+if one dies the others are stopped too, so nothing is left running behind the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+HOST = os.environ.get("MUSTER_HOST", "127.0.0.1")
+PORT = os.environ.get("MUSTER_PORT", "8000")
+
+
+def manage(*args: str) -> str:
+    return subprocess.run([PY, "manage.py", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+
+def main() -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
+    os.environ.setdefault("DEBUG", "true")
+    os.environ.setdefault("SITE_URL", f"http://{HOST}:{PORT}")
+    (ROOT / "var").mkdir(exist_ok=True)
+    print("migrating the database …", flush=True)
+    manage("migrate", "--no-input", "-v", "0")
+    manage("collectstatic", "--no-input", "-v", "0")
+    state = json.loads(manage("bootstrap").strip().splitlines()[-1])
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, argv: list[str]) -> None:
+        print(f"starting {name}: {' '.join(argv)}", flush=True)
+        children.append(subprocess.Popen(argv, cwd=ROOT, start_new_session=True))
+
+    start(
+        "server",
+        [
+            PY,
+            "-m",
+            "uvicorn",
+            "orchestration.asgi:application",
+            "--host",
+            HOST,
+            "--port",
+            PORT,
+            "--log-level",
+            "warning",
+        ],
+    )
+    start(
+        "celery worker + beat",
+        [
+            PY,
+            "-m",
+            "celery",
+            "-A",
+            "orchestration",
+            "worker",
+            "--beat",
+            "--loglevel",
+            "WARNING",
+            "--concurrency",
+            "2",
+            "--schedule",
+            str(ROOT / "var" / "celerybeat-schedule"),
+        ],
+    )
+    url = f"http://{HOST}:{PORT}"
+    print(
+        f"\n  Muster is running at {url}/\n"
+        f"  admin login: {state['username']} / {state['password']}   ({url}/admin/)\n"
+        f"  API key:     {state['api_key']}\n"
+        f"  agent key:   {state['agent_key']}\n"
+        f"  API docs:    {url}/api/docs/\n"
+        f"  (credentials are also in var/bootstrap.json; Ctrl-C stops everything)\n",
+        flush=True,
+    )
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    while not stopping:
+        for child in children:
+            if child.poll() is not None:
+                print(f"a child exited with {child.returncode}; stopping the others", flush=True)
+                code = child.returncode or 1
+                stopping = True
+        time.sleep(0.3)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)  # the leader stops its own children cleanly
+    deadline = time.monotonic() + 10
+    for child in children:
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+    print("stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Workers: registered agents, their capacity and the ordered queues they listen to."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+WORKER_NAME_RE = r"^[A-Za-z0-9_.,:@-]{1,200}$"
+worker_name_validator = RegexValidator(WORKER_NAME_RE, "worker names use only A-Z a-z 0-9 _ . , : @ -")
+
+
+class WorkerStatus(models.TextChoices):
+    IDLE = "idle", "Idle"
+    BUSY = "busy", "Busy"
+    DRAINING = "draining", "Draining"
+    UNRESPONSIVE = "unresponsive", "Unresponsive"
+    LOST = "lost", "Lost"
+
+
+class WorkerKind(models.TextChoices):
+    MUSTER = "muster", "Muster agent"
+    CLEARML = "clearml", "clearml-agent"
+
+
+class Worker(models.Model):
+    """One registered agent, listening to an ordered list of queues, with a capacity."""
+
+    name = models.CharField(max_length=200, unique=True, validators=[worker_name_validator])
+    kind = models.CharField(max_length=10, choices=WorkerKind.choices, default=WorkerKind.MUSTER)
+    instance_id = models.CharField(max_length=64, blank=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=20, choices=WorkerStatus.choices, default=WorkerStatus.IDLE)
+    draining = models.BooleanField(default=False)
+    drain_reason = models.CharField(max_length=200, blank=True)
+    # Capacity: GPU slots ([{index, model, memory_mb}]), cores and memory.
+    gpu_slots = models.JSONField(default=list, blank=True)
+    gpus = models.FloatField(default=0)
+    cpus = models.FloatField(default=1)
+    memory_mb = models.PositiveBigIntegerField(default=0)
+    capabilities = models.PositiveIntegerField(default=0)
+    order_fairness = models.BooleanField(default=False)
+    last_queue = models.ForeignKey("queues.Queue", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    agent_version = models.CharField(max_length=50, blank=True)
+    timeout_s = models.PositiveIntegerField(default=0, help_text="0 means WORKER_TIMEOUT")
+    api_key = models.ForeignKey(
+        "orchestration.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="workers"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    registered_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    # last_seen_at plus the timeout: "live" is one indexed comparison, whatever each timeout is.
+    live_until = models.DateTimeField(db_index=True)
+    # Lower-cased GPU model names and their words, matched against an experiment's gpu_type.
+    gpu_models = models.JSONField(default=list, blank=True)
+    # The queue list the agent asked for; while it is unchanged, queues edited here persist.
+    declared_queues = models.JSONField(default=list, blank=True)
+    queues = models.ManyToManyField("queues.Queue", through="WorkerQueue", related_name="workers")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def effective_timeout_s(self) -> int:
+        return self.timeout_s or settings.WORKER_TIMEOUT_S
+
+
+class WorkerQueue(models.Model):
+    """A queue a worker listens to, at its place in the worker's order."""
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="queue_links")
+    queue = models.ForeignKey("queues.Queue", on_delete=models.CASCADE, related_name="worker_links")
+    order = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["worker_id", "order"]
+        constraints = [models.UniqueConstraint(fields=["worker", "queue"], name="worker_queue_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.worker_id}->{self.queue_id}#{self.order}"

@@ -1,0 +1,42 @@
+"""Reads about workers."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from orchestration.actor import Actor
+from orchestration.errors import Forbidden, NotFound
+from workers.models import Worker, WorkerStatus
+
+DEAD = (WorkerStatus.LOST, WorkerStatus.UNRESPONSIVE)
+
+
+def live_workers() -> QuerySet[Worker]:
+    """Workers that reported within their timeout and were not declared unresponsive or lost."""
+    return Worker.objects.filter(live_until__gte=timezone.now()).exclude(status__in=DEAD)
+
+
+def worker_is_live(worker: Worker) -> bool:
+    return worker.status not in DEAD and worker.live_until >= timezone.now()
+
+
+def worker_for_actor(*, actor: Actor, name: str, write: bool) -> Worker:
+    """The worker by name, if the actor may see it (and change it, with write=True)."""
+    try:
+        worker = Worker.objects.get(name=name)
+    except Worker.DoesNotExist:
+        raise NotFound(f"worker {name!r} is not registered", field="name") from None
+    if actor.is_admin:
+        return worker
+    if actor.is_agent:
+        if actor.key is None or worker.api_key_id != actor.key.pk:
+            raise Forbidden(f"worker {name!r} was registered with another key")
+        return worker
+    if write:
+        raise Forbidden("only admins and the worker's own agent may change a worker")
+    return worker
+
+
+def worker_list() -> QuerySet[Worker]:
+    return Worker.objects.prefetch_related("queue_links__queue").order_by("name")
