@@ -5,7 +5,7 @@ VENV := .venv
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON := $(PY)
 
-.PHONY: setup system-packages run test lint typecheck migrations-check bench clean
+.PHONY: setup system-packages run test lint typecheck migrations-check bench clean schema
 
 $(UV):
 	$(PY) -m venv .tools && .tools/bin/pip install --quiet uv
@@ -44,3 +44,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .tools var/test-* .pytest_cache .mypy_cache .ruff_cache
+
+## schema: regenerate the committed OpenAPI schema (a test fails when it drifts)
+schema: $(VENV)/.synced
+	$(VENV)/bin/python manage.py spectacular --validate --fail-on-warn > docs/openapi.yaml

@@ -8,6 +8,7 @@ from typing import Any
 from rest_framework import serializers
 
 from experiments.models import Attempt, Experiment, Status
+from experiments.text import clean_text
 from orchestration.api import LimitedJSONField
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -197,11 +198,7 @@ class LogChunkInSerializer(serializers.Serializer[Any]):
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("text"), str):
-            text = data["text"]
-            data = {
-                **data,
-                "text": text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
-            }
+            data = {**data, "text": clean_text(data["text"])}
         return super().to_internal_value(data)
 
 

@@ -26,6 +26,7 @@ from experiments.models import (
     Status,
     UsageRecord,
 )
+from experiments.text import clean_text
 from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record, audit_record_many
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
@@ -514,11 +515,6 @@ def attempt_progress(
     return exp.stop_requested_at is not None
 
 
-def _clean_text(text: str) -> str:
-    """NUL bytes and lone surrogates (invalid UTF-8 that reached us decoded) become U+FFFD."""
-    return text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
 @transaction.atomic
 def attempt_append_logs(*, actor: Actor, attempt_id: str, token: str, chunks: Sequence[tuple[int, str]]) -> int:
     """Store sequenced log chunks; a chunk seen before is skipped; over the cap keep head and tail."""
@@ -528,7 +524,7 @@ def attempt_append_logs(*, actor: Actor, attempt_id: str, token: str, chunks: Se
     fresh: dict[int, str] = {}
     for seq, text in chunks:
         if seq not in seen:
-            fresh[seq] = _clean_text(text)
+            fresh[seq] = clean_text(text)
     if not fresh:
         return 0
     head_cap: int = settings.LOG_HEAD_BYTES

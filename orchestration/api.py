@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.http import Http404
 from rest_framework import exceptions, pagination, serializers, status
 from rest_framework.request import Request

@@ -112,8 +112,10 @@ def apikey_revoke(*, actor: Actor, access_key: str) -> ApiKey:
     if actor.is_agent or not actor.can_write:
         raise Forbidden("agent and read-only keys cannot revoke keys")
     key = ApiKey.objects.select_for_update().filter(access_key=access_key).first()
-    if key is None or (not actor.is_admin and key.user_id != actor.user_id):
+    if key is None:
         raise NotFound(f"no key {access_key}", field="access_key")
+    if not actor.is_admin and key.user_id != actor.user_id:
+        raise Forbidden("that key belongs to someone else", field="access_key")
     if key.revoked_at is None:
         before = _snapshot(key)
         key.revoked_at = timezone.now()
@@ -140,3 +142,15 @@ def apikey_check(token: str) -> ApiKey | None:
         # Touched at most once a minute: a cheap hint for people, not a write per request.
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key
+
+
+@transaction.atomic
+def admin_user_ensure(*, username: str, password: str) -> User:
+    """Make (or reset the password of) the first-run admin account."""
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        return User.objects.create_superuser(username, "", password)
+    user.set_password(password)
+    user.is_staff = user.is_superuser = user.is_active = True
+    user.save()
+    return user

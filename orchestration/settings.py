@@ -166,7 +166,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "ExperimentStatusEnum": "experiments.models.Status",
+        "FinishOutcomeEnum": ["completed", "failed", "stopped"],
+        "KeyRoleEnum": "orchestration.models.Role",
+        "KeyScopeEnum": "orchestration.models.KeyScope",
+    },
     "APPEND_COMPONENTS": {
         "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "description": "ACCESS_KEY.SECRET"}}
     },

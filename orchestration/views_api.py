@@ -78,7 +78,8 @@ class ApiKeyListView(APIView):
         actor = actor_of(request)
         qs = ApiKey.objects.select_related("user").prefetch_related("allowed_queues")
         if not actor.is_admin:
-            qs = qs.filter(user_id=request.user.pk)
+            assert actor.user_id is not None
+            qs = qs.filter(user_id=actor.user_id)
         return Response(ApiKeySerializer(qs[:1000], many=True).data)
 
     @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer}, operation_id="keys_create")

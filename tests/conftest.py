@@ -142,3 +142,11 @@ def make_worker(agent_actor: Actor) -> Callable[..., Worker]:
         return worker_register(actor=agent_actor, reg=reg)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Throttle counters live in the cache; each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()

@@ -179,13 +179,13 @@ def test_finish_moves_in_progress_to_the_outcome_and_repeats_are_no_ops(
     running: tuple[Experiment, Attempt, Worker], agent_actor: Actor, outcome: Status
 ) -> None:
     exp, attempt, worker = running
-    kw: dict[str, Any] = dict(
-        actor=agent_actor,
-        attempt_id=attempt.pk,
-        token=attempt.lease_token,
-        outcome=outcome,
-        exit_code=0 if outcome == Status.COMPLETED else 3,
-    )
+    kw: dict[str, Any] = {
+        "actor": agent_actor,
+        "attempt_id": attempt.pk,
+        "token": attempt.lease_token,
+        "outcome": outcome,
+        "exit_code": 0 if outcome == Status.COMPLETED else 3,
+    }
     services.attempt_finish(**kw)
     services.attempt_finish(**kw)
     exp.refresh_from_db()
@@ -199,7 +199,7 @@ def test_finish_moves_in_progress_to_the_outcome_and_repeats_are_no_ops(
 def test_finish_with_a_different_outcome_after_finishing_is_refused(
     running: tuple[Experiment, Attempt, Worker], agent_actor: Actor
 ) -> None:
-    exp, attempt, _ = running
+    _exp, attempt, _ = running
     services.attempt_finish(
         actor=agent_actor, attempt_id=attempt.pk, token=attempt.lease_token, outcome=Status.COMPLETED
     )

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from orchestration.actor import SYSTEM
 from orchestration.models import Role
-from orchestration.services import apikey_create
+from orchestration.services import admin_user_ensure, apikey_create
 from queues.models import Queue
 from queues.services import queue_create
 
@@ -30,12 +30,7 @@ class Command(BaseCommand):
             state = json.loads(state_file.read_text())
         else:
             password = secrets.token_urlsafe(12)
-            user = User.objects.filter(username=opts["username"]).first()
-            if user is None:
-                user = User.objects.create_superuser(opts["username"], "", password)
-            else:
-                user.set_password(password)
-                user.save()
+            user = admin_user_ensure(username=opts["username"], password=password)
             if not Queue.objects.filter(name__iexact="default").exists():
                 queue_create(actor=SYSTEM, name="default", system_tags=["default"])
             user_key = apikey_create(actor=SYSTEM, user=user, name="make run (CLI)", role=Role.ADMIN)

@@ -1,0 +1,69 @@
+"""Layering rules: state changes only in services; the agent and engine stay free of Django."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ("orchestration", "experiments", "queues", "workers", "autoscalers", "policies", "clearml_api")
+WRITE_METHODS = {"save", "delete", "create", "bulk_create", "bulk_update", "get_or_create", "update_or_create"}
+QUERYSET_HINTS = {"objects", "filter", "exclude", "all", "select_for_update", "_default_manager"}
+
+
+def _thin_modules() -> list[Path]:
+    """Views, API, admin, tasks, management commands and the ClearML facade."""
+    found: list[Path] = []
+    for app in APPS:
+        base = ROOT / app
+        if not base.exists():
+            continue
+        for path in base.rglob("*.py"):
+            rel = path.relative_to(ROOT).as_posix()
+            name = path.name
+            if (
+                name.startswith(("views", "api", "admin", "tasks"))
+                or "/management/commands/" in rel
+                or rel.startswith("clearml_api/")
+            ) and "migrations" not in rel:
+                found.append(path)
+    return found
+
+
+def _receiver_chain(node: ast.AST) -> set[str]:
+    names: set[str] = set()
+    while True:
+        if isinstance(node, ast.Call):
+            node = node.func
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+            node = node.value
+        else:
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+            return names
+
+
+def direct_writes(source: str) -> list[str]:
+    """Calls that write models: .save()/.delete()/.create()… and queryset .update()."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method = node.func.attr
+            chain = _receiver_chain(node.func.value)
+            if method in WRITE_METHODS or (method == "update" and chain & QUERYSET_HINTS):
+                hits.append(f"line {node.lineno}: .{method}()")
+    return hits
+
+
+def test_the_checker_catches_direct_writes() -> None:
+    bad = "obj.save()\nQueue.objects.filter(pk=1).update(paused=True)\nX.objects.create()\nq.delete()\n"
+    assert len(direct_writes(bad)) == 4
+    assert direct_writes("data.update(x=1)\nservices.queue_delete(actor=a, queue_id=q)\n") == []
+
+
+def test_thin_layers_call_services_instead_of_writing_models() -> None:
+    modules = _thin_modules()
+    assert modules, "no views/api/admin/tasks modules found"
+    offenders = {str(path.relative_to(ROOT)): hits for path in modules if (hits := direct_writes(path.read_text()))}
+    assert offenders == {}, f"write through a service instead: {offenders}"
