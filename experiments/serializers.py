@@ -205,6 +205,14 @@ class LogChunkInSerializer(serializers.Serializer[Any]):
 class LogBatchSerializer(LeaseSerializer):
     chunks = serializers.ListField(child=LogChunkInSerializer(), max_length=1000)
 
+    def validate_chunks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from django.conf import settings
+
+        size = sum(len(c["text"].encode()) for c in value)
+        if size > settings.MAX_LOG_BATCH_BYTES:
+            raise serializers.ValidationError(f"a batch carries at most {settings.MAX_LOG_BATCH_BYTES} bytes of text")
+        return value
+
 
 class ProgressSerializer(LeaseSerializer):
     iteration = serializers.IntegerField(min_value=0, max_value=2**62, required=False, allow_null=True)

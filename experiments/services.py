@@ -461,7 +461,7 @@ def experiment_rerun(
 def _leased(*, actor: Actor, attempt_id: str, token: str) -> Attempt:
     """The attempt, locked, if `token` is its lease and it was not fenced; else 409 (kill it)."""
     try:
-        attempt = Attempt.objects.select_for_update().select_related("worker").get(pk=attempt_id)
+        attempt = Attempt.objects.select_for_update(of=("self",)).select_related("worker").get(pk=attempt_id)
     except Attempt.DoesNotExist:
         raise NotFound(f"attempt {attempt_id} does not exist", field="attempt") from None
     if not actor.is_admin:
@@ -705,7 +705,7 @@ def attempt_finish(
 def attempt_fence(*, actor: Actor, attempt: Attempt, failure_class: str, message: str) -> None:
     """End a run the server gave up on (worker lost or replaced): fence it, then retry or fail."""
     with transaction.atomic():
-        attempt = Attempt.objects.select_for_update().select_related("worker").get(pk=attempt.pk)
+        attempt = Attempt.objects.select_for_update(of=("self",)).select_related("worker").get(pk=attempt.pk)
         if attempt.finished_at is not None:
             return
         exp = _locked(attempt.experiment_id)

@@ -22,15 +22,15 @@ from workers.services import Registration, worker_register
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """PostgreSQL-only tests (real row locks, SKIP LOCKED) are left out of the SQLite run.
+    """PostgreSQL-only tests (real row locks, SKIP LOCKED) are left out of the SQLite run,
+    and SQLite-only ones (its file locking) out of the PostgreSQL run.
 
-    They are deselected, not skipped: the SQLite run does not claim to have tried them.
+    They are deselected, not skipped: neither run claims to have tried them.
     """
-    if connection.vendor == "postgresql":
-        return
+    other = "sqlite_only" if connection.vendor == "postgresql" else "postgres_only"
     keep, drop = [], []
     for item in items:
-        (drop if item.get_closest_marker("postgres_only") else keep).append(item)
+        (drop if item.get_closest_marker(other) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
