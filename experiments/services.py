@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -179,6 +180,8 @@ def experiment_create(*, actor: Actor, spec: Mapping[str, Any], group_id: int | 
     values.setdefault("stop_grace_s", settings.STOP_GRACE_DEFAULT_S)
     if group_id is not None and not actor.is_admin and group_id not in actor.group_ids:
         raise Forbidden("you are not in that group", field="group")
+    if group_id is not None and not Group.objects.filter(pk=group_id).exists():
+        raise InvalidInput(f"unknown group {group_id}", field="group")
     exp = Experiment.objects.create(owner_id=actor.user_id, group_id=group_id, **values)
     audit_record(actor=actor, change=Change("experiment", exp.pk, "create", {}, _snapshot(exp)))
     return exp
