@@ -20,11 +20,12 @@ from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from experiments.models import Attempt, Capability, Experiment, Status
+from experiments.models import Attempt, Capability, Experiment, Status, new_id
 from experiments.services import new_lease_token, next_attempt_number
 from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record
 from orchestration.errors import Conflict, Forbidden
+from queues import claim_sql
 from queues.models import Queue, QueueEntry
 from workers.models import Worker, WorkerQueue, WorkerStatus
 
@@ -164,10 +165,67 @@ def dispatch_claim(
                 continue
             if limit is not None and not _under_limit(queue_id, limit):
                 continue
+            if claim_sql.enabled() and not CLAIM_POLICIES:
+                claim = _take_in_one_statement(
+                    actor=actor, queue_id=queue_id, capacity=capacity, missing_caps=missing_caps, worker=worker
+                )
+                if claim is not None:
+                    return claim
+                continue
             entry = _pick(queue_id, fits, missing_caps, worker)
             if entry is not None:
                 return _take(actor=actor, entry=entry, worker=worker)
     return None
+
+
+def _take_in_one_statement(
+    *, actor: Actor, queue_id: str, capacity: Capacity, missing_caps: int, worker: Worker | None
+) -> Claim | None:
+    """PostgreSQL: the same pick and take as _pick + _take, in one round trip."""
+    attempt_id, token, now = new_id(), new_lease_token(), timezone.now()
+    worker_name = worker.name if worker else ""
+    taken = claim_sql.take(
+        {
+            "queue": queue_id,
+            "gpus": min(capacity.gpus, UNLIMITED) + 1e-9,
+            "cpus": min(capacity.cpus, UNLIMITED) + 1e-9,
+            "memory": min(capacity.memory_mb, 2**62),
+            "missing": missing_caps,
+            "any_model": capacity.any_gpu_model,
+            "models": list(capacity.gpu_models),
+            "attempt": attempt_id,
+            "worker": worker.pk if worker else None,
+            "worker_name": worker_name,
+            "token": token,
+            "now": now,
+            "actor": actor.user_id,
+            "actor_label": actor.label[:200],
+        }
+    )
+    if taken is None:
+        return None
+    experiment, number, claimed_at, queued_at, wait_s = taken
+    attempt = Attempt(
+        id=attempt_id,
+        experiment=experiment,
+        number=number,
+        worker=worker,
+        worker_name=worker_name,
+        queue_id=queue_id,
+        lease_token=token,
+        gpus=experiment.gpus,
+        cpus=experiment.cpus,
+        memory_mb=experiment.memory_mb,
+        queued_at=queued_at,
+        claimed_at=claimed_at,
+        wait_s=wait_s,
+    )
+    queue = Queue(pk=queue_id, name=_queue_name(queue_id))
+    return Claim(attempt=attempt, experiment=experiment, queue=queue)
+
+
+def _queue_name(queue_id: str) -> str:
+    return Queue.objects.filter(pk=queue_id).values_list("name", flat=True).first() or ""
 
 
 def _take(*, actor: Actor, entry: QueueEntry, worker: Worker | None) -> Claim:

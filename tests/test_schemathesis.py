@@ -66,9 +66,8 @@ def _string_paths(node: dict[str, Any], components: dict[str, Any], depth: int =
     if "$ref" in node:
         node = components[node["$ref"].rsplit("/", 1)[1]]
     body: dict[str, Any] = {}
-    for name, prop in node.get("properties", {}).items():
-        if "$ref" in prop:
-            prop = components[prop["$ref"].rsplit("/", 1)[1]]
+    for name, declared in node.get("properties", {}).items():
+        prop = components[declared["$ref"].rsplit("/", 1)[1]] if "$ref" in declared else declared
         kind = prop.get("type")
         if kind == "string" and "enum" not in prop:
             body[name] = "{S}"

@@ -1,0 +1,82 @@
+"""The claim's take on PostgreSQL as one statement: pick, delete, attempt, experiment, audit.
+
+Semantically the same as the ORM path in dispatch.py (which SQLite and claims with
+policies use): data-modifying CTEs run in the caller's transaction, the pick locks with
+SKIP LOCKED, and the experiment moves only from `queued`. One round trip instead of
+eight keeps claimers of one queue from queueing up behind each other's latency.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+
+from experiments.models import Experiment
+
+TAKE = """
+WITH picked AS (
+    SELECT e.id, e.experiment_id, e.queue_id, e.added_at, e.gpus, e.cpus, e.memory_mb
+    FROM queues_queueentry e
+    WHERE e.queue_id = %(queue)s
+      AND e.gpus <= %(gpus)s AND e.cpus <= %(cpus)s AND e.memory_mb <= %(memory)s
+      AND (e.needs & %(missing)s) = 0
+      AND (%(any_model)s OR e.gpu_type = '' OR e.gpu_type = ANY(%(models)s))
+    ORDER BY e.priority DESC, e.position, e.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM queues_queueentry d USING picked WHERE d.id = picked.id
+    RETURNING picked.*
+), attempt AS (
+    INSERT INTO experiments_attempt (
+        id, experiment_id, number, worker_id, worker_name, queue_id, lease_token, gpus, cpus,
+        memory_mb, gpu_indexes, queued_at, claimed_at, wait_s, outcome, failure_class, message,
+        fenced, log_head_bytes, log_tail_bytes, log_truncated, resource_summary, frozen_requirements
+    )
+    SELECT %(attempt)s, gone.experiment_id,
+           COALESCE((SELECT MAX(a.number) FROM experiments_attempt a
+                     WHERE a.experiment_id = gone.experiment_id), 0) + 1,
+           %(worker)s, %(worker_name)s, gone.queue_id, %(token)s, gone.gpus, gone.cpus,
+           gone.memory_mb, '[]'::jsonb, gone.added_at, %(now)s,
+           GREATEST(EXTRACT(EPOCH FROM (%(now)s - gone.added_at)), 0), '', '', '',
+           false, 0, 0, false, '{}'::jsonb, ''
+    FROM gone
+    RETURNING id, number, experiment_id, queue_id, claimed_at, queued_at, wait_s
+), moved AS (
+    UPDATE experiments_experiment x
+    SET status = 'in_progress', current_attempt_id = attempt.id, status_message = '', updated_at = %(now)s
+    FROM attempt
+    WHERE x.id = attempt.experiment_id AND x.status = 'queued'
+    RETURNING x.*
+), audited AS (
+    INSERT INTO orchestration_auditevent (at, actor_id, actor_label, object_type, object_id, action, before, after, message)
+    SELECT %(now)s, %(actor)s, %(actor_label)s, 'experiment', attempt.experiment_id, 'claim',
+           jsonb_build_object('status', 'queued', 'queue', attempt.queue_id),
+           jsonb_build_object('status', 'in_progress', 'attempt', attempt.id, 'worker', %(worker_name)s), ''
+    FROM attempt
+), busy AS (
+    UPDATE workers_worker w
+    SET status = 'busy',
+        last_queue_id = CASE WHEN w.order_fairness THEN attempt.queue_id ELSE w.last_queue_id END
+    FROM attempt
+    WHERE w.id = %(worker)s
+)
+SELECT moved.*, attempt.number AS attempt_number, attempt.claimed_at AS attempt_claimed_at,
+       attempt.queued_at AS attempt_queued_at, attempt.wait_s AS attempt_wait_s
+FROM moved, attempt
+"""
+
+
+def take(params: dict[str, Any]) -> tuple[Experiment, int, datetime, datetime, float] | None:
+    """Run the take for one queue; the experiment (as moved) and its attempt's facts, or None."""
+    rows = list(Experiment.objects.raw(TAKE, params))
+    if not rows:
+        return None
+    exp: Any = rows[0]
+    return exp, exp.attempt_number, exp.attempt_claimed_at, exp.attempt_queued_at, exp.attempt_wait_s
+
+
+def enabled() -> bool:
+    return connection.vendor == "postgresql"
