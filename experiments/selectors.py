@@ -75,3 +75,16 @@ def log_page(*, experiment: Experiment, attempt_id: str | None, after: int | Non
         chunks.append({"seq": seq, "text": marker + stored})
     next_after = int(chunks[-1]["seq"]) if chunks else after  # type: ignore[call-overload]
     return LogPage(attempt=attempt.pk, truncated=attempt.log_truncated, chunks=chunks, next_after=next_after)
+
+
+RUN_FIELDS = (
+    "id", "name", "project", "command", "script", "working_dir", "repository", "branch", "commit", "diff",
+    "entry_point", "snapshot", "requirements", "python_version", "container_image", "container_args",
+    "setup_script", "env", "secret_env", "parameters", "gpus", "gpu_type", "cpus", "memory_mb", "priority",
+    "max_runtime_s", "retry_policy", "stop_signal", "stop_grace_s", "retry_count",
+)  # fmt: skip
+
+
+def run_spec(experiment: Experiment) -> dict[str, object]:
+    """What an agent needs to run an experiment, secrets included (run time only), no joins."""
+    return {name: getattr(experiment, name) for name in RUN_FIELDS}

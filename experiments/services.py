@@ -610,14 +610,13 @@ def _end_attempt(
     }
     if resource_summary is not None:
         values["resource_summary"] = dict(resource_summary)
-    Attempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(**values)
+    ended = Attempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(**values)
     for key, value in values.items():
         setattr(attempt, key, value)
-    if attempt.worker_id is not None:
-        from workers.models import Worker, WorkerStatus
+    if ended and attempt.worker_id is not None:
+        from workers.services import worker_release
 
-        if not Attempt.objects.filter(worker_id=attempt.worker_id, finished_at__isnull=True).exists():
-            Worker.objects.filter(pk=attempt.worker_id, status=WorkerStatus.BUSY).update(status=WorkerStatus.IDLE)
+        worker_release(worker_id=attempt.worker_id, gpus=attempt.gpus, cpus=attempt.cpus, memory_mb=attempt.memory_mb)
     exp = Experiment.objects.get(pk=attempt.experiment_id)
     _record_usage(attempt, exp, now)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -120,8 +121,16 @@ def apikey_revoke(*, actor: Actor, access_key: str) -> ApiKey:
         before = _snapshot(key)
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+        transaction.on_commit(apikey_forget_cached)
         audit_record(actor=actor, change=Change("apikey", key.access_key, "revoke", before, _snapshot(key)))
     return key
+
+
+# token digest -> (key, checked at): agents authenticate on every call, so a key that
+# checked out is trusted for a few seconds without a query. Revocation, expiry and
+# deactivation therefore take effect within AUTH_CACHE_S (0 turns the cache off).
+_checked: dict[str, tuple[ApiKey, float]] = {}
+_CHECKED_MAX = 10_000
 
 
 def apikey_check(token: str) -> ApiKey | None:
@@ -130,8 +139,13 @@ def apikey_check(token: str) -> ApiKey | None:
     access, _, secret = token.partition(sep)
     if not access or not secret or len(access) > 40 or len(secret) > 200:
         return None
+    digest = key_digest(secret)
+    cache_s: float = settings.AUTH_CACHE_S
+    hit = _checked.get(access + digest) if cache_s > 0 else None
+    if hit is not None and time.monotonic() - hit[1] < cache_s:
+        return hit[0]
     key = ApiKey.objects.select_related("user").filter(access_key=access).first()
-    if key is None or not hmac.compare_digest(key.digest, key_digest(secret)):
+    if key is None or not hmac.compare_digest(key.digest, digest):
         return None
     now = timezone.now()
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
@@ -141,7 +155,16 @@ def apikey_check(token: str) -> ApiKey | None:
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > settings.API_KEY_TOUCH_INTERVAL_S:
         # Touched at most once a minute: a cheap hint for people, not a write per request.
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    if cache_s > 0:
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.clear()
+        _checked[access + digest] = (key, time.monotonic())
     return key
+
+
+def apikey_forget_cached() -> None:
+    """Drop every cached key check (tests; a revoke in this process also calls it)."""
+    _checked.clear()
 
 
 @transaction.atomic

@@ -213,6 +213,8 @@ AUDIT_RETENTION_DAYS = envint("AUDIT_RETENTION_DAYS", 365, minimum=1)
 LOG_RETENTION_DAYS = envint("LOG_RETENTION_DAYS", 90, minimum=1)
 USAGE_RETENTION_DAYS = envint("USAGE_RETENTION_DAYS", 3 * 365, minimum=1)
 API_KEY_TOUCH_INTERVAL_S = 60
+# Seconds a successful key check is trusted in-process (revocation elsewhere takes this long).
+AUTH_CACHE_S = envfloat("AUTH_CACHE_S", 0.0 if TESTING else 10.0)
 
 LOGGING = {
     "version": 1,

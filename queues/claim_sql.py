@@ -9,11 +9,10 @@ eight keeps claimers of one queue from queueing up behind each other's latency.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db import connection
-
-from experiments.models import Experiment
+if TYPE_CHECKING:
+    from experiments.models import Experiment
 
 TAKE = """
 WITH picked AS (
@@ -59,8 +58,11 @@ WITH picked AS (
 ), busy AS (
     UPDATE workers_worker w
     SET status = 'busy',
+        used_gpus = w.used_gpus + attempt_usage.gpus,
+        used_cpus = w.used_cpus + attempt_usage.cpus,
+        used_memory_mb = w.used_memory_mb + attempt_usage.memory_mb,
         last_queue_id = CASE WHEN w.order_fairness THEN attempt.queue_id ELSE w.last_queue_id END
-    FROM attempt
+    FROM attempt, (SELECT gpus, cpus, memory_mb FROM gone) AS attempt_usage
     WHERE w.id = %(worker)s
 )
 SELECT moved.*, attempt.number AS attempt_number, attempt.claimed_at AS attempt_claimed_at,
@@ -71,6 +73,8 @@ FROM moved, attempt
 
 def take(params: dict[str, Any]) -> tuple[Experiment, int, datetime, datetime, float] | None:
     """Run the take for one queue; the experiment (as moved) and its attempt's facts, or None."""
+    from experiments.models import Experiment
+
     rows = list(Experiment.objects.raw(TAKE, params))
     if not rows:
         return None
@@ -79,4 +83,6 @@ def take(params: dict[str, Any]) -> tuple[Experiment, int, datetime, datetime, f
 
 
 def enabled() -> bool:
+    from django.db import connection
+
     return connection.vendor == "postgresql"

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q
 from django.utils import timezone
 
 from experiments.models import Attempt, Capability, Experiment, Status, new_id
@@ -61,14 +61,23 @@ class Claim:
     queue: Queue
 
 
+CLAIM_FIELDS = (
+    "id", "name", "status", "draining", "gpus", "cpus", "memory_mb", "used_gpus", "used_cpus", "used_memory_mb",
+    "capabilities", "gpu_models", "order_fairness", "last_queue_id", "last_seen_at", "timeout_s",
+)  # fmt: skip
+
+
+def _lock_worker(worker_pk: int) -> Worker:
+    """Lock the worker row: it serializes this agent's own claims and holds its usage."""
+    return Worker.objects.select_for_update().only(*CLAIM_FIELDS).get(pk=worker_pk)
+
+
 def _free_capacity(worker: Worker) -> Capacity:
-    used = Attempt.objects.filter(worker=worker, finished_at__isnull=True).aggregate(
-        gpus=Sum("gpus"), cpus=Sum("cpus"), memory=Sum("memory_mb")
-    )
+    """Capacity left on a locked worker."""
     return Capacity(
-        gpus=worker.gpus - (used["gpus"] or 0),
-        cpus=(worker.cpus - (used["cpus"] or 0)) if worker.cpus > 0 else UNLIMITED,
-        memory_mb=(worker.memory_mb - (used["memory"] or 0)) if worker.memory_mb > 0 else UNLIMITED,
+        gpus=worker.gpus - worker.used_gpus,
+        cpus=(worker.cpus - worker.used_cpus) if worker.cpus > 0 else UNLIMITED,
+        memory_mb=(worker.memory_mb - worker.used_memory_mb) if worker.memory_mb > 0 else UNLIMITED,
         capabilities=worker.capabilities,
         gpu_models=tuple(worker.gpu_models),
         any_gpu_model=False,
@@ -83,12 +92,13 @@ def _fits(capacity: Capacity) -> Q:
     return q
 
 
-def _queue_order(worker: Worker | None, queue_ids: Sequence[str] | None) -> list[tuple[str, bool, int | None]]:
+def _queue_order(worker: Worker | None, queue_ids: Sequence[str] | None) -> list[tuple[str, bool, int | None, str]]:
+    """(id, paused, concurrency limit, name) of the queues to walk, in the order to walk them."""
     if worker is not None:
         rows = list(
             WorkerQueue.objects.filter(worker=worker)
             .order_by("order")
-            .values_list("queue_id", "queue__paused", "queue__concurrency_limit")
+            .values_list("queue_id", "queue__paused", "queue__concurrency_limit", "queue__name")
         )
         if worker.order_fairness and worker.last_queue_id:
             ids = [r[0] for r in rows]
@@ -97,7 +107,8 @@ def _queue_order(worker: Worker | None, queue_ids: Sequence[str] | None) -> list
                 rows = rows[start:] + rows[:start]
         return rows
     by_id = {
-        q[0]: q for q in Queue.objects.filter(pk__in=queue_ids or []).values_list("id", "paused", "concurrency_limit")
+        q[0]: q
+        for q in Queue.objects.filter(pk__in=queue_ids or []).values_list("id", "paused", "concurrency_limit", "name")
     }
     return [by_id[q] for q in (queue_ids or []) if q in by_id]
 
@@ -152,7 +163,7 @@ def dispatch_claim(
         if worker is not None:
             # Locking the worker serializes one agent's own parallel claims, so its free
             # capacity cannot be given away twice; other workers are not affected.
-            worker = Worker.objects.select_for_update().get(pk=worker.pk)
+            worker = _lock_worker(worker.pk)
             _touch(worker)
             if worker.draining or worker.status == WorkerStatus.LOST:
                 return None
@@ -160,14 +171,18 @@ def dispatch_claim(
         capacity = capacity or Capacity()
         fits = _fits(capacity)
         missing_caps = ALL_CAPABILITIES & ~capacity.capabilities
-        for queue_id, paused, limit in _queue_order(worker, queue_ids):
+        for queue_id, paused, limit, queue_name in _queue_order(worker, queue_ids):
             if paused:
                 continue
             if limit is not None and not _under_limit(queue_id, limit):
                 continue
             if claim_sql.enabled() and not CLAIM_POLICIES:
                 claim = _take_in_one_statement(
-                    actor=actor, queue_id=queue_id, capacity=capacity, missing_caps=missing_caps, worker=worker
+                    actor=actor,
+                    queue=Queue(pk=queue_id, name=queue_name),
+                    capacity=capacity,
+                    missing_caps=missing_caps,
+                    worker=worker,
                 )
                 if claim is not None:
                     return claim
@@ -179,14 +194,14 @@ def dispatch_claim(
 
 
 def _take_in_one_statement(
-    *, actor: Actor, queue_id: str, capacity: Capacity, missing_caps: int, worker: Worker | None
+    *, actor: Actor, queue: Queue, capacity: Capacity, missing_caps: int, worker: Worker | None
 ) -> Claim | None:
     """PostgreSQL: the same pick and take as _pick + _take, in one round trip."""
     attempt_id, token, now = new_id(), new_lease_token(), timezone.now()
     worker_name = worker.name if worker else ""
     taken = claim_sql.take(
         {
-            "queue": queue_id,
+            "queue": queue.pk,
             "gpus": min(capacity.gpus, UNLIMITED) + 1e-9,
             "cpus": min(capacity.cpus, UNLIMITED) + 1e-9,
             "memory": min(capacity.memory_mb, 2**62),
@@ -211,7 +226,7 @@ def _take_in_one_statement(
         number=number,
         worker=worker,
         worker_name=worker_name,
-        queue_id=queue_id,
+        queue_id=queue.pk,
         lease_token=token,
         gpus=experiment.gpus,
         cpus=experiment.cpus,
@@ -220,12 +235,7 @@ def _take_in_one_statement(
         claimed_at=claimed_at,
         wait_s=wait_s,
     )
-    queue = Queue(pk=queue_id, name=_queue_name(queue_id))
     return Claim(attempt=attempt, experiment=experiment, queue=queue)
-
-
-def _queue_name(queue_id: str) -> str:
-    return Queue.objects.filter(pk=queue_id).values_list("name", flat=True).first() or ""
 
 
 def _take(*, actor: Actor, entry: QueueEntry, worker: Worker | None) -> Claim:
@@ -262,7 +272,12 @@ def _take(*, actor: Actor, entry: QueueEntry, worker: Worker | None) -> Claim:
         ),
     )
     if worker is not None:
-        fields: dict[str, Any] = {"status": WorkerStatus.BUSY}
+        fields: dict[str, Any] = {
+            "status": WorkerStatus.BUSY,
+            "used_gpus": F("used_gpus") + entry.gpus,
+            "used_cpus": F("used_cpus") + entry.cpus,
+            "used_memory_mb": F("used_memory_mb") + entry.memory_mb,
+        }
         if worker.order_fairness:
             fields["last_queue_id"] = entry.queue_id
         Worker.objects.filter(pk=worker.pk).update(**fields)

@@ -22,6 +22,7 @@ def main() -> None:
     from orchestration.actor import SYSTEM
     from queues.dispatch import dispatch_claim
     from workers.models import Worker
+    from workers.services import worker_release
 
     worker = Worker.objects.get(name=sys.argv[1])
     claimed, errors = [], []
@@ -38,7 +39,11 @@ def main() -> None:
             continue
         idle_rounds = 0
         claimed.append(claim.experiment.pk)
+        # Finish at once (what the agent's finish does to capacity) so the worker keeps claiming.
         Attempt.objects.filter(pk=claim.attempt.pk).update(finished_at=timezone.now())
+        worker_release(
+            worker_id=worker.pk, gpus=claim.attempt.gpus, cpus=claim.attempt.cpus, memory_mb=claim.attempt.memory_mb
+        )
     print(json.dumps({"claimed": claimed, "errors": errors}))
 
 

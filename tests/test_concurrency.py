@@ -28,7 +28,7 @@ from orchestration.actor import SYSTEM
 from queues.dispatch import dispatch_claim
 from queues.models import Queue, QueueEntry
 from queues.services import queue_create
-from workers.services import Registration, worker_register
+from workers.services import Registration, worker_register, worker_release
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,6 +103,12 @@ def test_16_claimers_drain_5000_experiments_exactly_once_in_priority_order() -> 
                     return
                 # Finish at once so the worker's capacity is whole again for its next claim.
                 Attempt.objects.filter(pk=claim.attempt.pk).update(finished_at=timezone.now())
+                worker_release(
+                    worker_id=worker.pk,
+                    gpus=claim.attempt.gpus,
+                    cpus=claim.attempt.cpus,
+                    memory_mb=claim.attempt.memory_mb,
+                )
                 with lock:
                     records.append(Record(worker.name, claim.experiment.pk, start, end))
         except Exception as exc:

@@ -12,7 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from experiments.models import Capability
-from experiments.serializers import INT32, ExperimentSerializer
+from experiments.selectors import run_spec
+from experiments.serializers import INT32
 from orchestration.permissions import IsAgent, IsAnyRole, IsHumanUser, actor_of
 from queues.dispatch import dispatch_claim
 from workers import selectors, services
@@ -79,9 +80,44 @@ class ClaimAttemptSerializer(serializers.Serializer[Any]):
     claimed_at = serializers.DateTimeField()
 
 
+class RunSpecSerializer(serializers.Serializer[Any]):
+    """The experiment as an agent receives it (secrets in clear, for the run only)."""
+
+    id = serializers.CharField()
+    name = serializers.CharField()
+    project = serializers.CharField()
+    command = serializers.ListField(child=serializers.CharField())
+    script = serializers.CharField()
+    working_dir = serializers.CharField()
+    repository = serializers.CharField()
+    branch = serializers.CharField()
+    commit = serializers.CharField()
+    diff = serializers.CharField()
+    entry_point = serializers.CharField()
+    snapshot = serializers.CharField()
+    requirements = serializers.CharField()
+    python_version = serializers.CharField()
+    container_image = serializers.CharField()
+    container_args = serializers.ListField(child=serializers.CharField())
+    setup_script = serializers.CharField()
+    env = serializers.DictField(child=serializers.CharField())
+    secret_env = serializers.DictField(child=serializers.CharField())
+    parameters = serializers.JSONField()
+    gpus = serializers.FloatField()
+    gpu_type = serializers.CharField()
+    cpus = serializers.FloatField()
+    memory_mb = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    max_runtime_s = serializers.IntegerField(allow_null=True)
+    retry_policy = serializers.DictField(child=serializers.IntegerField())
+    stop_signal = serializers.CharField()
+    stop_grace_s = serializers.IntegerField()
+    retry_count = serializers.IntegerField()
+
+
 class ClaimSerializer(serializers.Serializer[Any]):
     attempt = ClaimAttemptSerializer(allow_null=True)
-    experiment = ExperimentSerializer(allow_null=True)
+    experiment = RunSpecSerializer(allow_null=True)
 
 
 class _HumansReadAgentsOwn(BasePermission):
@@ -154,8 +190,7 @@ def claim_payload(claim: Any) -> dict[str, Any]:
     """What the agent needs to run a claim: the spec with secrets (run time only) and the lease."""
     if claim is None:
         return {"attempt": None, "experiment": None}
-    exp = ExperimentSerializer(claim.experiment).data
-    exp["secret_env"] = dict(claim.experiment.secret_env)
+    exp = run_spec(claim.experiment)
     return {
         "attempt": {
             "id": claim.attempt.pk,

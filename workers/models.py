@@ -41,6 +41,11 @@ class Worker(models.Model):
     cpus = models.FloatField(default=1)
     memory_mb = models.PositiveBigIntegerField(default=0)
     capabilities = models.PositiveIntegerField(default=0)
+    # What running attempts use, kept by the claim and by attempt ends under the worker's
+    # row lock, so a claim reads free capacity from one row; re-registration recomputes it.
+    used_gpus = models.FloatField(default=0)
+    used_cpus = models.FloatField(default=0)
+    used_memory_mb = models.BigIntegerField(default=0)
     order_fairness = models.BooleanField(default=False)
     last_queue = models.ForeignKey("queues.Queue", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     agent_version = models.CharField(max_length=50, blank=True)

@@ -24,7 +24,7 @@ def worker_is_live(worker: Worker) -> bool:
 def worker_for_actor(*, actor: Actor, name: str, write: bool) -> Worker:
     """The worker by name, if the actor may see it (and change it, with write=True)."""
     try:
-        worker = Worker.objects.get(name=name)
+        worker = Worker.objects.get(name=name)  # the whole row: callers read and write it
     except Worker.DoesNotExist:
         raise NotFound(f"worker {name!r} is not registered", field="name") from None
     if actor.is_admin:

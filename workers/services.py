@@ -10,6 +10,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F, Sum, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from experiments.models import Attempt, FailureClass
@@ -177,6 +179,7 @@ def worker_register(*, actor: Actor, reg: Registration) -> Worker:
             failure_class=FailureClass.WORKER_LOST,
             message="the agent restarted (new instance id)",
         )
+    worker_recount_usage(worker)
     return worker
 
 
@@ -221,3 +224,26 @@ def worker_update(
         action = "drain" if drain else ("undrain" if drain is False else "edit_queues")
         audit_record(actor=actor, change=Change("worker", worker.name, action, before, _snapshot(worker), reason))
     return worker
+
+
+def worker_release(*, worker_id: int, gpus: float, cpus: float, memory_mb: int) -> None:
+    """An attempt on this worker ended: give its capacity back; idle when nothing runs."""
+    Worker.objects.filter(pk=worker_id).update(
+        used_gpus=Greatest(F("used_gpus") - gpus, Value(0.0)),
+        used_cpus=Greatest(F("used_cpus") - cpus, Value(0.0)),
+        used_memory_mb=Greatest(F("used_memory_mb") - memory_mb, Value(0)),
+    )
+    if not Attempt.objects.filter(worker_id=worker_id, finished_at__isnull=True).exists():
+        Worker.objects.filter(pk=worker_id, status=WorkerStatus.BUSY).update(
+            status=WorkerStatus.IDLE, used_gpus=0, used_cpus=0, used_memory_mb=0
+        )
+
+
+def worker_recount_usage(worker: Worker) -> None:
+    """Recompute what a worker's running attempts use (on registration, and by reconcilers)."""
+    used = Attempt.objects.filter(worker=worker, finished_at__isnull=True).aggregate(
+        gpus=Sum("gpus"), cpus=Sum("cpus"), memory=Sum("memory_mb")
+    )
+    Worker.objects.filter(pk=worker.pk).update(
+        used_gpus=used["gpus"] or 0, used_cpus=used["cpus"] or 0, used_memory_mb=used["memory"] or 0
+    )
