@@ -96,7 +96,11 @@ async def client(url: str, key: str, names: list[str]) -> dict[str, object]:
 
 
 def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple[float, int]:
-    """The same transaction as an HTTP claim, straight from psycopg, 32 threads."""
+    """The same transaction as an HTTP claim, straight from psycopg, 32 threads.
+
+    Lock the worker row and read its usage, read its queues in order, take from the first
+    queue that has a fitting entry (the same statement the server runs), commit.
+    """
     from queues.claim_sql import TAKE  # plain SQL text; importing it loads no Django settings
 
     done = [0]
@@ -106,12 +110,12 @@ def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple
         with psycopg.connect(db_url) as conn:
             while True:
                 with conn.transaction():
-                    conn.execute("SELECT id FROM workers_worker WHERE id = %s FOR UPDATE", [worker_id])
                     conn.execute(
-                        "SELECT SUM(gpus), SUM(cpus), SUM(memory_mb) FROM experiments_attempt "
-                        "WHERE worker_id = %s AND finished_at IS NULL",
+                        "SELECT id, status, draining, gpus, cpus, memory_mb, used_gpus, used_cpus, used_memory_mb, "
+                        "capabilities, gpu_models, order_fairness, last_queue_id, last_seen_at, timeout_s, api_key_id "
+                        "FROM workers_worker WHERE id = %s FOR UPDATE",
                         [worker_id],
-                    )
+                    ).fetchone()
                     queues = conn.execute(
                         "SELECT wq.queue_id, q.paused, q.concurrency_limit FROM workers_workerqueue wq "
                         "JOIN queues_queue q ON q.id = wq.queue_id WHERE wq.worker_id = %s ORDER BY wq.order",
@@ -160,7 +164,7 @@ def main() -> None:
         db_url = fresh_database(svc["DATABASE_URL"], "muster_bench_dispatch")
         env = {"DATABASE_URL": db_url, "REDIS_URL": svc["REDIS_URL"], "SECRET_KEY": "bench-" + "x" * 40,
                "ALLOWED_HOSTS": "127.0.0.1", "MUSTER_VAR_DIR": str(ROOT / "var" / "bench"), "LOG_LEVEL": "WARNING",
-               "DB_POOL_MAX": "8"}  # fmt: skip
+               "DB_POOL_MAX": os.environ.get("BENCH_DB_POOL_MAX", "4")}  # fmt: skip
         manage(env, "migrate", "--no-input", "-v", "0")
         boot = json.loads(manage(env, "bootstrap").strip().splitlines()[-1])
         admin_h = {"Authorization": f"Bearer {boot['api_key']}"}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from experiments.models import Experiment
 
-TAKE = """
+TAKE_TEMPLATE = """
 WITH picked AS (
     SELECT e.id, e.experiment_id, e.queue_id, e.added_at, e.gpus, e.cpus, e.memory_mb
     FROM queues_queueentry e
@@ -48,7 +48,7 @@ WITH picked AS (
     SET status = 'in_progress', current_attempt_id = attempt.id, status_message = '', updated_at = %(now)s
     FROM attempt
     WHERE x.id = attempt.experiment_id AND x.status = 'queued'
-    RETURNING x.*
+    RETURNING {run_columns}
 ), audited AS (
     INSERT INTO orchestration_auditevent (at, actor_id, actor_label, object_type, object_id, action, before, after, message)
     SELECT %(now)s, %(actor)s, %(actor_label)s, 'experiment', attempt.experiment_id, 'claim',
@@ -69,6 +69,16 @@ SELECT moved.*, attempt.number AS attempt_number, attempt.claimed_at AS attempt_
        attempt.queued_at AS attempt_queued_at, attempt.wait_s AS attempt_wait_s
 FROM moved, attempt
 """
+
+
+# The experiment columns an agent needs (see experiments.selectors.RUN_FIELDS), not the row.
+RUN_COLUMNS = (
+    "id", "name", "project", "command", "script", "working_dir", "repository", "branch", "commit", "diff",
+    "entry_point", "snapshot", "requirements", "python_version", "container_image", "container_args",
+    "setup_script", "env", "secret_env", "parameters", "gpus", "gpu_type", "cpus", "memory_mb", "priority",
+    "max_runtime_s", "retry_policy", "stop_signal", "stop_grace_s", "retry_count", "status", "current_attempt_id",
+)  # fmt: skip
+TAKE = TAKE_TEMPLATE.replace("{run_columns}", ", ".join(f"x.{c}" for c in RUN_COLUMNS))
 
 
 def take(params: dict[str, Any]) -> tuple[Experiment, int, datetime, datetime, float] | None:

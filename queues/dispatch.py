@@ -24,7 +24,7 @@ from experiments.models import Attempt, Capability, Experiment, Status, new_id
 from experiments.services import new_lease_token, next_attempt_number
 from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record
-from orchestration.errors import Conflict, Forbidden
+from orchestration.errors import Conflict, Forbidden, NotFound
 from queues import claim_sql
 from queues.models import Queue, QueueEntry
 from workers.models import Worker, WorkerQueue, WorkerStatus
@@ -63,13 +63,17 @@ class Claim:
 
 CLAIM_FIELDS = (
     "id", "name", "status", "draining", "gpus", "cpus", "memory_mb", "used_gpus", "used_cpus", "used_memory_mb",
-    "capabilities", "gpu_models", "order_fairness", "last_queue_id", "last_seen_at", "timeout_s",
+    "capabilities", "gpu_models", "order_fairness", "last_queue_id", "last_seen_at", "timeout_s", "api_key_id",
 )  # fmt: skip
 
 
-def _lock_worker(worker_pk: int) -> Worker:
+def _lock_worker(worker_pk: int | None, name: str | None = None) -> Worker:
     """Lock the worker row: it serializes this agent's own claims and holds its usage."""
-    return Worker.objects.select_for_update().only(*CLAIM_FIELDS).get(pk=worker_pk)
+    lookup = {"pk": worker_pk} if worker_pk is not None else {"name": name}
+    try:
+        return Worker.objects.select_for_update().only(*CLAIM_FIELDS).get(**lookup)
+    except Worker.DoesNotExist:
+        raise NotFound(f"worker {name or worker_pk!r} is not registered", field="name") from None
 
 
 def _free_capacity(worker: Worker) -> Capacity:
@@ -153,17 +157,24 @@ def dispatch_claim(
     *,
     actor: Actor,
     worker: Worker | None = None,
+    worker_name: str | None = None,
     queue_ids: Sequence[str] | None = None,
     capacity: Capacity | None = None,
 ) -> Claim | None:
-    """Claim the next runnable experiment for a worker (or for a caller naming queues only)."""
+    """Claim the next runnable experiment for a worker (or for a caller naming queues only).
+
+    Name the worker by instance or by name; by name, the ownership check rides on the
+    same query that locks the row.
+    """
     if not (actor.is_agent or actor.is_admin) or not actor.can_write:
         raise Forbidden("only agent keys claim work")
     with transaction.atomic():
-        if worker is not None:
+        if worker is not None or worker_name is not None:
             # Locking the worker serializes one agent's own parallel claims, so its free
             # capacity cannot be given away twice; other workers are not affected.
-            worker = _lock_worker(worker.pk)
+            worker = _lock_worker(worker.pk if worker is not None else None, worker_name)
+            if not actor.is_admin and (actor.key is None or worker.api_key_id != actor.key.pk):
+                raise Forbidden(f"worker {worker.name!r} was registered with another key")
             _touch(worker)
             if worker.draining or worker.status == WorkerStatus.LOST:
                 return None

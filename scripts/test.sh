@@ -15,9 +15,18 @@ env -u DATABASE_URL -u REDIS_URL $V/pytest -q -p no:cacheprovider "$@"
 echo "== pytest on PostgreSQL"
 started=""
 if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+    # Start what is missing; a DATABASE_URL or REDIS_URL that was given is kept.
+    given_db=${DATABASE_URL:-}
+    given_redis=${REDIS_URL:-}
     out=$(scripts/test-services.sh)
     while IFS= read -r line; do export "$line"; done <<<"$out"
     started=$MUSTER_TEST_SERVICES_DIR
     trap 'scripts/test-services.sh stop "$started"' EXIT
+    [ -n "$given_db" ] && export DATABASE_URL=$given_db
+    [ -n "$given_redis" ] && export REDIS_URL=$given_redis
 fi
+case "${DATABASE_URL}" in
+    postgres*) ;;
+    *) echo "DATABASE_URL must point at PostgreSQL for the second run" >&2; exit 1 ;;
+esac
 $V/pytest -q -p no:cacheprovider "$@"

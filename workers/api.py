@@ -210,7 +210,5 @@ class WorkerClaimView(APIView):
 
     @extend_schema(request=None, responses=ClaimSerializer, operation_id="workers_claim")
     def post(self, request: Request, name: str) -> Response:
-        actor = actor_of(request)
-        worker = selectors.worker_for_actor(actor=actor, name=name, write=True)
-        claim = dispatch_claim(actor=actor, worker=worker)
+        claim = dispatch_claim(actor=actor_of(request), worker_name=name)
         return Response(claim_payload(claim))
