@@ -138,6 +138,7 @@ LOGIN_URL = "/admin/login/"
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 2000
 
+LOGIN_THROTTLE = envstr("LOGIN_THROTTLE", "10/min")  # password logins per client, API and admin pages
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "orchestration.authentication.ApiKeyAuthentication",
@@ -153,7 +154,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "orchestration.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_THROTTLE_RATES": {"login": envstr("LOGIN_THROTTLE", "10/min")},
+    "DEFAULT_THROTTLE_RATES": {"login": LOGIN_THROTTLE},
 }
 
 SPECTACULAR_SETTINGS = {

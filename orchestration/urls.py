@@ -13,6 +13,7 @@ from experiments.api import (
     ExperimentViewSet,
 )
 from orchestration import views_api
+from orchestration.throttle import throttled_login
 from queues.api import QueueViewSet
 from workers.api import WorkerClaimView, WorkerDetailView, WorkerListView
 
@@ -37,6 +38,8 @@ api_v1 = [
     path("audit/", views_api.AuditListView.as_view(), name="audit-list"),
     path("auth/login/", views_api.LoginView.as_view(), name="auth-login"),
 ]
+
+admin.site.login = throttled_login(admin.site.login)  # type: ignore[method-assign]
 
 urlpatterns = [
     path("api/v1/", include(api_v1)),

@@ -271,3 +271,11 @@ def test_the_schema_and_docs_are_served(admin_api: APIClient) -> None:
     assert admin_api.get("/api/schema/").status_code == 200
     docs = admin_api.get("/api/docs/")
     assert docs.status_code == 200 and b"cdn" not in docs.content.lower()
+
+
+def test_admin_password_logins_are_throttled(alice: Any) -> None:
+    from django.test import Client
+
+    client = Client()
+    codes = [client.post("/admin/login/", {"username": "alice", "password": "wrong"}).status_code for _ in range(12)]
+    assert codes[0] == 200 and codes[-1] == 429
