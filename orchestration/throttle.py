@@ -13,7 +13,7 @@ WINDOW_S = 60
 
 
 def _limit() -> int:
-    rate: str = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["login"]
+    rate: str = settings.LOGIN_THROTTLE
     return int(rate.split("/", maxsplit=1)[0])
 
 
@@ -23,7 +23,7 @@ def throttled_login(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.method == "POST":
             key = f"login-throttle:{request.META.get('REMOTE_ADDR', '')}"
-            count = cache.get_or_set(key, 0, WINDOW_S)
+            count = cache.get_or_set(key, 0, WINDOW_S) or 0
             if count >= _limit():
                 return HttpResponse("Too many login attempts; wait a minute.", status=429, content_type="text/plain")
             try:
