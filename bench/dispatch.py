@@ -98,10 +98,12 @@ async def client(url: str, key: str, names: list[str]) -> dict[str, object]:
 def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple[float, int]:
     """The same transaction as an HTTP claim, straight from psycopg, 32 threads.
 
-    Lock the worker row and read its usage, read its queues in order, take from the first
-    queue that has a fitting entry (the same statement the server runs), commit.
+    Lock the worker row with its usage and queues, take from the first queue that has a
+    fitting entry: the same two statements the server runs, then commit.
     """
-    from queues.claim_sql import TAKE  # plain SQL text; importing it loads no Django settings
+    from queues.claim_sql import CLAIM_FIELDS, LOCK_WORKER, TAKE  # plain SQL; loads no Django settings
+
+    lock_sql = LOCK_WORKER.format(worker_columns=", ".join(f"w.{c}" for c in CLAIM_FIELDS), where="w.id = %s")
 
     done = [0]
     lock = threading.Lock()
@@ -110,19 +112,10 @@ def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple
         with psycopg.connect(db_url) as conn:
             while True:
                 with conn.transaction():
-                    conn.execute(
-                        "SELECT id, status, draining, gpus, cpus, memory_mb, used_gpus, used_cpus, used_memory_mb, "
-                        "capabilities, gpu_models, order_fairness, last_queue_id, last_seen_at, timeout_s, api_key_id "
-                        "FROM workers_worker WHERE id = %s FOR UPDATE",
-                        [worker_id],
-                    ).fetchone()
-                    queues = conn.execute(
-                        "SELECT wq.queue_id, q.paused, q.concurrency_limit FROM workers_workerqueue wq "
-                        "JOIN queues_queue q ON q.id = wq.queue_id WHERE wq.worker_id = %s ORDER BY wq.order",
-                        [worker_id],
-                    ).fetchall()
+                    locked = conn.execute(lock_sql, [worker_id]).fetchone()
+                    queues = json.loads(locked[-1]) if locked else []  # type: ignore[index]
                     got = None
-                    for queue_id, _, _ in queues:
+                    for queue_id, _, _, _ in queues:
                         params = {
                             "queue": queue_id, "gpus": 1e18, "cpus": 1e18, "memory": 2**62, "missing": 0,
                             "any_model": True, "models": [], "attempt": uuid.uuid4().hex, "worker": worker_id,

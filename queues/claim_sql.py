@@ -8,11 +8,13 @@ eight keeps claimers of one queue from queueing up behind each other's latency.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from experiments.models import Experiment
+    from workers.models import Worker
 
 TAKE_TEMPLATE = """
 WITH picked AS (
@@ -81,15 +83,69 @@ RUN_COLUMNS = (
 TAKE = TAKE_TEMPLATE.replace("{run_columns}", ", ".join(f"x.{c}" for c in RUN_COLUMNS))
 
 
+def _decoded(model: Any, columns: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
+    """Column values as model field values: JSON columns arrive as text on Django's connection."""
+    values = {}
+    for column, raw in zip(columns, row, strict=True):
+        field = model._meta.get_field(column.removesuffix("_id")) if column != "id" else None
+        is_json = field is not None and field.get_internal_type() == "JSONField" and isinstance(raw, str)
+        values[column] = json.loads(raw) if is_json else raw
+    return values
+
+
 def take(params: dict[str, Any]) -> tuple[Experiment, int, datetime, datetime, float] | None:
     """Run the take for one queue; the experiment (as moved) and its attempt's facts, or None."""
+    from django.db import connection
+
     from experiments.models import Experiment
 
-    rows = list(Experiment.objects.raw(TAKE, params))
-    if not rows:
+    with connection.cursor() as cursor:
+        cursor.execute(TAKE, params)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        columns = [c.name for c in cursor.description]
+    values = _decoded(Experiment, columns[: len(RUN_COLUMNS)], row[: len(RUN_COLUMNS)])
+    number, claimed_at, queued_at, wait_s = row[len(RUN_COLUMNS) :]
+    return Experiment(**values), number, claimed_at, queued_at, wait_s
+
+
+# The worker columns a claim reads (its capacity, usage, order and owner).
+CLAIM_FIELDS = (
+    "id", "name", "status", "draining", "gpus", "cpus", "memory_mb", "used_gpus", "used_cpus", "used_memory_mb",
+    "capabilities", "gpu_models", "order_fairness", "last_queue_id", "last_seen_at", "timeout_s", "api_key_id",
+)  # fmt: skip
+
+LOCK_WORKER = """
+SELECT {worker_columns},
+       (SELECT COALESCE(json_agg(json_build_array(q.id, q.paused, q.concurrency_limit, q.name)
+                                 ORDER BY wq."order"), '[]'::json)::text
+        FROM workers_workerqueue wq JOIN queues_queue q ON q.id = wq.queue_id
+        WHERE wq.worker_id = w.id) AS queue_rows
+FROM workers_worker w
+WHERE {where}
+FOR UPDATE OF w
+"""
+
+
+def lock_worker(
+    columns: tuple[str, ...], *, pk: int | None = None, name: str | None = None
+) -> tuple[Worker, list[tuple[str, bool, int | None, str]]] | None:
+    """Lock a worker row and read its queues (in its order) in one round trip."""
+    from django.db import connection
+
+    from workers.models import Worker
+
+    where, arg = ("w.id = %s", pk) if pk is not None else ("w.name = %s", name)
+    sql = LOCK_WORKER.format(worker_columns=", ".join(f"w.{c}" for c in columns), where=where)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [arg])
+        row = cursor.fetchone()
+    if row is None:
         return None
-    exp: Any = rows[0]
-    return exp, exp.attempt_number, exp.attempt_claimed_at, exp.attempt_queued_at, exp.attempt_wait_s
+    values = _decoded(Worker, list(columns), row[:-1])
+    queues = [tuple(q) for q in json.loads(row[-1])]
+    return Worker(**values), queues
 
 
 def enabled() -> bool:

@@ -26,6 +26,7 @@ from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record
 from orchestration.errors import Conflict, Forbidden, NotFound
 from queues import claim_sql
+from queues.claim_sql import CLAIM_FIELDS
 from queues.models import Queue, QueueEntry
 from workers.models import Worker, WorkerQueue, WorkerStatus
 
@@ -61,17 +62,22 @@ class Claim:
     queue: Queue
 
 
-CLAIM_FIELDS = (
-    "id", "name", "status", "draining", "gpus", "cpus", "memory_mb", "used_gpus", "used_cpus", "used_memory_mb",
-    "capabilities", "gpu_models", "order_fairness", "last_queue_id", "last_seen_at", "timeout_s", "api_key_id",
-)  # fmt: skip
+QueueRow = tuple[str, bool, "int | None", str]
 
 
-def _lock_worker(worker_pk: int | None, name: str | None = None) -> Worker:
-    """Lock the worker row: it serializes this agent's own claims and holds its usage."""
+def _lock_worker(worker_pk: int | None, name: str | None = None) -> tuple[Worker, list[QueueRow] | None]:
+    """Lock the worker row (it serializes this agent's own claims and holds its usage).
+
+    On PostgreSQL the worker's queues come back in the same round trip; elsewhere None.
+    """
+    if claim_sql.enabled():
+        found = claim_sql.lock_worker(CLAIM_FIELDS, pk=worker_pk, name=name)
+        if found is None:
+            raise NotFound(f"worker {name or worker_pk!r} is not registered", field="name")
+        return found
     lookup = {"pk": worker_pk} if worker_pk is not None else {"name": name}
     try:
-        return Worker.objects.select_for_update().only(*CLAIM_FIELDS).get(**lookup)
+        return Worker.objects.select_for_update().only(*CLAIM_FIELDS).get(**lookup), None
     except Worker.DoesNotExist:
         raise NotFound(f"worker {name or worker_pk!r} is not registered", field="name") from None
 
@@ -96,14 +102,17 @@ def _fits(capacity: Capacity) -> Q:
     return q
 
 
-def _queue_order(worker: Worker | None, queue_ids: Sequence[str] | None) -> list[tuple[str, bool, int | None, str]]:
+def _queue_order(
+    worker: Worker | None, queue_ids: Sequence[str] | None, rows: list[QueueRow] | None = None
+) -> list[QueueRow]:
     """(id, paused, concurrency limit, name) of the queues to walk, in the order to walk them."""
     if worker is not None:
-        rows = list(
-            WorkerQueue.objects.filter(worker=worker)
-            .order_by("order")
-            .values_list("queue_id", "queue__paused", "queue__concurrency_limit", "queue__name")
-        )
+        if rows is None:
+            rows = list(
+                WorkerQueue.objects.filter(worker=worker)
+                .order_by("order")
+                .values_list("queue_id", "queue__paused", "queue__concurrency_limit", "queue__name")
+            )
         if worker.order_fairness and worker.last_queue_id:
             ids = [r[0] for r in rows]
             if worker.last_queue_id in ids:
@@ -168,11 +177,12 @@ def dispatch_claim(
     """
     if not (actor.is_agent or actor.is_admin) or not actor.can_write:
         raise Forbidden("only agent keys claim work")
+    queue_rows: list[QueueRow] | None = None
     with transaction.atomic():
         if worker is not None or worker_name is not None:
             # Locking the worker serializes one agent's own parallel claims, so its free
             # capacity cannot be given away twice; other workers are not affected.
-            worker = _lock_worker(worker.pk if worker is not None else None, worker_name)
+            worker, queue_rows = _lock_worker(worker.pk if worker is not None else None, worker_name)
             if not actor.is_admin and (actor.key is None or worker.api_key_id != actor.key.pk):
                 raise Forbidden(f"worker {worker.name!r} was registered with another key")
             _touch(worker)
@@ -182,7 +192,7 @@ def dispatch_claim(
         capacity = capacity or Capacity()
         fits = _fits(capacity)
         missing_caps = ALL_CAPABILITIES & ~capacity.capabilities
-        for queue_id, paused, limit, queue_name in _queue_order(worker, queue_ids):
+        for queue_id, paused, limit, queue_name in _queue_order(worker, queue_ids, queue_rows):
             if paused:
                 continue
             if limit is not None and not _under_limit(queue_id, limit):
