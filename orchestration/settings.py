@@ -201,6 +201,7 @@ CELERY_BEAT_TICK_S = envfloat("BEAT_TICK_S", 10.0)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     "retention-purge": {"task": "orchestration.retention_purge", "schedule": 3600.0},
+    "check-liveness": {"task": "workers.check_liveness", "schedule": CELERY_BEAT_TICK_S},
 }
 
 # Domain settings.

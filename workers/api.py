@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -212,3 +214,89 @@ class WorkerClaimView(APIView):
     def post(self, request: Request, name: str) -> Response:
         claim = dispatch_claim(actor=actor_of(request), worker_name=name)
         return Response(claim_payload(claim))
+
+
+class GpuStatSerializer(serializers.Serializer[Any]):
+    index = serializers.IntegerField(min_value=0, max_value=1024)
+    util = serializers.FloatField(min_value=0, max_value=100, required=False, allow_null=True)
+    memory_used_mb = serializers.FloatField(min_value=0, max_value=1e9, required=False, allow_null=True)
+    memory_free_mb = serializers.FloatField(min_value=0, max_value=1e9, required=False, allow_null=True)
+    temperature_c = serializers.FloatField(min_value=-100, max_value=300, required=False, allow_null=True)
+    ecc_errors = serializers.IntegerField(min_value=0, max_value=2**62, required=False, allow_null=True)
+
+
+def _rate() -> serializers.FloatField:
+    return serializers.FloatField(min_value=0, max_value=1e15, required=False, allow_null=True)
+
+
+class MachineStatsSerializer(serializers.Serializer[Any]):
+    cpu_percent = serializers.FloatField(min_value=0, max_value=100, required=False, allow_null=True)
+    cpu_per_core = serializers.ListField(
+        child=serializers.FloatField(min_value=0, max_value=100), max_length=1024, required=False
+    )
+    memory_used_mb = _rate()
+    memory_free_mb = _rate()
+    gpus = serializers.ListField(child=GpuStatSerializer(), max_length=64, required=False)
+    network_rx_bps = _rate()
+    network_tx_bps = _rate()
+    disk_read_bps = _rate()
+    disk_write_bps = _rate()
+    disk_free_mb = _rate()
+
+
+class RunningSerializer(serializers.Serializer[Any]):
+    attempt = serializers.RegexField(r"^[0-9a-f]{32}$")
+    token = serializers.CharField(max_length=64)
+    iteration = serializers.IntegerField(min_value=0, max_value=2**62, required=False, allow_null=True)
+
+
+class AttemptStatSerializer(serializers.Serializer[Any]):
+    attempt = serializers.RegexField(r"^[0-9a-f]{32}$")
+    cpu_percent = serializers.FloatField(min_value=0, max_value=100_000, required=False, allow_null=True)
+    memory_mb = _rate()
+    gpu_util = serializers.FloatField(min_value=0, max_value=100_000, required=False, allow_null=True)
+    gpu_memory_mb = _rate()
+
+
+class ReportSerializer(serializers.Serializer[Any]):
+    instance_id = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    interval_s = serializers.FloatField(min_value=0, max_value=3600, required=False)
+    running = serializers.ListField(child=RunningSerializer(), max_length=256, required=False)
+    machine = MachineStatsSerializer(required=False)
+    attempts = serializers.ListField(child=AttemptStatSerializer(), max_length=256, required=False)
+
+
+class ReportAnswerSerializer(serializers.Serializer[Any]):
+    kill = serializers.ListField(
+        child=serializers.CharField(), help_text="attempts to kill: not this worker's any more"
+    )
+    stop = serializers.ListField(
+        child=serializers.CharField(), help_text="attempts to stop gracefully (asked by a user)"
+    )
+    drain = serializers.BooleanField()
+    queues = serializers.ListField(child=serializers.CharField())
+
+
+class WorkerReportView(APIView):
+    """The heartbeat: what runs and what the machine uses; the answer says what to kill or stop."""
+
+    permission_classes = [IsAgent]
+
+    @extend_schema(request=ReportSerializer, responses=ReportAnswerSerializer, operation_id="workers_report")
+    def post(self, request: Request, name: str) -> Response:
+        if not re.fullmatch(WORKER_NAME_RE, name):
+            raise ValidationError({"name": ["worker names use only A-Z a-z 0-9 _ . , : @ -"]})
+        ser = ReportSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        d = ser.validated_data
+        report = services.Report(
+            instance_id=d.get("instance_id", ""),
+            interval_s=d.get("interval_s", 0),
+            running=[
+                services.RunningAttempt(r["attempt"], r["token"], r.get("iteration")) for r in d.get("running", [])
+            ],
+            machine=dict(d.get("machine") or {}),
+            attempts=[dict(a) for a in d.get("attempts", [])],
+        )
+        answer = services.worker_report(actor=actor_of(request), name=name, report=report)
+        return Response(ReportAnswerSerializer(answer).data)

@@ -64,6 +64,10 @@ class Worker(models.Model):
     gpu_models = models.JSONField(default=list, blank=True)
     # The queue list the agent asked for; while it is unchanged, queues edited here persist.
     declared_queues = models.JSONField(default=list, blank=True)
+    # When the previous report arrived: an attempt claimed before it and missing from the
+    # next report was lost on its way to the agent (a dropped claim response).
+    previous_report_at = models.DateTimeField(null=True, blank=True)
+    report_interval_s = models.FloatField(default=0)
     queues = models.ManyToManyField("queues.Queue", through="WorkerQueue", related_name="workers")
 
     class Meta:
@@ -90,3 +94,51 @@ class WorkerQueue(models.Model):
 
     def __str__(self) -> str:
         return f"{self.worker_id}->{self.queue_id}#{self.order}"
+
+
+class WorkerStat(models.Model):
+    """One report's machine stats, averaged by the agent over its report interval."""
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="stats")
+    at = models.DateTimeField()
+    cpu_percent = models.FloatField(null=True)
+    cpu_per_core = models.JSONField(default=list)
+    memory_used_mb = models.FloatField(null=True)
+    memory_free_mb = models.FloatField(null=True)
+    # [{index, util, memory_used_mb, memory_free_mb, temperature_c, ecc_errors}] for the agent's own GPUs.
+    gpus = models.JSONField(default=list)
+    network_rx_bps = models.FloatField(null=True)
+    network_tx_bps = models.FloatField(null=True)
+    disk_read_bps = models.FloatField(null=True)
+    disk_write_bps = models.FloatField(null=True)
+    disk_free_mb = models.FloatField(null=True)
+    running = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["worker_id", "at"]
+        indexes = [
+            # A worker's resource graph: its samples in a time range.
+            models.Index(fields=["worker", "at"], name="workerstat_worker_at_idx"),
+            models.Index(fields=["at"], name="workerstat_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.worker_id}@{self.at:%H:%M:%S}"
+
+
+class AttemptStat(models.Model):
+    """What one attempt's process tree used during one report interval."""
+
+    attempt = models.ForeignKey("experiments.Attempt", on_delete=models.CASCADE, related_name="stats")
+    at = models.DateTimeField()
+    cpu_percent = models.FloatField(null=True)
+    memory_mb = models.FloatField(null=True)
+    gpu_util = models.FloatField(null=True)
+    gpu_memory_mb = models.FloatField(null=True)
+
+    class Meta:
+        ordering = ["attempt_id", "at"]
+        indexes = [models.Index(fields=["attempt", "at"], name="attemptstat_attempt_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.attempt_id}@{self.at:%H:%M:%S}"

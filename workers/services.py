@@ -5,22 +5,22 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum, Value
+from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from experiments.models import Attempt, FailureClass
+from experiments.models import Attempt, Experiment, FailureClass
 from experiments.services import attempt_fence
-from orchestration.actor import Actor
+from orchestration.actor import SYSTEM, Actor
 from orchestration.audit import Change, audit_record
 from orchestration.errors import Conflict, Forbidden, InvalidInput
 from queues.models import Queue
-from workers.models import WORKER_NAME_RE, Worker, WorkerKind, WorkerQueue, WorkerStatus
+from workers.models import WORKER_NAME_RE, AttemptStat, Worker, WorkerKind, WorkerQueue, WorkerStat, WorkerStatus
 from workers.selectors import worker_is_live
 
 MAX_QUEUES = 100
@@ -247,3 +247,196 @@ def worker_recount_usage(worker: Worker) -> None:
     Worker.objects.filter(pk=worker.pk).update(
         used_gpus=used["gpus"] or 0, used_cpus=used["cpus"] or 0, used_memory_mb=used["memory"] or 0
     )
+
+
+# ---------------------------------------------------------------------------- reports and liveness
+
+
+@dataclass(frozen=True)
+class RunningAttempt:
+    """An attempt the agent says it is running, with its lease token and latest iteration."""
+
+    attempt_id: str
+    token: str
+    iteration: int | None = None
+
+
+@dataclass
+class Report:
+    """One heartbeat: what runs, and what the machine and each attempt used."""
+
+    instance_id: str = ""
+    interval_s: float = 0
+    running: Sequence[RunningAttempt] = ()
+    machine: dict[str, Any] = field(default_factory=dict)
+    attempts: Sequence[dict[str, Any]] = ()
+
+
+@dataclass
+class ReportAnswer:
+    """What the agent must do: kill runs that are no longer its own, stop the ones asked to."""
+
+    kill: list[str]
+    stop: list[str]
+    drain: bool
+    queues: list[str]
+
+
+def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
+    """Ingest a report (the heartbeat); never refused for what it says about work."""
+    if not (actor.is_agent or actor.is_admin) or not actor.can_write:
+        raise Forbidden("only agent keys report")
+    if not Worker.objects.filter(name=name).exists():
+        # Unknown workers that report are registered, as ClearML does.
+        worker_register(actor=actor, reg=Registration(name=name, instance_id=report.instance_id, capabilities=3))
+    now = timezone.now()
+    lost_claims: list[Attempt] = []
+    replaced: list[Attempt] = []
+    with transaction.atomic():
+        worker = Worker.objects.select_for_update().get(name=name)
+        if not actor.is_admin and (actor.key is None or worker.api_key_id != actor.key.pk):
+            raise Forbidden(f"worker {name!r} was registered with another key")
+        server_running = {a.pk: a for a in Attempt.objects.filter(worker=worker, finished_at__isnull=True)}
+        if report.instance_id and worker.instance_id and report.instance_id != worker.instance_id:
+            replaced = list(server_running.values())
+            server_running = {}
+        reported = {r.attempt_id: r for r in report.running}
+        valid = [
+            r for r in report.running
+            if r.attempt_id in server_running and server_running[r.attempt_id].lease_token == r.token
+        ]  # fmt: skip
+        kill = sorted(set(reported) - {r.attempt_id for r in valid})
+        previous = worker.previous_report_at
+        if previous is not None:
+            lost_claims = [a for a in server_running.values() if a.pk not in reported and a.claimed_at < previous]
+        stop = list(
+            Experiment.objects.filter(
+                current_attempt_id__in=[r.attempt_id for r in valid], stop_requested_at__isnull=False
+            ).values_list("current_attempt_id", flat=True)
+        )
+        for r in valid:
+            if r.iteration is not None:
+                Experiment.objects.filter(current_attempt_id=r.attempt_id).filter(
+                    Q(last_iteration__isnull=True) | Q(last_iteration__lt=r.iteration)
+                ).update(last_iteration=r.iteration)
+        interval = max(report.interval_s, 0.0)
+        timeout = worker.timeout_s or max(settings.WORKER_TIMEOUT_S, 3 * interval)
+        status = worker.status
+        if status in (WorkerStatus.UNRESPONSIVE, WorkerStatus.LOST):
+            status = WorkerStatus.DRAINING if worker.draining else (
+                WorkerStatus.BUSY if valid else WorkerStatus.IDLE
+            )  # fmt: skip
+        Worker.objects.filter(pk=worker.pk).update(
+            last_seen_at=now,
+            live_until=now + timedelta(seconds=timeout),
+            previous_report_at=now,
+            report_interval_s=interval,
+            status=status,
+            instance_id=report.instance_id or worker.instance_id,
+        )
+        if status != worker.status:
+            audit_record(
+                actor=actor,
+                change=Change("worker", worker.name, "alive", {"status": worker.status}, {"status": status}),
+            )
+        _store_stats(worker, now, report, {r.attempt_id for r in valid})
+        queues = list(WorkerQueue.objects.filter(worker=worker).order_by("order").values_list("queue__name", flat=True))
+    for attempt in replaced:
+        attempt_fence(
+            actor=actor,
+            attempt=attempt,
+            failure_class=FailureClass.WORKER_LOST,
+            message="the agent restarted (new instance id)",
+        )
+    for attempt in lost_claims:
+        attempt_fence(
+            actor=actor,
+            attempt=attempt,
+            failure_class=FailureClass.WORKER_LOST,
+            message="the worker does not run it (the claim answer was lost)",
+        )
+    if replaced or lost_claims:
+        worker_recount_usage(worker)
+    return ReportAnswer(kill=kill, stop=stop, drain=worker.draining, queues=queues)
+
+
+def _store_stats(worker: Worker, now: datetime, report: Report, valid: set[str]) -> None:
+    m = report.machine
+    if m:
+        WorkerStat.objects.create(
+            worker=worker,
+            at=now,
+            cpu_percent=m.get("cpu_percent"),
+            cpu_per_core=m.get("cpu_per_core", []),
+            memory_used_mb=m.get("memory_used_mb"),
+            memory_free_mb=m.get("memory_free_mb"),
+            gpus=m.get("gpus", []),
+            network_rx_bps=m.get("network_rx_bps"),
+            network_tx_bps=m.get("network_tx_bps"),
+            disk_read_bps=m.get("disk_read_bps"),
+            disk_write_bps=m.get("disk_write_bps"),
+            disk_free_mb=m.get("disk_free_mb"),
+            running=len(valid),
+        )
+    rows = [
+        AttemptStat(
+            attempt_id=a["attempt"],
+            at=now,
+            cpu_percent=a.get("cpu_percent"),
+            memory_mb=a.get("memory_mb"),
+            gpu_util=a.get("gpu_util"),
+            gpu_memory_mb=a.get("gpu_memory_mb"),
+        )
+        for a in report.attempts
+        if a["attempt"] in valid
+    ]
+    AttemptStat.objects.bulk_create(rows)
+
+
+def worker_check_liveness(*, since: datetime, now: datetime | None = None) -> dict[str, int]:
+    """Beat's reconciler: silent one timeout -> unresponsive, two -> lost (its runs retried).
+
+    `since` is when this checker started: no verdict is given until a worker has had two
+    of its timeouts to report after it, so a deploy or a beat restart never fails runs.
+    """
+    now = now or timezone.now()
+    counts = {"unresponsive": 0, "lost": 0}
+    candidates = Worker.objects.filter(live_until__lt=now).exclude(status=WorkerStatus.LOST)
+    for worker in candidates[:1000]:
+        timeout = worker.effective_timeout_s
+        if (now - since).total_seconds() < 2 * timeout:
+            continue
+        silent = (now - worker.last_seen_at).total_seconds()
+        if silent >= 2 * timeout:
+            verdict = WorkerStatus.LOST
+        elif silent >= timeout and worker.status != WorkerStatus.UNRESPONSIVE:
+            verdict = WorkerStatus.UNRESPONSIVE
+        else:
+            continue
+        with transaction.atomic():
+            rows = Worker.objects.filter(pk=worker.pk, status=worker.status, last_seen_at=worker.last_seen_at).update(
+                status=verdict
+            )
+            if rows != 1:
+                continue  # it reported (or another checker ruled) meanwhile
+            audit_record(
+                actor=SYSTEM,
+                change=Change(
+                    "worker",
+                    worker.name,
+                    verdict,
+                    {"status": worker.status},
+                    {"status": verdict},
+                    f"silent for {silent:.0f}s",
+                ),
+            )
+        counts[verdict] += 1
+        if verdict == WorkerStatus.LOST:
+            for attempt in Attempt.objects.filter(worker=worker, finished_at__isnull=True):
+                attempt_fence(
+                    actor=SYSTEM,
+                    attempt=attempt,
+                    failure_class=FailureClass.WORKER_LOST,
+                    message=f"worker {worker.name} lost (silent for {silent:.0f}s)",
+                )
+    return counts

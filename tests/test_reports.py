@@ -1,0 +1,171 @@
+"""Reports (the heartbeat) and liveness: kill and stop answers, lost claims, verdicts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from experiments.models import Experiment, FailureClass, Status
+from experiments.services import experiment_stop
+from orchestration.actor import Actor
+from queues.dispatch import dispatch_claim
+from queues.models import Queue, QueueEntry
+from workers.models import AttemptStat, Worker, WorkerStat, WorkerStatus
+from workers.services import Report, RunningAttempt, worker_check_liveness, worker_report
+
+pytestmark = pytest.mark.django_db
+
+MACHINE = {
+    "cpu_percent": 42.5,
+    "cpu_per_core": [40.0, 45.0],
+    "memory_used_mb": 1000,
+    "memory_free_mb": 3000,
+    "gpus": [
+        {
+            "index": 0,
+            "util": 91,
+            "memory_used_mb": 10_000,
+            "memory_free_mb": 70_000,
+            "temperature_c": 64,
+            "ecc_errors": 0,
+        },
+        {"index": 1, "util": 12, "memory_used_mb": 500, "memory_free_mb": 79_500, "temperature_c": 40, "ecc_errors": 0},
+    ],
+    "network_rx_bps": 1e6,
+    "network_tx_bps": 2e5,
+    "disk_read_bps": 0,
+    "disk_write_bps": 1e4,
+    "disk_free_mb": 50_000,
+}
+
+
+@pytest.fixture
+def setup(
+    make_worker: Callable[..., Worker], make_experiment: Callable[..., Experiment], queue: Queue, agent_actor: Actor
+) -> Any:
+    worker = make_worker(queues=[queue], gpu_slots=[{"index": 0}, {"index": 1}])
+    make_experiment(queue=queue)
+    claim = dispatch_claim(actor=agent_actor, worker=worker)
+    assert claim is not None
+    return worker, claim
+
+
+def test_a_report_stores_machine_and_attempt_stats_and_iterations(setup: Any, agent_actor: Actor) -> None:
+    worker, claim = setup
+    answer = worker_report(
+        actor=agent_actor,
+        name=worker.name,
+        report=Report(
+            instance_id="i1",
+            interval_s=5,
+            running=[RunningAttempt(claim.attempt.pk, claim.attempt.lease_token, 17)],
+            machine=MACHINE,
+            attempts=[{"attempt": claim.attempt.pk, "cpu_percent": 180.0, "memory_mb": 900, "gpu_util": 91}],
+        ),
+    )
+    assert answer.kill == [] and answer.stop == [] and answer.queues == ["default"]
+    stat = WorkerStat.objects.get()
+    assert stat.gpus[0]["util"] == 91 and stat.cpu_per_core == [40.0, 45.0] and stat.running == 1
+    assert AttemptStat.objects.get().cpu_percent == 180.0
+    assert Experiment.objects.get().last_iteration == 17
+
+
+def test_runs_that_are_not_the_workers_any_more_are_to_be_killed(setup: Any, agent_actor: Actor) -> None:
+    worker, claim = setup
+    answer = worker_report(
+        actor=agent_actor,
+        name=worker.name,
+        report=Report(running=[RunningAttempt(claim.attempt.pk, "stale"), RunningAttempt("f" * 32, "x")]),
+    )
+    assert answer.kill == sorted([claim.attempt.pk, "f" * 32])
+
+
+def test_a_stop_request_reaches_the_agent(setup: Any, agent_actor: Actor, alice_actor: Actor) -> None:
+    worker, claim = setup
+    experiment_stop(actor=alice_actor, experiment_id=claim.experiment.pk)
+    answer = worker_report(
+        actor=agent_actor,
+        name=worker.name,
+        report=Report(running=[RunningAttempt(claim.attempt.pk, claim.attempt.lease_token)]),
+    )
+    assert answer.stop == [claim.attempt.pk]
+
+
+def test_a_claim_missing_from_the_next_report_is_retried(setup: Any, agent_actor: Actor) -> None:
+    worker, claim = setup
+    # The first report after the claim may not know it yet; the one after must.
+    Worker.objects.filter(pk=worker.pk).update(previous_report_at=timezone.now() + timedelta(seconds=1))
+    worker_report(actor=agent_actor, name=worker.name, report=Report(running=[]))
+    exp = Experiment.objects.get()
+    assert exp.status == Status.QUEUED and exp.retry_count == 1
+    claim.attempt.refresh_from_db()
+    assert claim.attempt.failure_class == FailureClass.WORKER_LOST and claim.attempt.fenced
+
+
+def test_unknown_reporting_workers_are_registered(agent_actor: Actor) -> None:
+    worker_report(actor=agent_actor, name="newbox:0", report=Report(instance_id="z", machine=MACHINE))
+    assert Worker.objects.get(name="newbox:0").status == WorkerStatus.IDLE
+
+
+def test_slow_reporters_get_three_intervals(agent_actor: Actor) -> None:
+    worker_report(actor=agent_actor, name="slow:0", report=Report(interval_s=30))
+    worker = Worker.objects.get(name="slow:0")
+    assert (worker.live_until - worker.last_seen_at).total_seconds() == pytest.approx(90)
+
+
+def test_liveness_waits_for_two_timeouts_after_it_starts(setup: Any) -> None:
+    _worker, _ = setup
+    now = timezone.now() + timedelta(seconds=100)
+    assert worker_check_liveness(since=now - timedelta(seconds=10), now=now) == {"unresponsive": 0, "lost": 0}
+
+
+def test_silent_workers_become_unresponsive_then_lost_and_their_runs_retry(setup: Any) -> None:
+    worker, _claim = setup
+    start = timezone.now() - timedelta(hours=1)
+    t1 = worker.last_seen_at + timedelta(seconds=worker.effective_timeout_s + 1)
+    assert worker_check_liveness(since=start, now=t1) == {"unresponsive": 1, "lost": 0}
+    t2 = worker.last_seen_at + timedelta(seconds=2 * worker.effective_timeout_s + 1)
+    assert worker_check_liveness(since=start, now=t2) == {"unresponsive": 0, "lost": 1}
+    worker.refresh_from_db()
+    assert worker.status == WorkerStatus.LOST
+    exp = Experiment.objects.get()
+    assert exp.status == Status.QUEUED and QueueEntry.objects.filter(experiment=exp).exists()
+
+
+def test_a_lost_worker_that_reports_again_comes_back(setup: Any, agent_actor: Actor) -> None:
+    worker, _ = setup
+    Worker.objects.filter(pk=worker.pk).update(status=WorkerStatus.LOST)
+    worker_report(actor=agent_actor, name=worker.name, report=Report())
+    worker.refresh_from_db()
+    assert worker.status in (WorkerStatus.IDLE, WorkerStatus.BUSY)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"machine": {"cpu_percent": 250}}, "machine"),
+        ({"machine": {"gpus": [{"index": -1}]}}, "machine"),
+        ({"running": [{"attempt": "nothex", "token": "t"}]}, "running"),
+        ({"interval_s": "soon"}, "interval_s"),
+    ],
+)
+def test_malformed_reports_are_a_400_naming_the_field(agent_api: APIClient, body: dict[str, Any], field: str) -> None:
+    r = agent_api.post("/api/v1/workers/box:9/report/", body, format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["field"].startswith(field)
+
+
+def test_report_through_the_api(setup: Any, agent_api: APIClient) -> None:
+    worker, claim = setup
+    body = {
+        "interval_s": 5,
+        "machine": MACHINE,
+        "running": [{"attempt": claim.attempt.pk, "token": claim.attempt.lease_token, "iteration": 3}],
+    }
+    r = agent_api.post(f"/api/v1/workers/{worker.name}/report/", body, format="json")
+    assert r.status_code == 200 and r.json() == {"kill": [], "stop": [], "drain": False, "queues": ["default"]}
