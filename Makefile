@@ -47,4 +47,4 @@ clean:
 
 ## schema: regenerate the committed OpenAPI schema (a test fails when it drifts)
 schema: $(VENV)/.synced
-	$(VENV)/bin/python manage.py spectacular --validate --fail-on-warn > docs/openapi.yaml
+	$(VENV)/bin/python manage.py spectacular --urlconf orchestration.schema_urls --validate --fail-on-warn > docs/openapi.yaml

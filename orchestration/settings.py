@@ -162,6 +162,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Queues, experiments, workers and agents of the Muster orchestration server.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_URLCONF": "orchestration.schema_urls",
     # Served from static/, never from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -205,6 +206,10 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
 }
 
 # Domain settings.
+# Long-poll claims wait at most this long (tests cap it low through the environment).
+CLAIM_WAIT_MAX_S = envint("CLAIM_WAIT_MAX_S", 2 if TESTING else 30, minimum=0)
+# Without Redis, a waiting claim re-checks the database this often (other processes' enqueues).
+CLAIM_CROSS_PROCESS_CHECK_S = envfloat("CLAIM_CROSS_PROCESS_CHECK_S", 1.0)
 WORKER_TIMEOUT_S = envint("WORKER_TIMEOUT", 30, minimum=1)
 STOP_GRACE_DEFAULT_S = envint("STOP_GRACE_DEFAULT_S", 60, minimum=0)
 LOG_HEAD_BYTES = envint("LOG_HEAD_BYTES", 1024 * 1024, minimum=1024)

@@ -15,7 +15,8 @@ from experiments.api import (
 from orchestration import views_api
 from orchestration.throttle import throttled_login
 from queues.api import QueueViewSet
-from workers.api import WorkerClaimView, WorkerDetailView, WorkerListView, WorkerReportView
+from workers.api import WorkerDetailView, WorkerListView, WorkerReportView
+from workers.claim_view import claim_view
 
 router = SimpleRouter()
 router.register("experiments", ExperimentViewSet, basename="experiment")
@@ -28,7 +29,7 @@ api_v1 = [
     *router.urls,
     path("workers/", WorkerListView.as_view(), name="worker-list"),
     path(WORKER, WorkerDetailView.as_view(), name="worker-detail"),
-    path(WORKER + "claim/", WorkerClaimView.as_view(), name="worker-claim"),
+    path(WORKER + "claim/", claim_view, name="worker-claim"),
     path(WORKER + "report/", WorkerReportView.as_view(), name="worker-report"),
     path(ATTEMPT + "start/", AttemptStartView.as_view(), name="attempt-start"),
     path(ATTEMPT + "logs/", AttemptLogsView.as_view(), name="attempt-logs"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,10 +28,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     They are deselected, not skipped: neither run claims to have tried them.
     """
-    other = "sqlite_only" if connection.vendor == "postgresql" else "postgres_only"
+    from django.conf import settings
+
+    other = {"sqlite_only" if connection.vendor == "postgresql" else "postgres_only"}
+    if not settings.REDIS_URL:
+        other.add("redis_only")
     keep, drop = [], []
     for item in items:
-        (drop if item.get_closest_marker(other) else keep).append(item)
+        (drop if any(item.get_closest_marker(m) for m in other) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -150,3 +155,15 @@ def _fresh_cache() -> None:
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    # WhiteNoise warns on every request when the collected-static folder does not exist.
+    Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)

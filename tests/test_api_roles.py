@@ -83,7 +83,9 @@ def _api_patterns() -> list[tuple[str, list[str]]]:
             elif isinstance(p, URLPattern) and route.startswith("api/v1/") and p.name:
                 cb = p.callback
                 actions = getattr(cb, "actions", None)
-                if actions:
+                if getattr(cb, "http_methods", None):
+                    methods = list(cb.http_methods)  # type: ignore[attr-defined]
+                elif actions:
                     methods = [m.upper() for m in actions]
                 else:
                     view = cb.view_class  # type: ignore[attr-defined]

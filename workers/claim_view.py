@@ -1,0 +1,126 @@
+"""The claim with long-poll: a plain async view that holds no database connection while waiting.
+
+`POST /api/v1/workers/{name}/claim/?wait=N` (N up to CLAIM_WAIT_MAX_S). The waiter
+registers with this process's wake-up hub before it checks the database, so an enqueue
+between the check and the wait still wakes it. Database work runs in short synchronous
+steps that give their connection back before the wait. WorkerClaimView in api.py
+documents the same contract in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from orchestration.actor import Actor, actor_for_user
+from orchestration.api import error_body
+from orchestration.errors import ServiceError
+from orchestration.services import apikey_check
+from queues.dispatch import dispatch_claim
+from queues.wakeup import HUB, pass_on
+from workers.api import claim_payload
+from workers.selectors import worker_for_actor
+
+# Claim checks made by this process (tests read it to prove there is no thundering herd).
+STATS = {"checks": 0}
+
+
+def _release_connection() -> None:
+    """Give the database connection back (to the pool) before waiting.
+
+    Inside an atomic block (a test's transaction) the connection must stay.
+    """
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close()
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> JsonResponse:
+    return JsonResponse(error_body(code, message, field), status=status)
+
+
+def _authenticate(header: str) -> Actor | None:
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() not in ("bearer", "token") or not token:
+        return None
+    try:
+        key = apikey_check(token)
+        return actor_for_user(key.user, key) if key is not None else None
+    finally:
+        _release_connection()
+
+
+def _listened_queues(actor: Actor, name: str) -> list[str]:
+    try:
+        worker = worker_for_actor(actor=actor, name=name, write=True)
+        return list(worker.queue_links.values_list("queue_id", flat=True))
+    finally:
+        _release_connection()
+
+
+def _claim_once(actor: Actor, name: str) -> dict[str, Any]:
+    STATS["checks"] += 1
+    try:
+        return claim_payload(dispatch_claim(actor=actor, worker_name=name))
+    finally:
+        _release_connection()  # back to the pool before any wait
+
+
+def _wait_seconds(raw: str | None) -> int:
+    if raw in (None, ""):
+        return 0
+    try:
+        wait = int(raw)
+    except ValueError:
+        raise ValueError("wait must be a whole number of seconds") from None
+    if not 0 <= wait <= 30:
+        raise ValueError("wait must be between 0 and 30 seconds")
+    return min(wait, settings.CLAIM_WAIT_MAX_S)
+
+
+@csrf_exempt
+async def claim_view(request: HttpRequest, name: str) -> HttpResponse:
+    """Claim the next experiment this worker can run, waiting up to `wait` seconds for one."""
+    if request.method != "POST":
+        return _error(405, "method_not_allowed", f'method "{request.method}" not allowed')
+    actor = await sync_to_async(_authenticate)(request.headers.get("Authorization", ""))
+    if actor is None:
+        return _error(401, "not_authenticated", "a valid API key is required")
+    if not (actor.is_agent or actor.is_admin):
+        return _error(403, "permission_denied", "only agent keys may call this endpoint")
+    try:
+        wait = _wait_seconds(request.GET.get("wait"))
+    except ValueError as exc:
+        return _error(400, "invalid", str(exc), "wait")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    try:
+        queue_ids = await sync_to_async(_listened_queues)(actor, name)
+        async with HUB.waiting(queue_ids) as waiter:
+            while True:
+                payload = await sync_to_async(_claim_once)(actor, name)
+                remaining = deadline - loop.time()
+                if payload["attempt"] is not None or remaining <= 0:
+                    return JsonResponse(payload, encoder=DjangoJSONEncoder)
+                if waiter.message_id:  # woken, but the work did not fit here: offer it on
+                    await sync_to_async(pass_on)(queue_ids, waiter.message_id)
+                HUB.rearm(waiter)
+                step = remaining if settings.REDIS_URL else min(remaining, settings.CLAIM_CROSS_PROCESS_CHECK_S)
+                try:
+                    await asyncio.wait_for(waiter.event.wait(), timeout=step)
+                except TimeoutError:
+                    if settings.REDIS_URL:
+                        deadline = loop.time()  # one last look, then answer empty
+    except ServiceError as exc:
+        return JsonResponse(error_body(exc.code, exc.message, exc.field, **exc.extra), status=exc.status)
+
+
+claim_view.http_methods = ["POST"]  # type: ignore[attr-defined]  # read by the role-matrix test
