@@ -215,6 +215,9 @@ def _writes(ctx: CaptureQueriesContext) -> list[str]:
 
 
 @pytest.mark.slow
+# Committed as it goes: inside one test transaction, PostgreSQL would queue 100,000
+# deferred foreign-key checks for the end of the test and run them one by one.
+@pytest.mark.django_db(transaction=True)
 def test_a_move_in_a_100000_entry_queue_touches_a_few_rows(admin_actor: Actor, queue: Queue, alice: Any) -> None:
     _seed(queue, alice.pk, 100_000, gap=1024)
     target = QueueEntry.objects.filter(queue=queue).order_by("position")[80_000]
