@@ -13,8 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from experiments.models import Capability
-from experiments.selectors import run_spec
+from experiments.models import Capability, Experiment
+from experiments.selectors import RUN_FIELDS, run_spec
 from experiments.serializers import INT32
 from orchestration.permissions import IsAgent, IsAnyRole, IsHumanUser, actor_of
 from queues.dispatch import dispatch_claim
@@ -82,39 +82,13 @@ class ClaimAttemptSerializer(serializers.Serializer[Any]):
     claimed_at = serializers.DateTimeField()
 
 
-class RunSpecSerializer(serializers.Serializer[Any]):
+class RunSpecSerializer(serializers.ModelSerializer[Experiment]):
     """The experiment as an agent receives it (secrets in clear, for the run only)."""
 
-    id = serializers.CharField()
-    name = serializers.CharField()
-    project = serializers.CharField()
-    command = serializers.ListField(child=serializers.CharField())
-    script = serializers.CharField()
-    working_dir = serializers.CharField()
-    repository = serializers.CharField()
-    branch = serializers.CharField()
-    commit = serializers.CharField()
-    diff = serializers.CharField()
-    entry_point = serializers.CharField()
-    snapshot = serializers.CharField()
-    requirements = serializers.CharField()
-    python_version = serializers.CharField()
-    container_image = serializers.CharField()
-    container_args = serializers.ListField(child=serializers.CharField())
-    setup_script = serializers.CharField()
-    env = serializers.DictField(child=serializers.CharField())
-    secret_env = serializers.DictField(child=serializers.CharField())
-    parameters = serializers.JSONField()
-    gpus = serializers.FloatField()
-    gpu_type = serializers.CharField()
-    cpus = serializers.FloatField()
-    memory_mb = serializers.IntegerField()
-    priority = serializers.IntegerField()
-    max_runtime_s = serializers.IntegerField(allow_null=True)
-    retry_policy = serializers.DictField(child=serializers.IntegerField())
-    stop_signal = serializers.CharField()
-    stop_grace_s = serializers.IntegerField()
-    retry_count = serializers.IntegerField()
+    class Meta:
+        model = Experiment
+        fields = list(RUN_FIELDS)
+        read_only_fields = fields
 
 
 class ClaimSerializer(serializers.Serializer[Any]):

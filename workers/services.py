@@ -172,23 +172,22 @@ def worker_register(*, actor: Actor, reg: Registration) -> Worker:
             audit_record(actor=actor, change=Change("worker", worker.name, "register", before, _snapshot(worker)))
     except IntegrityError:
         raise Conflict(f"worker {reg.name!r} was registered at the same moment; retry", field="name") from None
-    for attempt in replaced:
-        attempt_fence(
-            actor=actor,
-            attempt=attempt,
-            failure_class=FailureClass.WORKER_LOST,
-            message="the agent restarted (new instance id)",
-        )
+    _fence_lost(actor, replaced, "the agent restarted (new instance id)")
     worker_recount_usage(worker)
     return worker
+
+
+def _fence_lost(actor: Actor, attempts: Sequence[Attempt], message: str) -> None:
+    """End runs the worker no longer has as worker_lost (each retried by its policy)."""
+    for attempt in attempts:
+        attempt_fence(actor=actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message=message)
 
 
 def worker_unregister(*, actor: Actor, worker: Worker) -> None:
     """Remove a worker; what it still ran is ended as worker lost (and retried by policy)."""
     if not actor.can_write:
         raise Forbidden("this key is read-only")
-    for attempt in Attempt.objects.filter(worker=worker, finished_at__isnull=True):
-        attempt_fence(actor=actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message="unregistered")
+    _fence_lost(actor, list(Attempt.objects.filter(worker=worker, finished_at__isnull=True)), "unregistered")
     with transaction.atomic():
         before = _snapshot(worker)
         Worker.objects.filter(pk=worker.pk).delete()
@@ -341,20 +340,8 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
             )
         _store_stats(worker, now, report, {r.attempt_id for r in valid})
         queues = list(WorkerQueue.objects.filter(worker=worker).order_by("order").values_list("queue__name", flat=True))
-    for attempt in replaced:
-        attempt_fence(
-            actor=actor,
-            attempt=attempt,
-            failure_class=FailureClass.WORKER_LOST,
-            message="the agent restarted (new instance id)",
-        )
-    for attempt in lost_claims:
-        attempt_fence(
-            actor=actor,
-            attempt=attempt,
-            failure_class=FailureClass.WORKER_LOST,
-            message="the worker does not run it (the claim answer was lost)",
-        )
+    _fence_lost(actor, replaced, "the agent restarted (new instance id)")
+    _fence_lost(actor, lost_claims, "the worker does not run it (the claim answer was lost)")
     if replaced or lost_claims:
         worker_recount_usage(worker)
     return ReportAnswer(kill=kill, stop=stop, drain=worker.draining, queues=queues)
