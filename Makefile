@@ -22,7 +22,7 @@ system-packages:
 
 ## run: migrate SQLite, first-run admin/queue/key, then the ASGI server, celery worker and beat
 run: setup
-	$(VENV)/bin/python scripts/run.py
+	exec $(VENV)/bin/python scripts/run.py
 
 ## test: lint, types, migrations check, then the suite on SQLite and on PostgreSQL
 test: setup

@@ -23,6 +23,15 @@ pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 
 
 def _world(n_workers: int = 1) -> dict[str, Any]:
+    from django.db import connections
+
+    try:
+        return _make_world(n_workers)
+    finally:
+        connections.close_all()  # made in an executor thread: its connection must not outlive the test
+
+
+def _make_world(n_workers: int) -> dict[str, Any]:
     admin = User.objects.create_superuser("root", "", "pw-root-123")
     alice = User.objects.create_user("alice", "", "pw-alice-123")
     key = apikey_create(actor=SYSTEM, user=admin, role=Role.AGENT)
@@ -34,9 +43,15 @@ def _world(n_workers: int = 1) -> dict[str, Any]:
 
 
 def _enqueue(world: dict[str, Any]) -> str:
-    exp = experiment_create(actor=world["alice"], spec={"name": "job", "command": ["true"]})
-    experiment_enqueue(actor=world["alice"], experiment_id=exp.pk, queue_id=world["queue"].pk)
-    return exp.pk
+    """Enqueue from another thread, as another request would; its connection is closed after."""
+    from django.db import connections
+
+    try:
+        exp = experiment_create(actor=world["alice"], spec={"name": "job", "command": ["true"]})
+        experiment_enqueue(actor=world["alice"], experiment_id=exp.pk, queue_id=world["queue"].pk)
+        return exp.pk
+    finally:
+        connections.close_all()
 
 
 async def _claim(client: AsyncClient, token: str, name: str, wait: int) -> tuple[int, dict[str, Any], float]:
@@ -84,3 +99,97 @@ async def test_an_idle_wait_checks_the_database_the_same_number_of_times_for_1s_
         await _claim(AsyncClient(), world["token"], "w0", wait)
         counts.append(claim_view.STATS["checks"])
     assert counts[0] == counts[1] == 2  # one look before waiting, one at the deadline
+
+
+@pytest.mark.redis_only
+async def test_one_enqueue_wakes_one_of_50_waiters_on_a_real_server(settings: Any) -> None:
+    """50 idle agents long-poll a real server process; one enqueue causes at most 2 claim checks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.db import connection
+
+    from bench.common import spare_port
+    from bench.httpclient import Connection
+    from orchestration.redis import redis_client
+
+    world = await sync_to_async(_world)(50)
+    root = Path(__file__).resolve().parent.parent
+    db = connection.settings_dict
+    port = spare_port()
+    env = {
+        **__import__("os").environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "CLAIM_WAIT_MAX_S": "8",
+        "DB_POOL": "false",  # no pooled sessions left behind to block the test database's teardown
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "orchestration.asgi:application",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=root,
+        env=env,
+    )
+    counter = redis_client()
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            try:
+                await Connection(f"http://127.0.0.1:{port}").request("GET", "/healthz")
+                break
+            except OSError:
+                continue
+        counter.delete(claim_view.CLAIM_CHECKS_KEY)
+
+        async def waiter(i: int) -> Any:
+            conn = Connection(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {world['token']}"})
+            try:
+                return await conn.request("POST", f"/api/v1/workers/w{i}/claim/?wait=8")
+            finally:
+                await conn.close()
+
+        tasks = [asyncio.create_task(waiter(i)) for i in range(50)]
+        for _ in range(200):  # every waiter made its first check and now waits
+            if int(counter.get(claim_view.CLAIM_CHECKS_KEY) or 0) >= 50:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        before = int(counter.get(claim_view.CLAIM_CHECKS_KEY) or 0)
+        assert before == 50
+        await sync_to_async(_enqueue, thread_sensitive=False)(world)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=5)
+        after = int(counter.get(claim_view.CLAIM_CHECKS_KEY) or 0)
+        assert [t.result()[1]["attempt"] is not None for t in done] == [True] * len(done) and done
+        assert after - before <= 2, f"{after - before} claim checks for one enqueue"
+        await asyncio.gather(*tasks)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        await sync_to_async(_wait_for_other_sessions_to_end)()
+
+
+def _wait_for_other_sessions_to_end() -> None:
+    """Until the server's sessions are gone (this thread's own and the test's main one aside)."""
+    from django.db import connection, connections
+
+    try:
+        for _ in range(50):
+            with connection.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pytest%%'"
+                    " AND backend_type = 'client backend'"
+                )
+                if cur.fetchone()[0] <= 1:
+                    return
+            time.sleep(0.1)
+    finally:
+        connections.close_all()

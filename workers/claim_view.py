@@ -10,6 +10,7 @@ documents the same contract in the OpenAPI schema.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -30,6 +31,16 @@ from workers.selectors import worker_for_actor
 
 # Claim checks made by this process (tests read it to prove there is no thundering herd).
 STATS = {"checks": 0}
+# The same count across every server process, in Redis (the seed of the /metrics counters).
+CLAIM_CHECKS_KEY = "muster:counters:claim_checks"
+
+
+def count_claim_check() -> None:
+    if settings.REDIS_URL:
+        from orchestration.redis import redis_client
+
+        with contextlib.suppress(Exception):  # a counter must never fail a claim
+            redis_client().incr(CLAIM_CHECKS_KEY)
 
 
 def _release_connection() -> None:
@@ -68,6 +79,7 @@ def _listened_queues(actor: Actor, name: str) -> list[str]:
 
 def _claim_once(actor: Actor, name: str) -> dict[str, Any]:
     STATS["checks"] += 1
+    count_claim_check()
     try:
         return claim_payload(dispatch_claim(actor=actor, worker_name=name))
     finally:
