@@ -13,6 +13,7 @@ from experiments.api import (
     ExperimentViewSet,
 )
 from orchestration import views_api
+from orchestration.metrics import metrics
 from orchestration.throttle import throttled_login
 from queues.api import QueueViewSet
 from workers.api import WorkerDetailView, WorkerListView, WorkerReportView
@@ -49,5 +50,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", views_api.healthz, name="healthz"),
     path("readyz", views_api.readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]

@@ -279,3 +279,19 @@ def test_admin_password_logins_are_throttled(alice: Any) -> None:
     client = Client()
     codes = [client.post("/admin/login/", {"username": "alice", "password": "wrong"}).status_code for _ in range(12)]
     assert codes[0] == 200 and codes[-1] == 429
+
+
+def test_metrics_need_a_key_and_count_what_is_there(
+    admin_api: APIClient, agent_api: APIClient, queue: Queue, make_experiment: Any, make_worker: Any
+) -> None:
+    assert APIClient().get("/metrics").status_code == 401
+    make_experiment(queue=queue)
+    make_experiment()
+    make_worker(name="m:0", queues=[queue])
+    agent_api.post("/api/v1/workers/m:0/claim/")
+    agent_api.post("/api/v1/workers/m:0/report/", {"interval_s": 5}, format="json")
+    body = admin_api.get("/metrics").content.decode()
+    assert 'muster_queue_length{queue="default"} 0' in body
+    assert 'muster_experiments{status="in_progress"} 1' in body and 'muster_experiments{status="created"} 1' in body
+    assert 'muster_workers{status="busy"} 1' in body
+    assert "# TYPE muster_claims_total counter" in body and "muster_reports_total" in body

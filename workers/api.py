@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from experiments.models import Capability, Experiment
 from experiments.selectors import RUN_FIELDS, run_spec
 from experiments.serializers import INT32
+from orchestration.counters import counter_incr
 from orchestration.permissions import IsAgent, IsAnyRole, IsHumanUser, actor_of
 from queues.dispatch import dispatch_claim
 from workers import selectors, services
@@ -273,4 +274,5 @@ class WorkerReportView(APIView):
             attempts=[dict(a) for a in d.get("attempts", [])],
         )
         answer = services.worker_report(actor=actor_of(request), name=name, report=report)
+        counter_incr("reports")
         return Response(ReportAnswerSerializer(answer).data)

@@ -10,7 +10,6 @@ documents the same contract in the OpenAPI schema.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -22,6 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from orchestration.actor import Actor, actor_for_user
 from orchestration.api import error_body
+from orchestration.counters import PREFIX, counter_incr
 from orchestration.errors import ServiceError
 from orchestration.services import apikey_check
 from queues.dispatch import dispatch_claim
@@ -31,16 +31,8 @@ from workers.selectors import worker_for_actor
 
 # Claim checks made by this process (tests read it to prove there is no thundering herd).
 STATS = {"checks": 0}
-# The same count across every server process, in Redis (the seed of the /metrics counters).
-CLAIM_CHECKS_KEY = "muster:counters:claim_checks"
-
-
-def count_claim_check() -> None:
-    if settings.REDIS_URL:
-        from orchestration.redis import redis_client
-
-        with contextlib.suppress(Exception):  # a counter must never fail a claim
-            redis_client().incr(CLAIM_CHECKS_KEY)
+# The same count across every server process (in Redis when configured), read by /metrics.
+CLAIM_CHECKS_KEY = PREFIX + "claim_checks"
 
 
 def _release_connection() -> None:
@@ -79,9 +71,12 @@ def _listened_queues(actor: Actor, name: str) -> list[str]:
 
 def _claim_once(actor: Actor, name: str) -> dict[str, Any]:
     STATS["checks"] += 1
-    count_claim_check()
+    counter_incr("claim_checks")
     try:
-        return claim_payload(dispatch_claim(actor=actor, worker_name=name))
+        claim = dispatch_claim(actor=actor, worker_name=name)
+        if claim is not None:
+            counter_incr("claims")
+        return claim_payload(claim)
     finally:
         _release_connection()  # back to the pool before any wait
 
