@@ -30,6 +30,19 @@ def next_position() -> int:
     return (top or 0) + gap
 
 
+def next_positions(count: int) -> list[int]:
+    """`count` increasing positions after every position handed out so far, in one query."""
+    gap: int = settings.QUEUE_POSITION_GAP
+    if count <= 0:
+        return []
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT nextval('queues_entry_position_seq') FROM generate_series(1, %s)", [count])
+            return sorted(int(row[0]) for row in cursor.fetchall())
+    top = QueueEntry.objects.aggregate(top=Max("position"))["top"] or 0
+    return [top + gap * (i + 1) for i in range(count)]
+
+
 def front_position(queue_id: str, priority: int) -> int:
     """A position before every entry of the band."""
     low = QueueEntry.objects.filter(queue_id=queue_id, priority=priority).aggregate(low=Min("position"))["low"]

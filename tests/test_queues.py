@@ -271,3 +271,20 @@ def test_repeated_midpoint_moves_stay_ordered(admin_actor: Actor, queue: Queue, 
         assert positions.index_of(QueueEntry.objects.get(pk=entry.pk)) == 1, i
     pos = list(positions.ordered(queue.pk).values_list("position", flat=True))
     assert pos == sorted(pos) and len(set(pos)) == len(pos)
+
+
+def test_a_bulk_move_to_another_queue_costs_the_same_queries_for_10_or_200(
+    admin_actor: Actor, queue: Queue, make_queue: Callable[..., Queue], alice: Any
+) -> None:
+    other = make_queue("other")
+    _seed(queue, alice.pk, 210, gap=1024)
+    ids = list(positions.ordered(queue.pk).values_list("experiment_id", flat=True))
+    counts = []
+    for selection in (ids[:10], ids[10:210]):
+        with CaptureQueriesContext(connection) as ctx:
+            services.queue_entries_move(
+                actor=admin_actor, queue_id=queue.pk, experiment_ids=selection, to="queue", target_queue=other.pk
+            )
+        counts.append(len(ctx.captured_queries))
+    assert counts[1] - counts[0] <= 1  # the same statements; bulk_update may split one more batch
+    assert list(positions.ordered(other.pk).values_list("experiment_id", flat=True)) == ids
