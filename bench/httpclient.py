@@ -23,6 +23,15 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        try:
+            return await self._request(method, path, body)
+        except (ConnectionError, IndexError, asyncio.IncompleteReadError):
+            # The server closed an idle keep-alive connection: reconnect once.
+            await self.close()
+            self.reader = self.writer = None
+            return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
