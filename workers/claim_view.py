@@ -49,7 +49,7 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> Js
     return JsonResponse(error_body(code, message, field), status=status)
 
 
-def _authenticate(header: str) -> Actor | None:
+def _authenticate(header: str, *, release: bool = True) -> Actor | None:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() not in ("bearer", "token") or not token:
@@ -58,7 +58,8 @@ def _authenticate(header: str) -> Actor | None:
         key = apikey_check(token)
         return actor_for_user(key.user, key) if key is not None else None
     finally:
-        _release_connection()
+        if release:
+            _release_connection()
 
 
 def _listened_queues(actor: Actor, name: str) -> list[str]:
@@ -71,14 +72,25 @@ def _listened_queues(actor: Actor, name: str) -> list[str]:
 
 def _claim_once(actor: Actor, name: str) -> dict[str, Any]:
     STATS["checks"] += 1
-    counter_incr("claim_checks")
     try:
         claim = dispatch_claim(actor=actor, worker_name=name)
-        if claim is not None:
-            counter_incr("claims")
+        counter_incr("claim_checks", *(["claims"] if claim is not None else []))
         return claim_payload(claim)
     finally:
         _release_connection()  # back to the pool before any wait
+
+
+def _claim_now(header: str, name: str) -> tuple[int, dict[str, Any]]:
+    """A claim that does not wait: authenticate and claim in one synchronous step."""
+    actor = _authenticate(header, release=False)
+    if actor is None:
+        return 401, error_body("not_authenticated", "a valid API key is required")
+    if not (actor.is_agent or actor.is_admin):
+        return 403, error_body("permission_denied", "only agent keys may call this endpoint")
+    try:
+        return 200, _claim_once(actor, name)
+    except ServiceError as exc:
+        return exc.status, error_body(exc.code, exc.message, exc.field, **exc.extra)
 
 
 def _wait_seconds(raw: str | None) -> int:
@@ -98,15 +110,18 @@ async def claim_view(request: HttpRequest, name: str) -> HttpResponse:
     """Claim the next experiment this worker can run, waiting up to `wait` seconds for one."""
     if request.method != "POST":
         return _error(405, "method_not_allowed", f'method "{request.method}" not allowed')
+    try:
+        wait = _wait_seconds(request.GET.get("wait"))
+    except ValueError as exc:
+        return _error(400, "invalid", str(exc), "wait")
+    if wait == 0:  # the common polling path: one step, one thread hop
+        status, body = await sync_to_async(_claim_now)(request.headers.get("Authorization", ""), name)
+        return JsonResponse(body, status=status, encoder=DjangoJSONEncoder)
     actor = await sync_to_async(_authenticate)(request.headers.get("Authorization", ""))
     if actor is None:
         return _error(401, "not_authenticated", "a valid API key is required")
     if not (actor.is_agent or actor.is_admin):
         return _error(403, "permission_denied", "only agent keys may call this endpoint")
-    try:
-        wait = _wait_seconds(request.GET.get("wait"))
-    except ValueError as exc:
-        return _error(400, "invalid", str(exc), "wait")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     try:
