@@ -88,3 +88,15 @@ RUN_FIELDS = (
 def run_spec(experiment: Experiment) -> dict[str, object]:
     """What an agent needs to run an experiment, secrets included (run time only), no joins."""
     return {name: getattr(experiment, name) for name in RUN_FIELDS}
+
+
+def attempt_of(experiment_id: str, attempt_id: str | None) -> str:
+    """The id of an attempt of this experiment (default: its current one); 404 otherwise."""
+    exp = experiment_get(experiment_id)
+    if attempt_id:
+        if not Attempt.objects.filter(pk=attempt_id, experiment=exp).exists():
+            raise NotFound(f"attempt {attempt_id} is not an attempt of this experiment", field="attempt")
+        return attempt_id
+    if exp.current_attempt_id is None:
+        raise NotFound("this experiment has not run yet", field="attempt")
+    return str(exp.current_attempt_id)

@@ -627,6 +627,10 @@ def _end_attempt(
         from workers.services import worker_release
 
         worker_release(worker_id=attempt.worker_id, gpus=attempt.gpus, cpus=attempt.cpus, memory_mb=attempt.memory_mb)
+        # Capacity came back: wake the waiters on this worker's queues (its own long-poll among them).
+        from workers.models import WorkerQueue
+
+        notify_queues(WorkerQueue.objects.filter(worker_id=attempt.worker_id).values_list("queue_id", flat=True))
     exp = Experiment.objects.get(pk=attempt.experiment_id)
     _record_usage(attempt, exp, now)
 

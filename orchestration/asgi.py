@@ -1,8 +1,42 @@
-"""ASGI entry point (gunicorn with uvicorn workers, or uvicorn)."""
+"""ASGI entry point (gunicorn with uvicorn workers, or uvicorn).
 
+Django's handler serves HTTP; this wrapper also answers ASGI lifespan events and runs the
+server heartbeat (orchestration/servicebeat.py) in each server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+_beat: dict[str, asyncio.Task[None]] = {}
+
+
+def _start_beat() -> None:
+    if "task" not in _beat or _beat["task"].done():
+        from orchestration.servicebeat import beat_forever
+
+        _beat["task"] = asyncio.get_running_loop().create_task(beat_forever())
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _start_beat()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                task = _beat.pop("task", None)
+                if task is not None:
+                    task.cancel()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    _start_beat()  # servers that send no lifespan events
+    await django_application(scope, receive, send)

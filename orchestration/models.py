@@ -70,3 +70,18 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.object_type}:{self.object_id} {self.action}"
+
+
+class ServiceBeat(models.Model):
+    """When a long-running service (the API server) last said it was alive, and since when it is up.
+
+    Liveness verdicts need it: while the server is away no agent can report, so silence
+    then says nothing about the agents; after it comes back they get two timeouts.
+    """
+
+    name = models.CharField(primary_key=True, max_length=50)
+    alive_at = models.DateTimeField()
+    up_since = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} alive at {self.alive_at:%Y-%m-%d %H:%M:%S}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -16,11 +17,16 @@ BATCH = 5000
 
 
 def _purge(model: type[Model], field: str, days: int) -> int:
-    cutoff = timezone.now() - timedelta(days=days)
+    return purge_before(model, field, timezone.now() - timedelta(days=days))
+
+
+def purge_before(model: type[Model], field: str, cutoff: datetime, **where: Any) -> int:
+    """Delete rows whose `field` is before `cutoff` (and match `where`), BATCH rows per transaction."""
     total = 0
     while True:
         with transaction.atomic():
-            ids = list(model._default_manager.filter(**{f"{field}__lt": cutoff}).values_list("pk", flat=True)[:BATCH])
+            qs = model._default_manager.filter(**{f"{field}__lt": cutoff}, **where)
+            ids = list(qs.values_list("pk", flat=True)[:BATCH])
             if not ids:
                 return total
             model._default_manager.filter(pk__in=ids).delete()

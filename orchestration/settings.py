@@ -203,6 +203,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     "retention-purge": {"task": "orchestration.retention_purge", "schedule": 3600.0},
     "check-liveness": {"task": "workers.check_liveness", "schedule": CELERY_BEAT_TICK_S},
+    "stats-sample": {"task": "workers.stats_sample", "schedule": envfloat("STATS_SAMPLE_S", 10.0)},
+    "stats-rollup": {"task": "workers.stats_rollup", "schedule": 60.0},
+    "stats-purge": {"task": "workers.stats_purge", "schedule": 3600.0},
 }
 
 # Domain settings.
@@ -211,6 +214,8 @@ CLAIM_WAIT_MAX_S = envint("CLAIM_WAIT_MAX_S", 2 if TESTING else 30, minimum=0)
 # Without Redis, a waiting claim re-checks the database this often (other processes' enqueues).
 CLAIM_CROSS_PROCESS_CHECK_S = envfloat("CLAIM_CROSS_PROCESS_CHECK_S", 1.0)
 WORKER_TIMEOUT_S = envint("WORKER_TIMEOUT", 30, minimum=1)
+# Each server process records it is alive this often (liveness gives no verdicts while it is away).
+SERVER_BEAT_S = envfloat("SERVER_BEAT_S", 5.0)
 STOP_GRACE_DEFAULT_S = envint("STOP_GRACE_DEFAULT_S", 60, minimum=0)
 LOG_HEAD_BYTES = envint("LOG_HEAD_BYTES", 1024 * 1024, minimum=1024)
 LOG_TAIL_BYTES = envint("LOG_TAIL_BYTES", 4 * 1024 * 1024, minimum=1024)
@@ -219,6 +224,11 @@ QUEUE_POSITION_GAP = 1024
 AUDIT_RETENTION_DAYS = envint("AUDIT_RETENTION_DAYS", 365, minimum=1)
 LOG_RETENTION_DAYS = envint("LOG_RETENTION_DAYS", 90, minimum=1)
 USAGE_RETENTION_DAYS = envint("USAGE_RETENTION_DAYS", 3 * 365, minimum=1)
+# Time series: raw report rows and samples, then 1-minute, 10-minute and 1-hour rollups.
+STATS_RAW_RETENTION_HOURS = envint("STATS_RAW_RETENTION_HOURS", 48, minimum=7)
+STATS_MINUTE_RETENTION_DAYS = envint("STATS_MINUTE_RETENTION_DAYS", 3, minimum=1)
+STATS_TEN_MINUTE_RETENTION_DAYS = envint("STATS_TEN_MINUTE_RETENTION_DAYS", 40, minimum=1)
+STATS_HOUR_RETENTION_DAYS = envint("STATS_HOUR_RETENTION_DAYS", 400, minimum=1)
 API_KEY_TOUCH_INTERVAL_S = 60
 # Seconds a successful key check is trusted in-process (revocation elsewhere takes this long).
 AUTH_CACHE_S = envfloat("AUTH_CACHE_S", 0.0 if TESTING else 10.0)

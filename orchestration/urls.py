@@ -18,6 +18,7 @@ from orchestration.throttle import throttled_login
 from queues.api import QueueViewSet
 from workers.api import WorkerDetailView, WorkerListView, WorkerReportView
 from workers.claim_view import claim_view
+from workers.stats_api import ExperimentStatsView, FleetStatsView, QueueStatsView, WorkerStatsView
 
 router = SimpleRouter()
 router.register("experiments", ExperimentViewSet, basename="experiment")
@@ -32,6 +33,10 @@ api_v1 = [
     path(WORKER, WorkerDetailView.as_view(), name="worker-detail"),
     path(WORKER + "claim/", claim_view, name="worker-claim"),
     path(WORKER + "report/", WorkerReportView.as_view(), name="worker-report"),
+    path(WORKER + "stats/", WorkerStatsView.as_view(), name="worker-stats"),
+    path("queues/<str:pk>/stats/", QueueStatsView.as_view(), name="queue-stats"),
+    path("experiments/<str:pk>/stats/", ExperimentStatsView.as_view(), name="experiment-stats"),
+    path("stats/fleet/", FleetStatsView.as_view(), name="fleet-stats"),
     path(ATTEMPT + "start/", AttemptStartView.as_view(), name="attempt-start"),
     path(ATTEMPT + "logs/", AttemptLogsView.as_view(), name="attempt-logs"),
     path(ATTEMPT + "progress/", AttemptProgressView.as_view(), name="attempt-progress"),
@@ -53,3 +58,5 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "orchestration.views_api.not_found"

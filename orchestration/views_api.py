@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -217,3 +217,14 @@ def readyz(request: HttpRequest) -> JsonResponse:
             checks["redis"] = f"error: {exc.__class__.__name__}"
     ok = all(v == "ok" for v in checks.values())
     return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for a URL no view matches: JSON under /api/ (clients parse it), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        from orchestration.api import error_body
+
+        return JsonResponse(error_body("not_found", f"no such resource: {request.path}"), status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Exception("not found"))

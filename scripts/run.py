@@ -1,4 +1,4 @@
-"""`make run`: migrate, first-run set-up, then the ASGI server, a celery worker with beat.
+"""`make run`: migrate, first-run set-up, then the ASGI server, a celery worker with beat and a local agent.
 
 Every child runs in its own process group; Ctrl-C (or SIGTERM) stops all of them, and
 if one dies the others are stopped too, so nothing is left running behind the prompt.
@@ -24,6 +24,30 @@ def manage(*args: str) -> str:
     return subprocess.run([PY, "manage.py", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
 
+def wait_until_up(url: str, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):  # noqa: S310 - our own URL
+                return
+        except OSError:
+            time.sleep(0.2)
+
+
+def login_cli(url: str, key: str) -> str:
+    """Point the `muster` CLI at this server unless it is already logged in elsewhere."""
+    sys.path.insert(0, str(ROOT))
+    from agent.config import config_path, save, saved
+
+    current = saved().get("server")
+    if current and current != url:
+        return f"logged in to {current} already; run `muster login --server {url}` to switch"
+    save(url, key)
+    return f"logged in as the admin ({config_path()})"
+
+
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
     os.environ.setdefault("DEBUG", "true")
@@ -35,9 +59,9 @@ def main() -> int:
     state = json.loads(manage("bootstrap").strip().splitlines()[-1])
     children: list[subprocess.Popen[bytes]] = []
 
-    def start(name: str, argv: list[str]) -> None:
+    def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         print(f"starting {name}: {' '.join(argv)}", flush=True)
-        children.append(subprocess.Popen(argv, cwd=ROOT, start_new_session=True))
+        children.append(subprocess.Popen(argv, cwd=ROOT, start_new_session=True, env=env))
 
     start(
         "server",
@@ -73,12 +97,23 @@ def main() -> int:
         ],
     )
     url = f"http://{HOST}:{PORT}"
+    wait_until_up(url)
+    # The local agent: its key travels in the environment, never on the command line.
+    start(
+        "local agent",
+        [str(Path(PY).parent / "muster"), "agent", "run", "--server", url, "--queue", "default",
+         "--name", "local", "--state-dir", str(ROOT / "var" / "agent"), "--log-level", "warning"],
+        env={**os.environ, "MUSTER_API_KEY": state["agent_key"]},
+    )  # fmt: skip
+    cli_note = login_cli(url, state["api_key"])
     print(
         f"\n  Muster is running at {url}/\n"
         f"  admin login: {state['username']} / {state['password']}   ({url}/admin/)\n"
         f"  API key:     {state['api_key']}\n"
         f"  agent key:   {state['agent_key']}\n"
         f"  API docs:    {url}/api/docs/\n"
+        f"  CLI:         {cli_note}\n"
+        f"               try: .venv/bin/muster enqueue -- python -c \"print('hi')\"; .venv/bin/muster status\n"
         f"  (credentials are also in var/bootstrap.json; Ctrl-C stops everything)\n",
         flush=True,
     )

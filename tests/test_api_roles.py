@@ -58,6 +58,10 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("worker-detail", "PATCH"): AGENTS,
     ("worker-detail", "DELETE"): AGENTS,
     ("worker-claim", "POST"): AGENTS,
+    ("worker-stats", "GET"): ALL,
+    ("queue-stats", "GET"): HUMANS,
+    ("experiment-stats", "GET"): HUMANS,
+    ("fleet-stats", "GET"): HUMANS,
     ("worker-report", "POST"): AGENTS,
     ("attempt-start", "POST"): AGENTS,
     ("attempt-logs", "POST"): AGENTS,
@@ -155,6 +159,7 @@ def world(db: Any) -> World:
         "worker": {"name": worker.name},
         "attempt": {"attempt_id": claim.attempt.pk},
         "key": {"access_key": keys["user"].key.access_key},
+        "fleet": {},
     }
     bodies = {
         "experiment-list": {"name": "new", "command": ["true"]},

@@ -193,3 +193,29 @@ def _wait_for_other_sessions_to_end() -> None:
             time.sleep(0.1)
     finally:
         connections.close_all()
+
+
+@pytest.mark.redis_only
+@pytest.mark.slow
+async def test_an_idle_wait_issues_the_same_sql_for_1s_and_30s(settings: Any, monkeypatch: Any) -> None:
+    """No polling: the SQL an idle long-poll runs does not grow with its length (every thread counted)."""
+    from django.db.backends import utils
+
+    settings.CLAIM_WAIT_MAX_S = 30
+    world = await sync_to_async(_world)()
+    seen: list[str] = []
+    original = utils.CursorWrapper.execute
+
+    def counting(self: Any, sql: str, params: Any = None) -> Any:
+        seen.append(sql)
+        return original(self, sql, params)
+
+    monkeypatch.setattr(utils.CursorWrapper, "execute", counting)
+    await _claim(AsyncClient(), world["token"], "w0", 0)  # warm: one-off set-up queries are not the wait's
+    counts = []
+    for wait in (1, 30):
+        seen.clear()
+        status, body, elapsed = await _claim(AsyncClient(), world["token"], "w0", wait)
+        assert status == 200 and body["attempt"] is None and elapsed >= wait - 0.1
+        counts.append(len(seen))
+    assert counts[0] == counts[1] and counts[0] <= 12, counts

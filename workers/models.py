@@ -142,3 +142,28 @@ class AttemptStat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.attempt_id}@{self.at:%H:%M:%S}"
+
+
+class Rollup(models.Model):
+    """A time series point: a raw sample (level 0: queues and the fleet) or an aggregate of a bucket.
+
+    kind/key name the series: ("worker", name), ("attempt", id), ("queue", id), ("fleet", "").
+    level is the bucket length in seconds (60, 600, 3600) and `at` the bucket start; values
+    are averages weighted by `samples`, except keys ending in _max (maxima).
+    """
+
+    kind = models.CharField(max_length=10)
+    key = models.CharField(max_length=200)
+    level = models.PositiveIntegerField()
+    at = models.DateTimeField()
+    samples = models.PositiveIntegerField(default=1)
+    values = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "key", "level", "at"], name="rollup_series_point_unique")
+        ]
+        indexes = [models.Index(fields=["level", "at"], name="rollup_level_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.key}/{self.level}@{self.at:%Y-%m-%d %H:%M}"

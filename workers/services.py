@@ -399,6 +399,13 @@ def worker_check_liveness(*, since: datetime, now: datetime | None = None) -> di
     """
     now = now or timezone.now()
     counts = {"unresponsive": 0, "lost": 0}
+    from orchestration.servicebeat import server_state
+
+    server_away, server_up_since = server_state(now)
+    if server_away:
+        return counts  # no agent can report while the server is away: their silence says nothing
+    if server_up_since is not None:
+        since = max(since, server_up_since)
     candidates = Worker.objects.filter(live_until__lt=now).exclude(status=WorkerStatus.LOST)
     for worker in candidates[:1000]:
         timeout = worker.effective_timeout_s

@@ -1,0 +1,408 @@
+"""`muster`: the command line for people, and `muster agent run` for machines.
+
+Every command takes --json (machine-readable output). Exit codes:
+0 done; 1 the experiment failed (logs -f, status --wait) or another error; 2 bad usage;
+3 not found; 4 not logged in or not allowed; 5 conflict (e.g. not in a state for that);
+6 the server cannot be reached; 7 the experiment was stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.client import ApiError, Client, ServerAway
+from agent.config import ConfigError, load, save
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_CONFLICT, EXIT_AWAY, EXIT_STOPPED = range(8)
+TERMINAL = {"completed", "failed", "stopped"}
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit code 2)."""
+
+
+class Out:
+    """Tables with rich when it is installed, plain aligned text otherwise; JSON with --json."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        try:
+            from rich.console import Console
+
+            self.console: Any = Console(highlight=False, soft_wrap=True)
+        except ImportError:
+            self.console = None
+
+    def data(self, obj: Any) -> None:
+        print(json.dumps(obj, indent=2, default=str))
+
+    def table(self, rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str = "") -> None:
+        if self.as_json:
+            self.data(rows)
+            return
+        if self.console is not None:
+            from rich.table import Table
+            from rich.text import Text
+
+            t = Table(title=title or None, show_edge=False, header_style="bold")
+            for key, label in columns:
+                t.add_column(label, no_wrap=True, overflow="ellipsis", max_width=32 if key == "name" else None)
+            for row in rows:
+                t.add_row(*[Text(_cell(row.get(key))) for key, _ in columns])  # Text: no markup in values
+            self.console.print(t)
+            return
+        cells = [[label for _, label in columns]] + [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+        for c in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=False)).rstrip())
+
+    def say(self, text: str, obj: Any = None) -> None:
+        if self.as_json:
+            self.data(obj if obj is not None else {"message": text})
+        else:
+            print(text)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and len(value) >= 19 and value[10:11] == "T" and value[4:5] == "-":
+        return value[:10] + " " + value[11:19]  # an ISO time: to the second
+    return str(value)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    cfg = load(server=args.server, key_file=getattr(args, "key_file", None), ca_bundle=args.ca_bundle)
+    return Client(cfg.server, cfg.key, ca_bundle=cfg.ca_bundle)
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} takes KEY=VALUE, not {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_login(args: argparse.Namespace, out: Out) -> int:
+    server = args.server or os.environ.get("MUSTER_SERVER")
+    if not server:
+        raise ConfigError("muster login needs --server URL")
+    client = Client(server, "", ca_bundle=args.ca_bundle)
+    if args.username:
+        password = os.environ.get("MUSTER_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
+        created = client.request("POST", "auth/login/", {"username": args.username, "password": password}, auth=False)
+        key = created["token"]
+    else:
+        key = os.environ.get("MUSTER_API_KEY") or (
+            sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("API key: ")
+        )
+    client.key = key
+    client.request("GET", "queues/")  # proves the key works before it is saved
+    path = save(server.rstrip("/"), key, args.ca_bundle)
+    out.say(f"logged in to {server}; the key is in {path}", {"server": server, "config": str(path)})
+    return EXIT_OK
+
+
+def cmd_queues(args: argparse.Namespace, out: Out) -> int:
+    rows = _client(args).request("GET", "queues/")
+    out.table(
+        rows,
+        [("name", "Queue"), ("in_queue", "Queued"), ("worker_count", "Workers"), ("paused", "Paused"), ("id", "Id")],
+    )
+    return EXIT_OK
+
+
+def cmd_workers(args: argparse.Namespace, out: Out) -> int:
+    rows = _client(args).request("GET", "workers/")
+    for r in rows:
+        r["queue_names"] = [q["name"] for q in r.get("queues", [])]
+    out.table(
+        rows,
+        [("name", "Worker"), ("status", "Status"), ("queue_names", "Queues"), ("gpus", "GPUs"),
+         ("hostname", "Host"), ("last_seen_at", "Last seen")],
+    )  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_enqueue(args: argparse.Namespace, out: Out) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("enqueue needs a command after --, e.g. muster enqueue -- python train.py")
+    body: dict[str, Any] = {
+        "name": args.name or " ".join(command)[:200],
+        "command": command,
+        "queue": args.queue,
+        "priority": args.priority,
+        "gpus": args.gpus,
+        "cpus": args.cpus,
+        "env": _pairs(args.env, "--env"),
+        "parameters": _pairs(args.param, "--param"),
+    }
+    if args.max_runtime:
+        body["max_runtime_s"] = args.max_runtime
+    if args.project:
+        body["project"] = args.project
+    answer = _client(args).request("POST", "experiments/", body)
+    exp = _unwrap(answer)
+    out.say(f"{exp['id']} {exp['status']} in {exp.get('queue_name') or args.queue}", answer)
+    return EXIT_OK
+
+
+def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
+    """State changes answer {experiment, changed, warnings}: warnings go to stderr."""
+    for warning in answer.get("warnings") or []:
+        print(f"muster: warning: {warning}", file=sys.stderr)
+    exp: dict[str, Any] = answer.get("experiment", answer)
+    return exp
+
+
+EXP_COLUMNS = [("id", "Id"), ("name", "Name"), ("status", "Status"), ("queue_name", "Queue"),
+               ("last_iteration", "Iteration"), ("exit_code", "Exit"), ("updated_at", "Updated")]  # fmt: skip
+
+
+def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    client = _client(args)
+    if not args.id:
+        page = client.request("GET", "experiments/", params={"status": args.filter_status})
+        out.table(page["results"], EXP_COLUMNS)
+        return EXIT_OK
+    exp = client.request("GET", f"experiments/{args.id}/")
+    while args.wait and exp["status"] not in TERMINAL:
+        time.sleep(1)
+        exp = client.request("GET", f"experiments/{args.id}/")
+    if out.as_json:
+        out.data(exp)
+    else:
+        for key, label in [*EXP_COLUMNS, ("status_message", "Message"), ("retry_count", "Retries")]:
+            print(f"{label:>10}  {_cell(exp.get(key))}")
+    return _exit_for(exp) if args.wait else EXIT_OK
+
+
+def _exit_for(exp: dict[str, Any]) -> int:
+    if exp["status"] == "completed":
+        return EXIT_OK
+    if exp["status"] == "stopped":
+        return EXIT_STOPPED
+    return EXIT_FAILED
+
+
+def cmd_logs(args: argparse.Namespace, out: Out) -> int:
+    client = _client(args)
+    after: int | None = None
+    attempt = args.attempt
+    while True:
+        page = client.request("GET", f"experiments/{args.id}/logs/", params={"after": after, "attempt": attempt})
+        attempt = attempt or page.get("attempt")
+        for chunk in page["chunks"]:
+            if out.as_json:
+                print(json.dumps(chunk))
+            else:
+                sys.stdout.write(chunk["text"])
+        sys.stdout.flush()
+        after = page["next_after"]
+        if page["chunks"]:
+            continue  # more may be waiting: read on before sleeping
+        if not args.follow:
+            return EXIT_OK
+        exp = client.request("GET", f"experiments/{args.id}/")
+        if exp["status"] in TERMINAL and (exp.get("current_attempt") in (None, attempt)):
+            # One more read: chunks delivered just before the end.
+            last = client.request("GET", f"experiments/{args.id}/logs/", params={"after": after, "attempt": attempt})
+            for chunk in last["chunks"]:
+                sys.stdout.write(json.dumps(chunk) + "\n" if out.as_json else chunk["text"])
+            sys.stdout.flush()
+            return _exit_for(exp)
+        if attempt is None or exp.get("current_attempt") not in (None, attempt):
+            attempt, after = exp.get("current_attempt"), None  # a retry started: follow the new attempt
+        time.sleep(args.interval)
+
+
+def _action(verb: str, path: str) -> Any:
+    def run(args: argparse.Namespace, out: Out) -> int:
+        body: dict[str, Any] = {}
+        if verb == "rerun":
+            if args.set:
+                body["overrides"] = _pairs(args.set, "--set")
+            if args.queue:
+                body["queue"] = args.queue
+        answer = _client(args).request("POST", f"experiments/{args.id}/{path}/", body)
+        exp = _unwrap(answer)
+        note = "" if answer.get("changed", True) else " (nothing to change)"
+        out.say(f"{exp['id']} {exp['status']}{note}", answer)
+        return EXIT_OK
+
+    return run
+
+
+def cmd_agent(args: argparse.Namespace, out: Out) -> int:
+    from agent.worker import Agent, Options, default_state_dir, install_signals
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(threadName)s %(message)s",
+    )
+    gpus: list[int] | None = None
+    if args.gpus:
+        try:
+            gpus = [int(g) for g in args.gpus.split(",") if g.strip()]
+        except ValueError:
+            raise UsageError(f"--gpus takes indices like 0,1,2, not {args.gpus!r}") from None
+    opts = Options(
+        queues=args.queue or ["default"],
+        gpus=gpus,
+        cpu_only=args.cpu_only,
+        order_fairness=args.order_fairness,
+        report_interval=args.report_interval,
+        claim_wait=args.claim_wait,
+        state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
+        timeout_s=args.timeout,
+        tags=args.tag,
+        keep_workdirs=args.keep_workdirs,
+        quick_failures_to_drain=args.drain_after,
+    )
+    if args.name:
+        opts.name = args.name
+    agent = Agent(_client(args), opts)
+    install_signals(agent)
+    return agent.run()
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument("--server", help="server URL (default: MUSTER_SERVER, then `muster login`)")
+    common.add_argument("--ca-bundle", help="CA certificates for TLS (default: MUSTER_CA_BUNDLE)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = argparse.ArgumentParser(
+        prog="muster", description="Muster: queues, workers and experiments.", allow_abbrev=False
+    )
+    p.add_argument("--version", action="version", version=f"muster {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("login", parents=[common], help="save the server and an API key")
+    s.add_argument("--username", help="log in with a password (prompted, or MUSTER_PASSWORD) for a new key")
+    s.set_defaults(func=cmd_login)
+
+    sub.add_parser("queues", parents=[common], help="list queues").set_defaults(func=cmd_queues)
+    sub.add_parser("workers", parents=[common], help="list workers").set_defaults(func=cmd_workers)
+
+    s = sub.add_parser("enqueue", parents=[common], help="queue a command: muster enqueue --queue Q -- CMD ...")
+    s.add_argument("--queue", default="default")
+    s.add_argument("--name")
+    s.add_argument("--project")
+    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--gpus", type=float, default=0)
+    s.add_argument("--cpus", type=float, default=1)
+    s.add_argument("--max-runtime", type=int, metavar="SECONDS")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_enqueue)
+
+    s = sub.add_parser("status", parents=[common], help="one experiment, or the latest ones")
+    s.add_argument("id", nargs="?")
+    s.add_argument("--status", dest="filter_status", help="only experiments in this status")
+    s.add_argument("--wait", action="store_true", help="wait until it ends; exit 0 completed, 1 failed, 7 stopped")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("logs", parents=[common], help="an experiment's output")
+    s.add_argument("id")
+    s.add_argument("-f", "--follow", action="store_true", help="follow until the experiment ends")
+    s.add_argument("--attempt", help="an earlier attempt's id")
+    s.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_logs)
+
+    for verb, path, text in (("stop", "stop", "stop a run (or take it out of its queue)"),
+                             ("dequeue", "dequeue", "take a queued experiment out of its queue")):  # fmt: skip
+        s = sub.add_parser(verb, parents=[common], help=text)
+        s.add_argument("id")
+        s.set_defaults(func=_action(verb, path))
+
+    s = sub.add_parser("rerun", parents=[common], help="run a finished experiment again (--set makes a clone)")
+    s.add_argument("id")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--queue")
+    s.set_defaults(func=_action("rerun", "rerun"))
+
+    a = sub.add_parser("agent", allow_abbrev=False, help="the agent that runs experiments on this machine")
+    asub = a.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
+    r = asub.add_parser(
+        "run", parents=[common], allow_abbrev=False, help="serve queues (the key: MUSTER_API_KEY or --key-file)"
+    )
+    r.add_argument("--queue", action="append", help="a queue to serve, in priority order (repeat)")
+    r.add_argument("--gpus", help="GPU indices this agent owns, e.g. 0,1 (default: every GPU found)")
+    r.add_argument("--cpu-only", action="store_true")
+    r.add_argument("--name", help="worker name (default: the hostname)")
+    r.add_argument("--order-fairness", action="store_true", help="take turns between queues instead of strict order")
+    r.add_argument("--key-file", help="file holding the agent key (mode 600)")
+    r.add_argument("--state-dir", help="spool and working folders (default: ~/.local/state/muster-agent)")
+    r.add_argument("--report-interval", type=float, default=5.0)
+    r.add_argument("--claim-wait", type=int, default=30, help="seconds one long-poll waits")
+    r.add_argument("--timeout", type=int, default=0, help="seconds of silence before the server calls it lost")
+    r.add_argument("--drain-after", type=int, default=5, help="drain after this many quick failures in a row")
+    r.add_argument("--tag", action="append", default=[])
+    r.add_argument("--keep-workdirs", action="store_true")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=cmd_agent)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = Out(getattr(args, "json", False))
+    try:
+        return int(args.func(args, out))
+    except UsageError as e:
+        print(f"muster: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as e:
+        print(f"muster: {e}", file=sys.stderr)
+        return EXIT_AUTH
+    except ServerAway as e:
+        print(f"muster: cannot reach the server: {e}", file=sys.stderr)
+        return EXIT_AWAY
+    except ApiError as e:
+        if out.as_json:
+            print(json.dumps(e.body if e.body is not None else {"error": {"code": e.code, "message": e.message}}))
+        print(f"muster: {e.message}" + (f" ({e.field})" if e.field else ""), file=sys.stderr)
+        if e.status == 404:
+            return EXIT_NOT_FOUND
+        if e.status in (401, 403):
+            return EXIT_AUTH
+        if e.status == 409:
+            return EXIT_CONFLICT
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""One attempt on this machine: a child process group in a fresh folder, its logs, progress and end.
+
+The child starts a new session (its own process group); the agent is a subreaper, so
+processes that leave the group with setsid() are re-parented to the agent and still
+found: every process of a run carries MUSTER_ATTEMPT_ID in its environment, and the run
+remembers every pid it has seen. Stop: the experiment's signal to the group, its grace
+period, then SIGKILL to everything of the run that is left; the run is over only when
+nothing of it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agent.spool import Spool
+
+log = logging.getLogger("muster.agent")
+
+ITERATION_LINE = re.compile(rb"^MUSTER_ITERATION=(\d{1,18})\s*$")
+SDK_DIR = str(Path(__file__).resolve().parent / "sdk")
+BATCH_BYTES = 256 * 1024
+# Variables of the agent that never reach a child.
+PRIVATE_ENV = ("MUSTER_API_KEY", "MUSTER_API_KEY_FILE", "MUSTER_CONFIG")
+
+
+@dataclass
+class Ending:
+    """Why a run is being stopped and what to report when it is over."""
+
+    outcome: str  # completed | failed | stopped
+    failure_class: str = ""
+    message: str = ""
+    report: bool = True  # False when the server has given the attempt to someone else
+
+
+@dataclass
+class RunContext:
+    worker: str
+    server: str
+    spool: Spool
+    work_root: Path
+    report_socket: str
+    python: str = field(default_factory=lambda: os.environ.get("MUSTER_CHILD_PYTHON") or "python3")
+    keep_workdirs: bool = False
+
+
+def signal_number(name: str) -> int:
+    name = (name or "SIGTERM").upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    return int(getattr(signal, name, signal.SIGTERM))
+
+
+class Run:
+    def __init__(self, ctx: RunContext, claim: dict[str, Any], gpu_indices: list[int], token_for_channel: str):
+        self.ctx = ctx
+        self.attempt: dict[str, Any] = claim["attempt"]
+        self.spec: dict[str, Any] = claim["experiment"]
+        self.id: str = self.attempt["id"]
+        self.token: str = self.attempt["token"]
+        self.gpu_indices = gpu_indices
+        self.gpus: float = float(self.spec.get("gpus") or 0)
+        self.channel_token = token_for_channel
+        self.workdir = ctx.work_root / self.id
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.known: dict[int, float] = {}  # pid -> create time, every process of this run seen so far
+        self.not_ours: set[tuple[int, float]] = set()
+        self.lock = threading.Lock()
+        self.buffer = bytearray()
+        self.seq = 0
+        self.iteration: int | None = None
+        self.metrics: dict[str, float] = {}
+        self.progress_dirty = False
+        self.started_at = time.monotonic()
+        self.ending: Ending | None = None
+        self.kill_at: float | None = None
+        self.finished = False
+        self.exit_code: int | None = None
+        self.reader: threading.Thread | None = None
+        self.result = Ending("failed")
+
+    # -- start ---------------------------------------------------------------------------
+
+    def argv(self) -> list[str]:
+        command = self.spec.get("command") or []
+        script = self.spec.get("script") or ""
+        if isinstance(command, str):
+            command = ["/bin/sh", "-c", command]
+        if command:
+            return [str(c) for c in command]
+        if script:
+            entry = self.spec.get("entry_point") or ("script.sh" if script.startswith("#!/bin/") else "script.py")
+            path = self.workdir / Path(entry).name
+            path.write_text(script)
+            if script.startswith("#!"):
+                path.chmod(0o755)
+                return [str(path)]
+            if path.suffix == ".sh":
+                return ["/bin/bash", str(path)]
+            return [self.ctx.python, str(path)]
+        return ["/bin/true"]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
+        env.update({str(k): str(v) for k, v in (self.spec.get("secret_env") or {}).items()})
+        env.update(
+            {
+                "MUSTER_EXPERIMENT_ID": str(self.spec["id"]),
+                "MUSTER_ATTEMPT_ID": self.id,
+                "MUSTER_ATTEMPT_NUMBER": str(self.attempt.get("number", 1)),
+                "MUSTER_QUEUE": str(self.attempt.get("queue", "")),
+                "MUSTER_WORKER": self.ctx.worker,
+                "MUSTER_SERVER": self.ctx.server,
+                "MUSTER_PARAMETERS": json.dumps(self.spec.get("parameters") or {}),
+                "MUSTER_REPORT_SOCKET": self.ctx.report_socket,
+                "MUSTER_REPORT_TOKEN": self.channel_token,
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in self.gpu_indices),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (SDK_DIR, env.get("PYTHONPATH", "")) if p)
+        return env
+
+    def start(self) -> None:
+        self.ctx.spool.open_attempt(self.id, {"token": self.token, "experiment": self.spec["id"]})
+        self.ctx.spool.put(self.id, "start", {"token": self.token})
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        cwd = self.workdir / (self.spec.get("working_dir") or "")
+        cwd.mkdir(parents=True, exist_ok=True)
+        try:
+            argv = self.argv()
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as e:
+            self._emit(f"muster agent: cannot start {self.spec.get('command') or 'the script'}: {e}\n".encode())
+            self.ending = Ending("failed", "user_error", f"cannot start: {e.strerror or e}")
+            return
+        self.known[self.proc.pid] = _create_time(self.proc.pid)
+        self.reader = threading.Thread(target=self._read, name=f"out-{self.id[:8]}", daemon=True)
+        self.reader.start()
+        log.info("started %s (experiment %s) pid %s gpus %s", self.id, self.spec["id"], self.proc.pid, self.gpu_indices)
+
+    # -- output and progress -------------------------------------------------------------
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in iter(lambda: self.proc.stdout.readline(65536), b""):  # type: ignore[union-attr]
+            m = ITERATION_LINE.match(line)
+            if m:
+                self.progress(int(m.group(1)), {})
+            self._emit(line)
+
+    def _emit(self, data: bytes) -> None:
+        with self.lock:
+            self.buffer += data
+            full = len(self.buffer) >= BATCH_BYTES
+        if full:
+            self.flush()
+
+    def progress(self, iteration: int | None, scalars: dict[str, float]) -> None:
+        with self.lock:
+            if iteration is not None and (self.iteration is None or iteration > self.iteration):
+                self.iteration = iteration
+                self.progress_dirty = True
+            if scalars:
+                self.metrics.update(scalars)
+                self.progress_dirty = True
+
+    def flush(self) -> None:
+        """Move buffered output and progress into the spool (called every second and at the end)."""
+        spool = self.ctx.spool
+        with self.lock:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            progress = None
+            if self.progress_dirty:
+                progress = {"token": self.token, "iteration": self.iteration, "metrics": dict(self.metrics)}
+                self.progress_dirty = False
+                self.metrics.clear()
+        if data:
+            dropped = spool.take_dropped(self.id)
+            text = data.decode("utf-8", errors="replace")
+            if dropped:
+                text = f"[muster agent: about {dropped} bytes of output dropped: the spool was full]\n" + text
+            for start in range(0, len(text), BATCH_BYTES):
+                body = {"token": self.token, "chunks": [{"seq": self.seq, "text": text[start : start + BATCH_BYTES]}]}
+                if spool.put(self.id, "logs", body, droppable=True):
+                    self.seq += 1
+        if progress is not None:
+            spool.put(self.id, "progress", progress)
+
+    # -- processes -----------------------------------------------------------------------
+
+    def refresh_pids(self, agent_descendants: list[psutil.Process]) -> None:
+        """Remember every process of this run: the child's tree and re-parented orphans with our marker."""
+        roots: list[psutil.Process] = []
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                roots.append(psutil.Process(self.proc.pid))
+            except psutil.Error:
+                pass
+        found: dict[int, float] = {}
+        for root in roots:
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    found[p.pid] = p.create_time()
+            except psutil.Error:
+                continue
+        for p in agent_descendants:
+            try:
+                key = (p.pid, p.create_time())
+            except psutil.Error:
+                continue
+            if p.pid in found or key in self.not_ours or self.known.get(p.pid) == key[1]:
+                continue
+            try:
+                marker = p.environ().get("MUSTER_ATTEMPT_ID")
+            except psutil.Error:
+                continue
+            if marker == self.id:
+                found[p.pid] = key[1]
+            else:
+                self.not_ours.add(key)
+        for pid, ctime in list(self.known.items()):
+            if not _alive(pid, ctime):
+                del self.known[pid]
+        self.known.update(found)
+
+    def pids(self) -> set[int]:
+        return set(self.known)
+
+    def alive(self) -> list[int]:
+        return [pid for pid, ctime in list(self.known.items()) if _alive(pid, ctime)]
+
+    def _signal_all(self, sig: int) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in self.alive():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def request_stop(self, ending: Ending, *, grace: float | None = None) -> None:
+        """Signal the run; SIGKILL follows after the grace period (the experiment's by default).
+
+        A second request never lengthens the wait; a kill (report=False) replaces the ending.
+        """
+        if self.ending is None or not ending.report:
+            self.ending = ending
+        sig = signal_number(self.spec.get("stop_signal") or "SIGTERM")
+        wait = max(0.0, float(self.spec.get("stop_grace_s") or 0) if grace is None else grace)
+        deadline = time.monotonic() + wait
+        if self.kill_at is not None and deadline >= self.kill_at:
+            return
+        log.info("stopping %s (%s): SIGKILL in %ss", self.id, ending.message or ending.outcome, wait)
+        self._signal_all(sig if wait > 0 else signal.SIGKILL)
+        self.kill_at = deadline
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def tick(self, now: float) -> bool:
+        """Advance the run; True once it is over (nothing of it runs) and its end is spooled."""
+        if self.finished:
+            return True
+        max_runtime = self.spec.get("max_runtime_s")
+        if max_runtime and self.ending is None and now - self.started_at > float(max_runtime):
+            self.request_stop(Ending("failed", "timeout", f"ran longer than its max runtime of {max_runtime} s"))
+        if self.kill_at is not None and now >= self.kill_at:
+            self._signal_all(signal.SIGKILL)
+        main_done = self.proc is None or self.proc.poll() is not None
+        if not main_done:
+            return False
+        if self.exit_code is None and self.proc is not None:
+            self.exit_code = self.proc.returncode
+            if self.kill_at is None:
+                # The main process ended on its own: what it left behind gets a short grace, then SIGKILL.
+                if self.alive():
+                    self._signal_all(signal.SIGTERM)
+                self.kill_at = now + 2
+        if self.alive():
+            return False
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+        self._finish()
+        return True
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.flush()
+        ending = self.ending or self._ending_from_exit()
+        self.result = ending
+        if ending.report:
+            summary = {"runtime_s": round(time.monotonic() - self.started_at, 3), "gpus": self.gpu_indices}
+            body: dict[str, Any] = {
+                "token": self.token,
+                "outcome": ending.outcome,
+                "exit_code": self.exit_code,
+                "message": ending.message[:500],
+                "resource_summary": summary,
+            }
+            if ending.failure_class:
+                body["failure_class"] = ending.failure_class
+            self.ctx.spool.put(self.id, "finish", body)
+        else:
+            self.ctx.spool.close_attempt(self.id)
+        if not self.ctx.keep_workdirs:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        log.info("finished %s: %s (exit code %s)", self.id, ending.outcome, self.exit_code)
+
+    def _ending_from_exit(self) -> Ending:
+        code = self.exit_code
+        if code == 0:
+            return Ending("completed")
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            if code == -signal.SIGKILL:
+                return Ending("failed", "oom", f"killed by {name} (the kernel's out-of-memory killer?)")
+            return Ending("failed", "user_error", f"killed by {name}")
+        return Ending("failed", "user_error", f"exited with code {code}")
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
+
+
+def _alive(pid: int, ctime: float) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return bool(p.create_time() == ctime and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def set_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(36, 1, 0, 0, 0)) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans(own: set[int]) -> None:
+    """Collect exit statuses of re-parented orphans (never of our own Popen children)."""
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return
+    for child in children:
+        if child.pid in own:
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError, OSError):
+            continue

@@ -1,0 +1,492 @@
+"""The agent: registers, reports, long-polls for work, runs attempts on its GPU slots.
+
+Threads: the main thread claims; `report` sends the heartbeat with machine and run stats
+(independent of the children); `sender` delivers the spool; `ticker` watches processes,
+flushes output and ends runs; `sampler` reads CPU, memory and GPUs at 2 Hz; the report
+channel serves `muster.report()`. A server outage never stops a run: every call is
+retried with backoff and the spool keeps what is not delivered yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agent import __version__
+from agent.channel import Channel
+from agent.client import ApiError, Client, ServerAway
+from agent.monitor import Gpus, Sampler, load_nvml
+from agent.runner import Ending, Run, RunContext, reap_orphans, set_subreaper
+from agent.spool import Spool
+
+log = logging.getLogger("muster.agent")
+
+
+@dataclass
+class Options:
+    name: str = field(default_factory=socket.gethostname)
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    gpus: list[int] | None = None  # None: every GPU NVML finds
+    cpu_only: bool = False
+    order_fairness: bool = False
+    report_interval: float = 5.0
+    claim_wait: int = 30
+    state_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "state" / "muster-agent")
+    quick_failure_s: float = 10.0
+    quick_failures_to_drain: int = 5
+    timeout_s: int = 0
+    tags: list[str] = field(default_factory=list)
+    keep_workdirs: bool = False
+
+
+class Backoff:
+    def __init__(self, first: float = 0.5, most: float = 30.0):
+        self.first, self.most, self.n = first, most, 0
+
+    def next(self) -> float:
+        delay = min(self.most, self.first * 2**self.n)
+        self.n += 1
+        return float(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+class Agent:
+    def __init__(self, client: Client, options: Options):
+        self.client = client
+        self.opts = options
+        self.name = options.name
+        self.instance_id = uuid.uuid4().hex
+        self.state = Path(options.state_dir)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(self.state / "spool")
+        self.runs: dict[str, Run] = {}
+        self.runs_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.server_back = threading.Event()
+        self.stop_event = threading.Event()  # set when the agent exits
+        self.draining = False  # local drain: SIGTERM, or N quick failures
+        self.server_drain = False
+        self.terminating = False  # second SIGTERM: stop the runs
+        self.quick_failures = 0
+        self.channel: Channel | None = None
+        self.subreaper = False
+        indices = [] if options.cpu_only else options.gpus
+        self.gpus = Gpus(None if options.cpu_only else load_nvml(), indices)
+        if indices is None:
+            indices = [g["index"] for g in self.gpus.inventory]
+        self.slot_used: dict[int, float] = dict.fromkeys(indices, 0.0)
+        self.sampler = Sampler(self.gpus, disk_path=str(self.state), runs=self._runs_snapshot)
+
+    # -- registration --------------------------------------------------------------------
+
+    def registration(self) -> dict[str, Any]:
+        models = {g["index"]: g for g in self.gpus.inventory}
+        slots = [models.get(i, {"index": i}) for i in sorted(self.slot_used)]
+        return {
+            "name": self.name,
+            "instance_id": self.instance_id,
+            "hostname": socket.gethostname(),
+            "queues": self.opts.queues,
+            "gpu_slots": slots,
+            "cpus": float(psutil.cpu_count() or 1),
+            "memory_mb": int(psutil.virtual_memory().total // 2**20),
+            "capabilities": ["command", "script"],
+            "agent_version": __version__,
+            "order_fairness": self.opts.order_fairness,
+            "tags": self.opts.tags,
+            "timeout_s": self.opts.timeout_s,
+        }
+
+    def register(self) -> None:
+        backoff = Backoff()
+        while not self.stop_event.is_set():
+            try:
+                self.client.request("POST", "workers/", self.registration())
+                log.info(
+                    "registered %s on %s for queues %s with GPU slots %s",
+                    self.name, self.client.server, ", ".join(self.opts.queues), sorted(self.slot_used) or "none",
+                )  # fmt: skip
+                return
+            except ServerAway as e:
+                delay = backoff.next()
+                log.warning("server away (%s); registering again in %.1fs", e, delay)
+                self.stop_event.wait(delay)
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def assign_gpus(self, need: float) -> list[int]:
+        """Pick GPU slots: whole free slots for whole GPUs, the fullest slot that fits for a fraction."""
+        if need <= 0 or not self.slot_used:
+            return []
+        if need >= 1:
+            count = math.ceil(need)
+            free = [i for i, used in sorted(self.slot_used.items()) if used == 0]
+            chosen = free[:count]
+            if len(chosen) < count:
+                log.warning("asked for %s GPUs but only %s slots are free", need, len(free))
+            for i in chosen:
+                self.slot_used[i] = 1.0
+            return chosen
+        fits = [(used, i) for i, used in self.slot_used.items() if used + need <= 1.0 + 1e-9]
+        if not fits:
+            log.warning("asked for %s of a GPU but no slot has room", need)
+            return []
+        _, best = max(fits, key=lambda t: (t[0], -t[1]))
+        self.slot_used[best] += need
+        return [best]
+
+    def release_gpus(self, run: Run) -> None:
+        for i in run.gpu_indices:
+            share = 1.0 if run.gpus >= 1 else run.gpus
+            self.slot_used[i] = max(0.0, self.slot_used.get(i, 0.0) - share)
+
+    def _runs_snapshot(self) -> dict[str, Run]:
+        with self.runs_lock:
+            return dict(self.runs)
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def claim_loop(self) -> None:
+        backoff = Backoff()
+        while not self.stop_event.is_set():
+            if self.draining or self.server_drain or self.terminating:
+                if self.draining or self.terminating:
+                    with self.runs_lock:
+                        idle = not self.runs
+                    if idle and not self.spool.attempts():
+                        return
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            try:
+                answer = self.client.request(
+                    "POST",
+                    f"workers/{self.name}/claim/",
+                    params={"wait": self.opts.claim_wait},
+                    timeout=self.opts.claim_wait + 15,
+                )
+                backoff.reset()
+            except ServerAway as e:
+                if self.draining:
+                    continue  # SIGTERM cut the long-poll short
+                delay = backoff.next()
+                log.warning("server away (%s); claiming again in %.1fs", e, delay)
+                self.stop_event.wait(delay)
+                continue
+            except ApiError as e:
+                if e.status == 404:
+                    self.register()
+                    continue
+                delay = backoff.next()
+                log.error("claim refused: %s; again in %.1fs", e, delay)
+                self.stop_event.wait(delay)
+                continue
+            if answer and answer.get("attempt"):
+                self.start_run(answer)
+
+    def start_run(self, claim: dict[str, Any]) -> None:
+        spec = claim["experiment"]
+        with self.runs_lock:
+            indices = self.assign_gpus(float(spec.get("gpus") or 0))
+        assert self.channel is not None
+        holder: dict[str, Run] = {}
+        token = self.channel.register(lambda it, sc: holder["run"].progress(it, sc))
+        ctx = RunContext(
+            worker=self.name,
+            server=self.client.server,
+            spool=self.spool,
+            work_root=self.state / "work",
+            report_socket=self.channel.path,
+            keep_workdirs=self.opts.keep_workdirs,
+        )
+        run = Run(ctx, claim, indices, token)
+        holder["run"] = run
+        with self.runs_lock:
+            self.runs[run.id] = run
+        run.start()
+
+    # -- the other threads ---------------------------------------------------------------
+
+    def report_loop(self) -> None:
+        interval = self.opts.report_interval
+        last = time.monotonic()
+        while not self.stop_event.wait(max(0.0, interval - (time.monotonic() - last))):
+            last = time.monotonic()
+            machine, attempt_stats = self.sampler.take()
+            runs = self._runs_snapshot()
+            body = {
+                "instance_id": self.instance_id,
+                "interval_s": interval,
+                "running": self._running(runs),
+                "machine": {k: v for k, v in machine.items() if v is not None},
+                "attempts": [
+                    {k: v for k, v in a.items() if v is not None} for a in attempt_stats if a["attempt"] in runs
+                ],
+            }
+            try:
+                answer = self.client.request(
+                    "POST", f"workers/{self.name}/report/", body, timeout=max(10, interval * 2)
+                )
+            except ServerAway as e:
+                self.server_back.clear()
+                log.warning("report not delivered (%s); running on", e)
+                continue
+            except ApiError as e:
+                log.error("report refused: %s", e)
+                continue
+            self.server_back.set()  # the sender, waiting out a backoff, goes now
+            self.obey(answer, runs)
+
+    def _running(self, runs: dict[str, Run]) -> list[dict[str, Any]]:
+        """Live runs, and ended ones whose end is not delivered yet (the server must not retry those)."""
+        out = [{"attempt": r.id, "token": r.token, "iteration": r.iteration} for r in runs.values()]
+        for attempt_id in self.spool.attempts():
+            if attempt_id not in runs:
+                try:
+                    token = self.spool.meta(attempt_id)["token"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                out.append({"attempt": attempt_id, "token": token})
+        return out
+
+    def obey(self, answer: dict[str, Any], runs: dict[str, Run]) -> None:
+        for attempt_id in answer.get("kill") or []:
+            run = runs.get(attempt_id)
+            if run is not None and not run.finished:
+                log.warning("killing %s: the server gave it to another worker", attempt_id)
+                run.request_stop(Ending("failed", "worker_lost", "not this worker's any more", report=False), grace=0)
+        for attempt_id in answer.get("stop") or []:
+            run = runs.get(attempt_id)
+            if run is not None:
+                run.request_stop(Ending("stopped", "stopped", "stopped by a user"))
+        drain = bool(answer.get("drain"))
+        if drain != self.server_drain:
+            log.info("the server %s this worker", "drains" if drain else "undrains")
+            self.server_drain = drain
+            self.wake.set()
+
+    def sender_loop(self) -> None:
+        backoff = Backoff()
+        while not (self.stop_event.is_set() and not self.spool.attempts()):
+            sent_any = False
+            away = False
+            for attempt_id in self.spool.attempts():
+                try:
+                    sent_any |= self._send_head(attempt_id)
+                except ServerAway as e:
+                    away = True
+                    delay = backoff.next()
+                    log.warning("server away (%s); delivering again in %.1fs", e, delay)
+                    self.server_back.clear()
+                    self.server_back.wait(delay)
+                    break
+            if not away:
+                backoff.reset()
+            if not sent_any and not away:
+                if self.stop_event.is_set():
+                    return
+                self.spool.wait(0.5)
+
+    MERGE = 50
+
+    def _send_head(self, attempt_id: str) -> bool:
+        head = self.spool.head(attempt_id)
+        if head is None:
+            return False
+        path, msg = head
+        kind, body = msg["kind"], msg["body"]
+        paths = [path]
+        if kind == "logs":
+            # After an outage many batches wait: send them together (each chunk keeps its seq).
+            for more_path, more in self._following_logs(attempt_id, path):
+                body = {**body, "chunks": body["chunks"] + more["body"]["chunks"]}
+                paths.append(more_path)
+        try:
+            answer = self.client.request("POST", f"attempts/{attempt_id}/{kind}/", body)
+        except ApiError as e:
+            if e.status in (401, 403):
+                log.error("the server refused the key (%s); keeping %s", e, kind)
+                raise ServerAway(str(e)) from None
+            if e.status == 404 or e.code == "stale_lease" or (e.status == 409 and kind != "finish"):
+                log.warning("dropping what is left of %s: %s", attempt_id, e.message)
+                self._refused(attempt_id)
+                return True
+            if e.status == 409 and kind == "finish":
+                log.warning("%s had already ended on the server: %s", attempt_id, e.message)
+                self.spool.close_attempt(attempt_id)
+                return True
+            log.error("the server refused a %s message of %s: %s (dropped)", kind, attempt_id, e)
+            for p in paths:
+                self.spool.done(p)
+            return True
+        for p in paths:
+            self.spool.done(p)
+        if kind == "finish":
+            self.spool.close_attempt(attempt_id)
+        elif kind == "progress" and isinstance(answer, dict) and answer.get("stop"):
+            run = self._runs_snapshot().get(attempt_id)
+            if run is not None:
+                run.request_stop(Ending("stopped", "stopped", "stopped by a user"))
+        return True
+
+    def _following_logs(self, attempt_id: str, first: Path) -> list[tuple[Path, dict[str, Any]]]:
+        out: list[tuple[Path, dict[str, Any]]] = []
+        import json
+
+        files = sorted((self.spool.root / attempt_id).glob("*.json"))
+        size = first.stat().st_size
+        for f in files[1 : self.MERGE]:
+            try:
+                msg = json.loads(f.read_bytes())
+            except (OSError, ValueError):
+                break
+            size += f.stat().st_size
+            if msg["kind"] != "logs" or size > 768 * 1024:
+                break
+            out.append((f, msg))
+        return out
+
+    def _refused(self, attempt_id: str) -> None:
+        run = self._runs_snapshot().get(attempt_id)
+        if run is not None and not run.finished:
+            run.request_stop(Ending("failed", "worker_lost", "the server refused this run", report=False), grace=0)
+        self.spool.close_attempt(attempt_id)
+
+    def ticker_loop(self) -> None:
+        last_flush = 0.0
+        while not self.stop_event.wait(0.2):
+            now = time.monotonic()
+            runs = self._runs_snapshot()
+            if self.subreaper:
+                reap_orphans({r.proc.pid for r in runs.values() if r.proc is not None})
+            if not runs:
+                continue
+            try:
+                descendants = psutil.Process().children(recursive=True)
+            except psutil.Error:
+                descendants = []
+            flush = now - last_flush >= 1.0
+            if flush:
+                last_flush = now
+            for run in runs.values():
+                try:
+                    run.refresh_pids(descendants)
+                    if flush:
+                        run.flush()
+                    if run.tick(now):
+                        self._ended(run)
+                except Exception:
+                    log.exception("watching %s failed", run.id)
+
+    def _ended(self, run: Run) -> None:
+        with self.runs_lock:
+            self.runs.pop(run.id, None)
+            self.release_gpus(run)
+        if self.channel is not None:
+            self.channel.unregister(run.channel_token)
+        ending = run.result
+        quick = time.monotonic() - run.started_at < self.opts.quick_failure_s
+        if (
+            ending.outcome == "failed"
+            and ending.report
+            and quick
+            and ending.failure_class in ("user_error", "oom", "build")
+        ):
+            self.quick_failures += 1
+            if self.quick_failures >= self.opts.quick_failures_to_drain and not self.draining:
+                self.self_drain(
+                    f"{self.quick_failures} runs in a row failed within {self.opts.quick_failure_s:g} s (last: {ending.message})"
+                )
+        elif ending.outcome == "completed" or not quick:
+            self.quick_failures = 0
+        self.wake.set()
+
+    def self_drain(self, reason: str) -> None:
+        log.error("draining this worker: %s", reason)
+        self.server_drain = True
+        try:
+            self.client.request("PATCH", f"workers/{self.name}/", {"drain": True, "reason": reason[:200]})
+        except (ServerAway, ApiError) as e:
+            log.error("could not tell the server about the drain: %s", e)
+
+    # -- signals and the main loop -------------------------------------------------------
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self.draining:
+            self.draining = True
+            with self.runs_lock:
+                n = len(self.runs)
+            log.warning("draining: no new work; waiting for %s run(s). Send the signal again to stop them.", n)
+            self.client.abort()  # the long-poll in flight (this is the claiming thread)
+        elif not self.terminating:
+            self.terminating = True
+            log.warning("stopping every run")
+            for run in self._runs_snapshot().values():
+                run.request_stop(Ending("failed", "interrupted", "the agent was stopped"))
+        self.wake.set()
+
+    def run(self) -> int:
+        self.subreaper = set_subreaper()
+        self.channel = Channel()
+        threads = [
+            threading.Thread(target=self.sender_loop, name="sender", daemon=True),
+            threading.Thread(target=self.sampler.loop, name="sampler", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        self.register()
+        for target, name in ((self.report_loop, "report"), (self.ticker_loop, "ticker")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            threads.append(t)
+        try:
+            self.claim_loop()
+        finally:
+            self.shutdown(threads)
+        return 0
+
+    def shutdown(self, threads: list[threading.Thread], *, deliver_s: float = 30.0) -> None:
+        """Wait for the runs, deliver the spool (bounded), say goodbye to the server."""
+        while True:
+            with self.runs_lock:
+                if not self.runs:
+                    break
+            time.sleep(0.2)
+        deadline = time.monotonic() + deliver_s
+        while self.spool.attempts() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.spool.attempts():
+            log.warning("leaving undelivered messages in %s; the next start delivers them", self.spool.root)
+        self.stop_event.set()
+        self.sampler.stop_event.set()
+        try:
+            self.client.request("DELETE", f"workers/{self.name}/", timeout=5)
+        except (ServerAway, ApiError) as e:
+            log.info("could not unregister: %s", e)
+        if self.channel is not None:
+            self.channel.close()
+        log.info("agent %s stopped", self.name)
+
+
+def install_signals(agent: Agent) -> None:
+    signal.signal(signal.SIGTERM, agent.on_sigterm)
+    signal.signal(signal.SIGINT, agent.on_sigterm)
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "muster-agent"

@@ -1,0 +1,346 @@
+"""The agent for real: a server process, celery beat, agent processes and their child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.client import ApiError
+from tests import live
+from tests.live import Stack, run_processes, wait_for
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("live")
+    live.drop_template()
+
+
+@pytest.fixture(scope="module")
+def st(base: Path) -> Iterator[Stack]:
+    with live.stack(base) as s:
+        yield s
+
+
+def _q(st: Stack, name: str) -> str:
+    st.queue(name)
+    return name
+
+
+PROGRESS = textwrap.dedent(
+    """
+    import muster, time
+    for i in range(1, 201):
+        print(f"line {i}")
+        if i % 50 == 0:
+            print(f"MUSTER_ITERATION={i}")
+            muster.report(iteration=i, loss=1.0 / i)
+    """
+)
+
+
+def test_a_run_completes_with_every_line_in_order_and_its_iterations(st: Stack) -> None:
+    q = _q(st, "live-complete")
+    st.start_agent("complete-1", [q], "--cpu-only")
+    exp = st.enqueue(q, script=PROGRESS)
+    done = st.wait_status(exp["id"], "completed", "failed")
+    assert done["status"] == "completed" and done["exit_code"] == 0
+    assert done["last_iteration"] == 200 and done["last_metrics"] == {"loss": 0.005}
+    lines = [line for line in st.logs(exp["id"]).splitlines() if line.startswith("line ")]
+    assert lines == [f"line {i}" for i in range(1, 201)]
+
+
+def test_a_failing_run_fails_with_its_exit_code(st: Stack) -> None:
+    q = _q(st, "live-fail")
+    st.start_agent("fail-1", [q], "--cpu-only")
+    exp = st.enqueue(q, command=[sys.executable, "-c", "import sys; print('oops'); sys.exit(3)"])
+    done = st.wait_status(exp["id"], "failed", "completed")
+    assert (done["status"], done["exit_code"]) == ("failed", 3)
+    assert "oops" in st.logs(exp["id"])
+
+
+STUBBORN = textwrap.dedent(
+    """
+    import os, signal, time
+    if os.fork() == 0:
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(600)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_stop_mid_run_leaves_no_process_of_it(st: Stack) -> None:
+    q = _q(st, "live-stop")
+    st.start_agent("stop-1", [q], "--cpu-only")
+    exp = st.enqueue(q, script=STUBBORN, stop_grace_s=1)
+    st.wait_status(exp["id"], "in_progress")
+    attempt = wait_for(lambda: st.experiment(exp["id"])["current_attempt"])
+    wait_for(lambda: len(run_processes(attempt)) == 2, what="the run and its setsid grandchild")
+    st.admin.request("POST", f"experiments/{exp['id']}/stop/", {})
+    done = st.wait_status(exp["id"], "stopped", timeout=30)
+    assert done["status"] == "stopped"
+    assert run_processes(attempt) == []  # every process of the run is gone, the setsid one too
+
+
+def test_two_runs_pack_onto_a_two_slot_agent_and_four_gpus_never_fit(st: Stack) -> None:
+    q = _q(st, "live-gpus")
+    script = "import os, time; print('gpus=' + os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(3)"
+    big = st.enqueue(q, script="print('too big')", gpus=4, priority=10)
+    a = st.enqueue(q, script=script, gpus=1)
+    b = st.enqueue(q, script=script, gpus=1)
+    st.start_agent("gpus-1", [q], "--gpus", "0,1")
+    wait_for(
+        lambda: st.experiment(a["id"])["status"] == st.experiment(b["id"])["status"] == "in_progress",
+        what="both to run at once",
+    )
+    for exp in (a, b):
+        st.wait_status(exp["id"], "completed")
+    seen = sorted(st.logs(e["id"]).strip() for e in (a, b))
+    assert seen == ["gpus=0", "gpus=1"]
+    assert st.experiment(big["id"])["status"] == "queued"
+
+
+def test_a_killed_agent_is_lost_and_its_run_retried_elsewhere(st: Stack) -> None:
+    q = _q(st, "live-lost")
+    doomed = st.start_agent("lost-1", [q], "--cpu-only")
+    exp = st.enqueue(q, script="import time; print('go', flush=True); time.sleep(4); print('done')",
+                     retry_policy={"worker_lost": 2})  # fmt: skip
+    st.wait_status(exp["id"], "in_progress")
+    first = st.attempts(exp["id"])[0]
+    wait_for(lambda: "go" in st.logs(exp["id"]), what="the first attempt to print")
+    os.killpg(doomed.pid, signal.SIGKILL)
+    lost_at = time.monotonic()
+    wait_for(lambda: st.worker("lost-1")["status"] == "lost", timeout=20, what="the worker to be lost")
+    assert time.monotonic() - lost_at < 2 * 2 + 3  # two timeouts of 2 s and a beat tick or so
+    wait_for(lambda: st.experiment(exp["id"])["status"] == "queued", what="the retry to be queued")
+    st.start_agent("lost-2", [q], "--cpu-only")
+    done = st.wait_status(exp["id"], "completed", "failed")
+    assert done["status"] == "completed" and done["retry_count"] == 1
+    attempts = st.attempts(exp["id"])
+    assert [a["outcome"] for a in attempts] == ["failed", "completed"] or [a["outcome"] for a in attempts] == [
+        "completed", "failed"]  # fmt: skip
+    with pytest.raises(ApiError) as late:  # the old agent's late word is refused
+        st.agent_client.request(
+            "POST", f"attempts/{first['id']}/finish/", {"token": first.get("token", "x" * 32), "outcome": "completed"}
+        )
+    assert late.value.status in (403, 409)
+
+
+def test_the_server_killed_and_restarted_mid_run_loses_nothing(st: Stack) -> None:
+    q = _q(st, "live-restart")
+    st.start_agent("restart-1", [q], "--cpu-only")
+    script = "import time\nfor i in range(60):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.1)\n"
+    exp = st.enqueue(q, script=script)
+    st.wait_status(exp["id"], "in_progress")
+    wait_for(lambda: "tick 5" in st.logs(exp["id"]), what="some output")
+    st.kill_server()
+    time.sleep(3)  # the run goes on and finishes while the server is away
+    st.start_server()
+    done = st.wait_status(exp["id"], "completed", "failed", timeout=60)
+    assert done["status"] == "completed" and done["retry_count"] == 0
+    assert len(st.attempts(exp["id"])) == 1
+    ticks = [line for line in st.logs(exp["id"]).splitlines() if line.startswith("tick")]
+    assert ticks == [f"tick {i}" for i in range(60)]
+
+
+def test_three_agents_on_two_queues_honor_priority_and_fairness(st: Stack) -> None:
+    hi, lo = _q(st, "live-hi"), _q(st, "live-lo")
+    cpus = os.cpu_count() or 1
+    quick = {"script": "print('x')", "cpus": cpus}  # one run at a time per agent
+
+    def started_order(ids: list[str]) -> list[str]:
+        exps = [st.experiment(i) for i in ids]
+        return [e["id"] for e in sorted(exps, key=lambda e: e["started_at"])]
+
+    lo1 = st.enqueue(lo, name="lo1", **quick)
+    lo2 = st.enqueue(lo, name="lo2", priority=5, **quick)
+    hi1 = st.enqueue(hi, name="hi1", **quick)
+    hi2 = st.enqueue(hi, name="hi2", **quick)
+    st.start_agent("strict-1", [hi, lo], "--cpu-only")
+    ids = [e["id"] for e in (lo1, lo2, hi1, hi2)]
+    for i in ids:
+        st.wait_status(i, "completed")
+    assert started_order(ids) == [hi1["id"], hi2["id"], lo2["id"], lo1["id"]]  # queue order, then priority
+    st.admin.request("PATCH", "workers/strict-1/", {"drain": True})
+
+    fair = [st.enqueue(q, name=f"{q}-{i}", **quick) for q in (hi, lo) for i in range(2)]
+    st.start_agent("fair-1", [hi, lo], "--cpu-only", "--order-fairness")
+    for e in fair:
+        st.wait_status(e["id"], "completed")
+    order = [st.experiment(i)["queue_name"] for i in started_order([e["id"] for e in fair])]
+    assert order in (["live-hi", "live-lo", "live-hi", "live-lo"], ["live-lo", "live-hi", "live-lo", "live-hi"])
+    st.admin.request("PATCH", "workers/fair-1/", {"drain": True})
+
+    st.start_agent("lo-only-1", [lo], "--cpu-only")
+    only_hi = st.enqueue(hi, name="hi-left", **quick)
+    only_lo = st.enqueue(lo, name="lo-taken", **quick)
+    st.wait_status(only_lo["id"], "completed")
+    time.sleep(1)
+    assert st.experiment(only_hi["id"])["status"] == "queued"
+
+
+def test_the_fake_nvml_two_gpu_report_reaches_the_server(st: Stack) -> None:
+    q = _q(st, "live-nvml")
+    st.start_agent("nvml-1", [q], env={"MUSTER_AGENT_NVML": "tests.fake_nvml"})
+    worker = st.worker("nvml-1")
+    assert worker is not None and worker["gpus"] == 2
+    stats = wait_for(
+        lambda: (s := st.admin.request("GET", "workers/nvml-1/stats/", params={"span": "3h"}))["points"] and s,
+        what="a stored report",
+    )
+    last = stats["points"][-1]
+    gpus = last["gpus"]
+    assert [g["index"] for g in gpus] == [0, 1]
+    for g in gpus:
+        assert {"util", "memory_used_mb", "memory_free_mb", "temperature_c", "ecc_errors"} <= set(g)
+    for key in ("cpu_percent", "memory_used_mb", "memory_free_mb", "network_rx_bps", "disk_free_mb"):
+        assert last[key] is not None, key
+
+
+def test_answers_lost_after_the_server_committed_store_logs_and_status_once(st: Stack) -> None:
+    q = _q(st, "live-drops")
+    proxy = live.DropProxy(st.port, {"start": 1, "logs": 3, "progress": 1, "finish": 2})
+    try:
+        st.start_agent("drops-1", [q], "--cpu-only", url=proxy.url)
+        script = "import time\nfor i in range(40):\n    print(f'row {i}', flush=True)\n    time.sleep(0.05)\nprint('MUSTER_ITERATION=40')\n"
+        exp = st.enqueue(q, script=script)
+        done = st.wait_status(exp["id"], "completed", "failed", timeout=90)
+    finally:
+        proxy.close()
+    assert proxy.dropped == {"start": 1, "logs": 3, "progress": 1, "finish": 2}
+    assert done["status"] == "completed" and done["last_iteration"] == 40 and done["retry_count"] == 0
+    rows = [line for line in st.logs(exp["id"]).splitlines() if line.startswith("row")]
+    assert rows == [f"row {i}" for i in range(40)]
+    attempts = st.attempts(exp["id"])
+    assert len(attempts) == 1 and attempts[0]["outcome"] == "completed"
+
+
+def _cli(st: Stack, home: Path, *args: str, key: str | None = None, env: dict[str, str] | None = None) -> Any:
+    import subprocess
+
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("MUSTER_")}
+    cli_env.update({"MUSTER_CONFIG": str(home / "config.json"), "PYTHONPATH": str(live.ROOT), "COLUMNS": "200"})
+    if key:
+        cli_env["MUSTER_API_KEY"] = key
+    cli_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], cwd=live.ROOT, env=cli_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_every_cli_command_against_the_live_server(st: Stack, tmp_path: Path) -> None:
+    import json
+
+    q = _q(st, "live-cli")
+    st.start_agent("cli-1", [q], "--cpu-only")
+    r = _cli(
+        st, tmp_path, "login", "--server", st.url, "--username", "admin", env={"MUSTER_PASSWORD": st.admin_password}
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "config.json").stat().st_mode & 0o077 == 0
+
+    r = _cli(st, tmp_path, "queues", "--json")
+    assert r.returncode == 0 and "live-cli" in [row["name"] for row in json.loads(r.stdout)]
+    r = _cli(st, tmp_path, "queues")
+    assert r.returncode == 0 and "live-cli" in r.stdout
+    r = _cli(st, tmp_path, "workers", "--json")
+    assert "cli-1" in [w["name"] for w in json.loads(r.stdout)]
+
+    r = _cli(st, tmp_path, "enqueue", "--queue", q, "--json", "--", "python3", "-c", "print('hi from cli')")
+    assert r.returncode == 0, r.stderr
+    exp_id = json.loads(r.stdout)["experiment"]["id"]
+    r = _cli(st, tmp_path, "logs", exp_id, "-f")
+    assert r.returncode == 0 and "hi from cli" in r.stdout
+    r = _cli(st, tmp_path, "status", exp_id, "--json")
+    assert json.loads(r.stdout)["status"] == "completed"
+    r = _cli(st, tmp_path, "status")
+    assert r.returncode == 0 and exp_id in r.stdout
+
+    r = _cli(st, tmp_path, "rerun", exp_id, "--set", "lr=0.5", "--json")
+    assert r.returncode == 0, r.stderr
+    clone = json.loads(r.stdout)["experiment"]
+    assert clone["id"] != exp_id and clone["parameters"] == {"lr": 0.5}
+    assert _cli(st, tmp_path, "status", clone["id"], "--wait").returncode == 0
+
+    r = _cli(st, tmp_path, "enqueue", "--queue", q, "--", "python3", "-c", "import sys; sys.exit(4)")
+    failing = r.stdout.split()[0]
+    assert _cli(st, tmp_path, "logs", failing, "-f").returncode == 1
+
+    r = _cli(st, tmp_path, "enqueue", "--queue", q, "--json", "--", "sleep", "60")
+    sleeper = json.loads(r.stdout)["experiment"]["id"]
+    st.wait_status(sleeper, "in_progress")
+    assert _cli(st, tmp_path, "stop", sleeper).returncode == 0
+    assert _cli(st, tmp_path, "status", sleeper, "--wait").returncode == 7
+
+    idle_q = _q(st, "live-cli-idle")
+    r = _cli(st, tmp_path, "enqueue", "--queue", idle_q, "--", "true")
+    assert "no live worker" in r.stderr.lower() or r.returncode == 0
+    waiting = r.stdout.split()[0]
+    r = _cli(st, tmp_path, "dequeue", waiting, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["experiment"]["status"] != "queued"
+
+    assert _cli(st, tmp_path, "status", "0" * 32).returncode == 3
+    assert _cli(st, tmp_path, "dequeue", exp_id).returncode in (0, 5)
+    assert _cli(st, tmp_path, "enqueue", "--queue", q).returncode == 2
+    r = _cli(st, tmp_path, "queues", key="mk0000.nope")
+    assert r.returncode == 4 and "muster:" in r.stderr
+    r = _cli(st, tmp_path, "queues", "--server", "http://127.0.0.1:9")
+    assert r.returncode == 6 and "cannot reach" in r.stderr
+
+
+def test_sigterm_drains_and_a_second_sigterm_stops_the_runs(st: Stack) -> None:
+    q = _q(st, "live-sigterm")
+    agent = st.start_agent("term-1", [q], "--cpu-only")
+    cpus = os.cpu_count() or 1
+    first = st.enqueue(q, script="import time; time.sleep(3); print('finished')", cpus=cpus)
+    st.wait_status(first["id"], "in_progress")
+    agent.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    second = st.enqueue(q, script="print('never here')", cpus=cpus)
+    assert st.wait_status(first["id"], "completed")["status"] == "completed"  # the run was let finish
+    assert agent.wait(timeout=30) == 0
+    assert st.worker("term-1") is None  # it said goodbye
+    assert st.experiment(second["id"])["status"] == "queued"  # and took nothing new
+
+    agent = st.start_agent("term-2", [q], "--cpu-only")
+    st.wait_status(second["id"], "completed")
+    third = st.enqueue(q, script="import time; print('long', flush=True); time.sleep(60)", stop_grace_s=1)
+    st.wait_status(third["id"], "in_progress")
+    attempt = wait_for(lambda: st.experiment(third["id"])["current_attempt"])
+    wait_for(lambda: run_processes(attempt), what="the run's process")
+    agent.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=30) == 0
+    assert run_processes(attempt) == []
+    after = st.experiment(third["id"])
+    assert after["status"] == "queued" and after["retry_count"] == 1  # interrupted runs go back to the front
+    assert st.attempts(third["id"])[0]["failure_class"] == "interrupted"
+    st.admin.request("POST", f"experiments/{third['id']}/dequeue/", {})
+
+
+def test_a_box_that_fails_quickly_again_and_again_drains_itself(st: Stack) -> None:
+    q = _q(st, "live-selfdrain")
+    st.start_agent("flaky-1", [q], "--cpu-only", "--drain-after", "3")
+    for _ in range(3):
+        exp = st.enqueue(q, command=["/bin/false"])
+        st.wait_status(exp["id"], "failed")
+    worker = wait_for(lambda: (w := st.worker("flaky-1")) and w["draining"] and w, what="the drain")
+    assert "3 runs in a row failed" in worker["drain_reason"]
+    left = st.enqueue(q, command=["/bin/true"])
+    time.sleep(1.5)
+    assert st.experiment(left["id"])["status"] == "queued"
