@@ -51,44 +51,29 @@ def report_body(i: int) -> dict[str, object]:
     }  # fmt: skip
 
 
-async def gather_limited(coros: list, limit: int) -> None:  # type: ignore[type-arg]
-    sem = asyncio.Semaphore(limit)
-
-    async def one(c) -> None:  # type: ignore[no-untyped-def]
-        async with sem:
-            await c
-
-    await asyncio.gather(*(one(c) for c in coros))
-
-
 async def setup(url: str, admin_key: str, agent_key: str, pollers: int, reporters: int) -> None:
     admin = Connection(url, {"Authorization": f"Bearer {admin_key}"})
     for name in ("fleet-idle", "fleet-probe", "fleet-busy"):
         await admin.request("POST", "/api/v1/queues/", {"name": name})
     await admin.close()
-    conns = [Connection(url, {"Authorization": f"Bearer {agent_key}"}) for _ in range(16)]
-
-    async def register(i: int, name: str, queue: str) -> None:
-        status, body = await conns[i % 16].request(
-            "POST",
-            "/api/v1/workers/",
-            {
-                "name": name,
-                "queues": [queue],
-                "cpus": 8,
-                "memory_mb": 64000,
-                "gpu_slots": [{"index": 0}, {"index": 1}],
-            },
-        )
-        assert status == 201, body
-
-    names = [(f"idle-{i}", "fleet-idle") for i in range(pollers)] + [
-        (f"rep-{i}", "fleet-busy") for i in range(reporters)
-    ]
+    names = [(f"idle-{i}", "fleet-idle") for i in range(pollers)]
+    names += [(f"rep-{i}", "fleet-busy") for i in range(reporters)]
     names += [("probe", "fleet-probe"), *[(f"sat-{i}", "fleet-busy") for i in range(32)]]
-    await gather_limited([register(i, n, q) for i, (n, q) in enumerate(names)], 16)
-    for c in conns:
-        await c.close()
+    todo: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for item in names:
+        todo.put_nowait(item)
+
+    async def registrar() -> None:
+        conn = Connection(url, {"Authorization": f"Bearer {agent_key}"})
+        while not todo.empty():
+            name, queue = todo.get_nowait()
+            body = {"name": name, "queues": [queue], "cpus": 8, "memory_mb": 64000,
+                    "gpu_slots": [{"index": 0}, {"index": 1}]}  # fmt: skip
+            status, answer = await conn.request("POST", "/api/v1/workers/", body)
+            assert status == 201, answer
+        await conn.close()
+
+    await asyncio.gather(*(registrar() for _ in range(16)))
 
 
 async def fleet_phase(  # noqa: PLR0917

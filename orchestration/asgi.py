@@ -25,6 +25,22 @@ def _start_beat() -> None:
         _beat["task"] = asyncio.get_running_loop().create_task(beat_forever())
 
 
+async def _flush_reports() -> None:
+    """Write the reports still queued in this process before it exits."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from workers.ingest import INGEST
+
+    def flush() -> None:
+        try:
+            INGEST.flush()
+        finally:
+            connections.close_all()
+
+    await sync_to_async(flush, thread_sensitive=False)()
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while True:
@@ -36,6 +52,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 task = _beat.pop("task", None)
                 if task is not None:
                     task.cancel()
+                await _flush_reports()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     _start_beat()  # servers that send no lifespan events

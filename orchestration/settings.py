@@ -214,6 +214,8 @@ CLAIM_WAIT_MAX_S = envint("CLAIM_WAIT_MAX_S", 2 if TESTING else 30, minimum=0)
 # Without Redis, a waiting claim re-checks the database this often (other processes' enqueues).
 CLAIM_CROSS_PROCESS_CHECK_S = envfloat("CLAIM_CROSS_PROCESS_CHECK_S", 1.0)
 WORKER_TIMEOUT_S = envint("WORKER_TIMEOUT", 30, minimum=1)
+# Reports are written in batches this often per server process (0: inline, as in tests).
+REPORT_FLUSH_S = envfloat("REPORT_FLUSH_S", 0.0 if TESTING else 1.0)
 # Each server process records it is alive this often (liveness gives no verdicts while it is away).
 SERVER_BEAT_S = envfloat("SERVER_BEAT_S", 5.0)
 STOP_GRACE_DEFAULT_S = envint("STOP_GRACE_DEFAULT_S", 60, minimum=0)

@@ -16,8 +16,9 @@ from orchestration import views_api
 from orchestration.metrics import metrics
 from orchestration.throttle import throttled_login
 from queues.api import QueueViewSet
-from workers.api import WorkerDetailView, WorkerListView, WorkerReportView
+from workers.api import WorkerDetailView, WorkerListView
 from workers.claim_view import claim_view
+from workers.report_view import report_view
 from workers.stats_api import ExperimentStatsView, FleetStatsView, QueueStatsView, WorkerStatsView
 
 router = SimpleRouter()
@@ -32,7 +33,7 @@ api_v1 = [
     path("workers/", WorkerListView.as_view(), name="worker-list"),
     path(WORKER, WorkerDetailView.as_view(), name="worker-detail"),
     path(WORKER + "claim/", claim_view, name="worker-claim"),
-    path(WORKER + "report/", WorkerReportView.as_view(), name="worker-report"),
+    path(WORKER + "report/", report_view, name="worker-report"),
     path(WORKER + "stats/", WorkerStatsView.as_view(), name="worker-stats"),
     path("queues/<str:pk>/stats/", QueueStatsView.as_view(), name="queue-stats"),
     path("experiments/<str:pk>/stats/", ExperimentStatsView.as_view(), name="experiment-stats"),

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HOST = os.environ.get("MUSTER_HOST", "127.0.0.1")
 PORT = os.environ.get("MUSTER_PORT", "8000")
+VAR = Path(os.environ.get("MUSTER_VAR_DIR") or ROOT / "var")
 
 
 def manage(*args: str) -> str:
@@ -52,7 +53,7 @@ def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
     os.environ.setdefault("DEBUG", "true")
     os.environ.setdefault("SITE_URL", f"http://{HOST}:{PORT}")
-    (ROOT / "var").mkdir(exist_ok=True)
+    VAR.mkdir(parents=True, exist_ok=True)
     print("migrating the database …", flush=True)
     manage("migrate", "--no-input", "-v", "0")
     manage("collectstatic", "--no-input", "-v", "0")
@@ -93,7 +94,7 @@ def main() -> int:
             "--concurrency",
             "2",
             "--schedule",
-            str(ROOT / "var" / "celerybeat-schedule"),
+            str(VAR / "celerybeat-schedule"),
         ],
     )
     url = f"http://{HOST}:{PORT}"
@@ -102,7 +103,7 @@ def main() -> int:
     start(
         "local agent",
         [str(Path(PY).parent / "muster"), "agent", "run", "--server", url, "--queue", "default",
-         "--name", "local", "--state-dir", str(ROOT / "var" / "agent"), "--log-level", "warning"],
+         "--name", "local", "--state-dir", str(VAR / "agent"), "--log-level", "warning"],
         env={**os.environ, "MUSTER_API_KEY": state["agent_key"]},
     )  # fmt: skip
     cli_note = login_cli(url, state["api_key"])
@@ -114,7 +115,7 @@ def main() -> int:
         f"  API docs:    {url}/api/docs/\n"
         f"  CLI:         {cli_note}\n"
         f"               try: .venv/bin/muster enqueue -- python -c \"print('hi')\"; .venv/bin/muster status\n"
-        f"  (credentials are also in var/bootstrap.json; Ctrl-C stops everything)\n",
+        f"  (credentials are also in {VAR / 'bootstrap.json'}; Ctrl-C stops everything)\n",
         flush=True,
     )
 

@@ -122,6 +122,7 @@ class Stack:
             "BEAT_TICK_S": "0.5",
             "CLAIM_WAIT_MAX_S": "5",
             "SERVER_BEAT_S": "0.5",
+            "REPORT_FLUSH_S": "0.3",
             "AUTH_CACHE_S": "0",
             "PYTHONPATH": str(ROOT),
             **settings,

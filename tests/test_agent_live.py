@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -133,11 +134,12 @@ def test_a_killed_agent_is_lost_and_its_run_retried_elsewhere(st: Stack) -> None
     attempts = st.attempts(exp["id"])
     assert [a["outcome"] for a in attempts] == ["failed", "completed"] or [a["outcome"] for a in attempts] == [
         "completed", "failed"]  # fmt: skip
-    with pytest.raises(ApiError) as late:  # the old agent's late word is refused
-        st.agent_client.request(
-            "POST", f"attempts/{first['id']}/finish/", {"token": first.get("token", "x" * 32), "outcome": "completed"}
-        )
-    assert late.value.status in (403, 409)
+    # The old agent's late word, with the lease token it still holds in its spool, is refused.
+    old_token = json.loads((st.dir / "agent-lost-1" / "spool" / first["id"] / "meta").read_text())["token"]
+    with pytest.raises(ApiError) as late:
+        st.agent_client.request("POST", f"attempts/{first['id']}/finish/", {"token": old_token, "outcome": "completed"})
+    assert (late.value.status, late.value.code) == (409, "stale_lease")
+    assert late.value.body["error"]["kill"] is True
 
 
 def test_the_server_killed_and_restarted_mid_run_loses_nothing(st: Stack) -> None:

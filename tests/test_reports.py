@@ -152,12 +152,30 @@ def test_a_lost_worker_that_reports_again_comes_back(setup: Any, agent_actor: Ac
         ({"machine": {"gpus": [{"index": -1}]}}, "machine"),
         ({"running": [{"attempt": "nothex", "token": "t"}]}, "running"),
         ({"interval_s": "soon"}, "interval_s"),
+        ({"interval_s": True}, "interval_s"),
+        ({"machine": []}, "machine"),
+        ({"machine": {"gpus": [{"util": 5}]}}, "machine.gpus[0].index"),
+        ({"machine": {"cpu_per_core": [10, "x"]}}, "machine.cpu_per_core[1]"),
+        ({"machine": {"gpus": [{"index": 0, "ecc_errors": 1.5}]}}, "machine.gpus[0].ecc_errors"),
+        ({"running": [{"attempt": "a" * 32}]}, "running[0].token"),
+        ({"running": [{"attempt": "a" * 32, "token": "t", "iteration": -1}]}, "running[0].iteration"),
+        ({"attempts": [{"attempt": "a" * 32, "memory_mb": -5}]}, "attempts[0].memory_mb"),
+        ({"running": {"attempt": "a" * 32}}, "running"),
+        ({"instance_id": "x" * 65}, "instance_id"),
     ],
 )
 def test_malformed_reports_are_a_400_naming_the_field(agent_api: APIClient, body: dict[str, Any], field: str) -> None:
     r = agent_api.post("/api/v1/workers/box:9/report/", body, format="json")
     assert r.status_code == 400
     assert r.json()["error"]["field"].startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"), [(b"{not json", "parse_error"), (b"[1, 2]", "invalid"), (b'{"interval_s": NaN}', "invalid")]
+)
+def test_a_report_that_is_not_a_json_object_is_a_400(agent_api: APIClient, raw: bytes, code: str) -> None:
+    r = agent_api.post("/api/v1/workers/box:9/report/", raw, content_type="application/json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == code
 
 
 def test_report_through_the_api(setup: Any, agent_api: APIClient) -> None:
@@ -169,3 +187,54 @@ def test_report_through_the_api(setup: Any, agent_api: APIClient) -> None:
     }
     r = agent_api.post(f"/api/v1/workers/{worker.name}/report/", body, format="json")
     assert r.status_code == 200 and r.json() == {"kill": [], "stop": [], "drain": False, "queues": ["default"]}
+
+
+def _queued_ingest(monkeypatch: Any, settings: Any) -> Any:
+    """A batch writer that only queues (its flusher thread is never started) until the test flushes."""
+    import threading
+
+    from workers import ingest
+
+    settings.REPORT_FLUSH_S = 60
+    batch = ingest.Ingest()
+    batch.thread = threading.current_thread()  # "alive": add() starts no flusher thread
+    monkeypatch.setattr(ingest, "INGEST", batch)
+    return batch
+
+
+def test_reports_are_written_in_batches_with_a_fixed_number_of_statements(
+    make_worker: Callable[..., Worker], agent_actor: Actor, monkeypatch: Any, settings: Any
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    batch = _queued_ingest(monkeypatch, settings)
+    workers = [make_worker(f"batch:{i}") for i in range(12)]
+    before = {w.pk: w.last_seen_at for w in workers}
+    counts = []
+    for size in (3, 12):
+        for w in workers[:size]:
+            answer = worker_report(actor=agent_actor, name=w.name, report=Report(interval_s=5, machine=MACHINE))
+            assert answer.kill == [] and answer.stop == []
+        assert WorkerStat.objects.count() == (0 if size == 3 else 3)  # nothing written before the flush
+        with CaptureQueriesContext(connection) as ctx:
+            assert batch.flush() == size
+        counts.append(len(ctx.captured_queries))
+    assert counts[0] == counts[1], counts  # one batch, the same statements for 3 reports or 12
+    assert WorkerStat.objects.count() == 15
+    for w in Worker.objects.filter(pk__in=before):
+        assert w.last_seen_at > before[w.pk] and w.previous_report_at == w.last_seen_at
+
+
+def test_a_batch_never_moves_a_heartbeat_backwards(
+    make_worker: Callable[..., Worker], agent_actor: Actor, monkeypatch: Any, settings: Any
+) -> None:
+    from workers.ingest import Pending, write
+
+    w = make_worker("batch:late")
+    now = timezone.now()
+    write([Pending(worker_id=w.pk, at=now, live_until=now + timedelta(seconds=30), interval_s=5, stat=None)])
+    old = now - timedelta(seconds=10)
+    write([Pending(worker_id=w.pk, at=old, live_until=old + timedelta(seconds=30), interval_s=5, stat=None)])
+    w.refresh_from_db()
+    assert w.last_seen_at == now

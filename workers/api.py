@@ -255,24 +255,16 @@ class ReportAnswerSerializer(serializers.Serializer[Any]):
 class WorkerReportView(APIView):
     """The heartbeat: what runs and what the machine uses; the answer says what to kill or stop."""
 
+    # Served by the plain view in workers/report_view.py; this one documents it (and delegates).
+
     permission_classes = [IsAgent]
 
     @extend_schema(request=ReportSerializer, responses=ReportAnswerSerializer, operation_id="workers_report")
     def post(self, request: Request, name: str) -> Response:
+        from workers.report_view import parse_report
+
         if not re.fullmatch(WORKER_NAME_RE, name):
             raise ValidationError({"name": ["worker names use only A-Z a-z 0-9 _ . , : @ -"]})
-        ser = ReportSerializer(data=request.data)
-        ser.is_valid(raise_exception=True)
-        d = ser.validated_data
-        report = services.Report(
-            instance_id=d.get("instance_id", ""),
-            interval_s=d.get("interval_s", 0),
-            running=[
-                services.RunningAttempt(r["attempt"], r["token"], r.get("iteration")) for r in d.get("running", [])
-            ],
-            machine=dict(d.get("machine") or {}),
-            attempts=[dict(a) for a in d.get("attempts", [])],
-        )
-        answer = services.worker_report(actor=actor_of(request), name=name, report=report)
+        answer = services.worker_report(actor=actor_of(request), name=name, report=parse_report(request.data))
         counter_incr("reports")
         return Response(ReportAnswerSerializer(answer).data)

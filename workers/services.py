@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -282,9 +282,17 @@ class ReportAnswer:
 
 
 def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
-    """Ingest a report (the heartbeat); never refused for what it says about work."""
+    """Ingest a report (the heartbeat); never refused for what it says about work.
+
+    A report that changes no state (a known live worker, the same instance, every claim
+    accounted for) is answered from three reads and its writes are queued for the batch
+    writer (workers/ingest.py); anything else takes the transactional path below.
+    """
     if not (actor.is_agent or actor.is_admin) or not actor.can_write:
         raise Forbidden("only agent keys report")
+    answer = _report_fast(actor=actor, name=name, report=report)
+    if answer is not None:
+        return answer
     if not Worker.objects.filter(name=name).exists():
         # Unknown workers that report are registered, as ClearML does.
         worker_register(actor=actor, reg=Registration(name=name, instance_id=report.instance_id, capabilities=3))
@@ -343,6 +351,90 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
     return ReportAnswer(kill=kill, stop=stop, drain=worker.draining, queues=queues)
 
 
+def _report_fast(*, actor: Actor, name: str, report: Report) -> ReportAnswer | None:
+    """The answer from reads alone, its writes queued; None when the report changes state."""
+    from workers.ingest import INGEST, Pending
+
+    w, server_running, queues = _report_reads(name)
+    if w is None or w["status"] in (WorkerStatus.UNRESPONSIVE, WorkerStatus.LOST):
+        return None
+    if not actor.is_admin and (actor.key is None or w["api_key_id"] != actor.key.pk):
+        raise Forbidden(f"worker {name!r} was registered with another key")
+    if report.instance_id and w["instance_id"] and report.instance_id != w["instance_id"]:
+        return None
+    reported = {r.attempt_id: r for r in report.running}
+    previous = w["previous_report_at"]
+    if previous is not None and any(
+        a_id not in reported and claimed_at < previous for a_id, (_, claimed_at, _) in server_running.items()
+    ):
+        return None  # a lost claim answer: the transactional path retries it
+    valid = [r for r in report.running if r.attempt_id in server_running and server_running[r.attempt_id][0] == r.token]
+    valid_ids = {r.attempt_id for r in valid}
+    kill = sorted(set(reported) - valid_ids)
+    stop = sorted(a for a in valid_ids if server_running[a][2] is not None)
+    now = timezone.now()
+    interval = max(report.interval_s, 0.0)
+    timeout = w["timeout_s"] or max(settings.WORKER_TIMEOUT_S, 3 * interval)
+    stat, attempt_stats = _stat_rows(w["id"], now, report, valid_ids)
+    INGEST.add(
+        Pending(
+            worker_id=w["id"],
+            at=now,
+            live_until=now + timedelta(seconds=timeout),
+            interval_s=interval,
+            stat=stat,
+            attempt_stats=attempt_stats,
+            iterations={r.attempt_id: r.iteration for r in valid if r.iteration is not None},
+        )
+    )
+    return ReportAnswer(kill=kill, stop=stop, drain=w["draining"], queues=queues)
+
+
+def _when(value: Any) -> datetime | None:
+    """A timestamp from a raw row: PostgreSQL gives datetimes, SQLite text in UTC."""
+    if value is None or isinstance(value, datetime):
+        return value
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+REPORT_WORKER_SQL = (
+    "SELECT id, api_key_id, instance_id, status, draining, previous_report_at, timeout_s "
+    "FROM workers_worker WHERE name = %s"
+)
+REPORT_ATTEMPTS_SQL = (
+    "SELECT a.id, a.lease_token, a.claimed_at, e.stop_requested_at FROM experiments_attempt a "
+    "JOIN experiments_experiment e ON e.id = a.experiment_id WHERE a.worker_id = %s AND a.finished_at IS NULL"
+)
+REPORT_QUEUES_SQL = (
+    "SELECT q.name FROM workers_workerqueue wq JOIN queues_queue q ON q.id = wq.queue_id "
+    'WHERE wq.worker_id = %s ORDER BY wq."order"'
+)
+
+
+def _report_reads(
+    name: str,
+) -> tuple[dict[str, Any] | None, dict[str, tuple[str, datetime, datetime | None]], list[str]]:
+    """What a report's answer needs, in three plain statements (no ORM compilation on the hot path)."""
+    with connection.cursor() as cur:
+        cur.execute(REPORT_WORKER_SQL, [name])
+        row = cur.fetchone()
+        if row is None:
+            return None, {}, []
+        keys = ("id", "api_key_id", "instance_id", "status", "draining", "previous_report_at", "timeout_s")
+        w = dict(zip(keys, row, strict=True))
+        w["draining"] = bool(w["draining"])
+        w["previous_report_at"] = _when(w["previous_report_at"])
+        cur.execute(REPORT_ATTEMPTS_SQL, [w["id"]])
+        running = {
+            a_id: (token, _when(claimed) or timezone.now(), _when(stop))
+            for a_id, token, claimed, stop in cur.fetchall()
+        }
+        cur.execute(REPORT_QUEUES_SQL, [w["id"]])
+        queues = [q for (q,) in cur.fetchall()]
+    return w, running, queues
+
+
 def _advance_iterations(iterations: dict[str, int]) -> None:
     """Move experiments' last iteration forward, never back: one read, one bulk write."""
     if not iterations:
@@ -358,11 +450,14 @@ def _advance_iterations(iterations: dict[str, int]) -> None:
     Experiment.objects.bulk_update(moved, ["last_iteration"])
 
 
-def _store_stats(worker: Worker, now: datetime, report: Report, valid: set[str]) -> None:
+def _stat_rows(
+    worker_id: int, now: datetime, report: Report, valid: set[str]
+) -> tuple[WorkerStat | None, list[AttemptStat]]:
     m = report.machine
+    stat = None
     if m:
-        WorkerStat.objects.create(
-            worker=worker,
+        stat = WorkerStat(
+            worker_id=worker_id,
             at=now,
             cpu_percent=m.get("cpu_percent"),
             cpu_per_core=m.get("cpu_per_core", []),
@@ -388,6 +483,13 @@ def _store_stats(worker: Worker, now: datetime, report: Report, valid: set[str])
         for a in report.attempts
         if a["attempt"] in valid
     ]
+    return stat, rows
+
+
+def _store_stats(worker: Worker, now: datetime, report: Report, valid: set[str]) -> None:
+    stat, rows = _stat_rows(worker.pk, now, report, valid)
+    if stat is not None:
+        stat.save()
     AttemptStat.objects.bulk_create(rows)
 
 

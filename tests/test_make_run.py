@@ -1,0 +1,78 @@
+"""`make run` as a new user meets it: everything starts, the CLI is logged in, a run completes, Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.common import spare_port
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.sqlite_only]
+
+
+def _ours(var: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("MUSTER_VAR_DIR") == str(var) and p.pid != os.getpid():
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) -> None:
+    var, home = tmp_path / "var", tmp_path / "home"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("MUSTER_")
+    }
+    env.update({"MUSTER_VAR_DIR": str(var), "MUSTER_PORT": str(spare_port()), "HOME": str(home)})
+    run = subprocess.Popen(
+        [sys.executable, "scripts/run.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    banner = []
+    try:
+        assert run.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = run.stdout.readline()
+            banner.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        text = "".join(banner)
+        assert "Muster is running at http://127.0.0.1:" in text and "admin login: admin / " in text, text
+        assert "logged in as the admin" in text
+        muster = [str(Path(sys.executable).parent / "muster")]
+        cli_env = {**env, "COLUMNS": "200"}
+        out = subprocess.run(
+            [*muster, "enqueue", "--", "python3", "-c", "print('hi')"], env=cli_env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        exp_id = out.stdout.split()[0]
+        waited = subprocess.run([*muster, "status", exp_id, "--wait"], env=cli_env, capture_output=True, text=True,
+                                timeout=120)  # fmt: skip
+        assert waited.returncode == 0 and "completed" in waited.stdout, waited.stdout + waited.stderr
+        logs = subprocess.run([*muster, "logs", exp_id], env=cli_env, capture_output=True, text=True, timeout=60)
+        assert logs.stdout.strip() == "hi"
+        workers = subprocess.run([*muster, "workers"], env=cli_env, capture_output=True, text=True, timeout=60)
+        assert "local" in workers.stdout
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while _ours(var) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _ours(var) == [], "make run left processes behind"
