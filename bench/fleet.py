@@ -1,7 +1,7 @@
 """A fleet: 1,000 idle long-pollers and 1,000 workers reporting every 5 s, then saturating reports.
 
 Starts the production server (gunicorn + uvicorn) on PostgreSQL and Redis. Phase one holds
-1,000 claim long-polls open (`?wait=30`, re-issued when they end) while 1,000 other workers
+1,000 claim long-polls open (`?wait=30`, re-issued when they end, their phases spread) while 1,000 other workers
 report every 5 s with a realistic body (8 cores, 2 GPUs, one running attempt's stats), and
 a probe agent long-polls a queue that gets one experiment every half second: report
 latency and enqueue->claim latency are measured at the client. Phase two saturates the
@@ -88,8 +88,12 @@ async def fleet_phase(  # noqa: PLR0917
     async def poller(i: int) -> None:
         conn = Connection(url, auth)
         await asyncio.sleep(random.uniform(0, 3))
+        # Agents that started at different times end their waits at different times: the first
+        # wait of each is 1 to 30 s, so 1,000 waits do not all end (and re-claim) in the same second.
+        wait = random.randint(1, 30)
         while not stop.is_set():
-            status, _ = await conn.request("POST", f"/api/v1/workers/idle-{i}/claim/?wait=30")
+            status, _ = await conn.request("POST", f"/api/v1/workers/idle-{i}/claim/?wait={wait}")
+            wait = 30
             if status != 200:
                 errors["claim"] += 1
                 await asyncio.sleep(1)

@@ -66,6 +66,11 @@ def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) ->
         assert logs.stdout.strip() == "hi"
         workers = subprocess.run([*muster, "workers"], env=cli_env, capture_output=True, text=True, timeout=60)
         assert "local" in workers.stdout
+        import urllib.request
+
+        url = text.split("Muster is running at ")[1].split()[0].rstrip("/")
+        with urllib.request.urlopen(url + "/static/admin/css/base.css", timeout=10) as static:  # noqa: S310
+            assert static.status == 200 and b"body" in static.read()  # static files through the async stack
     finally:
         run.send_signal(signal.SIGINT)
         try:
