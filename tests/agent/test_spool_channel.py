@@ -161,3 +161,29 @@ def test_the_agent_imports_no_django() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_tls_with_a_private_ca_bundle(tmp_path: Path) -> None:
+    """The agent verifies the server against --ca-bundle; without it a private certificate is refused."""
+    import ssl
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_port}"
+    try:
+        _Handler.answers[:] = [(200, b'{"secure": true}')]
+        assert Client(url, "k", ca_bundle=str(cert)).request("POST", "x/", {}) == {"secure": True}
+        with pytest.raises(ServerAway, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            Client(url, "k").request("POST", "x/", {})
+    finally:
+        server.shutdown()
+        server.server_close()
