@@ -181,6 +181,61 @@ def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
     return exp
 
 
+def cmd_run(args: argparse.Namespace, out: Out) -> int:
+    from agent.capture import CaptureError, capture
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("run needs a command after --, e.g. muster run -- python train.py --lr 0.1")
+    try:
+        code = capture(Path.cwd(), freeze=args.freeze)
+    except CaptureError as e:
+        raise UsageError(str(e)) from None
+    if args.entry_point:
+        code["entry_point"] = args.entry_point
+    body: dict[str, Any] = {
+        "name": args.name or " ".join(command)[:200],
+        "command": command,
+        "queue": args.queue,
+        "priority": args.priority,
+        "gpus": args.gpus,
+        "cpus": args.cpus,
+        "env": _pairs(args.env, "--env"),
+        "parameters": _pairs(args.param, "--param"),
+        **code,
+    }
+    if args.max_runtime:
+        body["max_runtime_s"] = args.max_runtime
+    if args.project:
+        body["project"] = args.project
+    client = _client(args)
+    answer = client.request("POST", "experiments/", body)
+    exp = _unwrap(answer)
+    short = f"{code['commit'][:12]}{' + uncommitted changes' if code['diff'] else ''}"
+    if not (args.wait or args.follow):
+        out.say(f"{exp['id']} {exp['status']} in {exp.get('queue_name') or args.queue} ({short})", answer)
+        return EXIT_OK
+    print(f"muster: {exp['id']} {exp['status']} in {exp.get('queue_name') or args.queue} ({short})", file=sys.stderr)
+    if args.follow:
+        follow = argparse.Namespace(**vars(args), id=exp["id"], attempt=None, interval=1.0)
+        cmd_logs(follow, Out(False))
+    while (exp := client.request("GET", f"experiments/{exp['id']}/"))["status"] not in TERMINAL:
+        time.sleep(1)
+    if out.as_json:
+        out.data(exp)
+    return _exit_code_of(exp)
+
+
+def _exit_code_of(exp: dict[str, Any]) -> int:
+    """The experiment's own exit code when it has one (failed runs), else 0 / 1 / 7."""
+    code = exp.get("exit_code")
+    if exp["status"] == "failed" and isinstance(code, int) and 0 < code < 256:
+        return code
+    return _exit_for(exp)
+
+
 EXP_COLUMNS = [("id", "Id"), ("name", "Name"), ("status", "Status"), ("queue_name", "Queue"),
                ("last_iteration", "Iteration"), ("exit_code", "Exit"), ("updated_at", "Updated")]  # fmt: skip
 
@@ -284,6 +339,7 @@ def cmd_agent(args: argparse.Namespace, out: Out) -> int:
         tags=args.tag,
         keep_workdirs=args.keep_workdirs,
         quick_failures_to_drain=args.drain_after,
+        find_links=args.find_links,
     )
     if args.name:
         opts.name = args.name
@@ -326,6 +382,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("command", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_enqueue)
+
+    s = sub.add_parser("run", parents=[common], help="run this git repository's code: muster run -- CMD ...")
+    s.add_argument("--queue", default="default")
+    s.add_argument("--name")
+    s.add_argument("--project")
+    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--gpus", type=float, default=0)
+    s.add_argument("--cpus", type=float, default=1)
+    s.add_argument("--max-runtime", type=int, metavar="SECONDS")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="also ${KEY} in the command")
+    s.add_argument("--entry-point", help="the script, for the record (default: none)")
+    s.add_argument("--freeze", action="store_true", help="requirements from pip freeze of this environment")
+    s.add_argument("--wait", action="store_true", help="wait for the end; exit with the experiment's exit code")
+    s.add_argument("--follow", action="store_true", help="stream the output (implies --wait)")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", parents=[common], help="one experiment, or the latest ones")
     s.add_argument("id", nargs="?")
@@ -370,6 +443,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--drain-after", type=int, default=5, help="drain after this many quick failures in a row")
     r.add_argument("--tag", action="append", default=[])
     r.add_argument("--keep-workdirs", action="store_true")
+    r.add_argument("--find-links", help="a folder of wheels to build environments from (offline)")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     r.set_defaults(func=cmd_agent)
     return p

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import string
 import subprocess
 import sys
 import threading
@@ -56,6 +57,8 @@ class RunContext:
     report_socket: str
     python: str = field(default_factory=lambda: os.environ.get("MUSTER_CHILD_PYTHON") or "python3")
     keep_workdirs: bool = False
+    state_dir: Path = field(default_factory=lambda: Path("."))  # git mirrors and environments live here
+    find_links: str | None = None
 
 
 def signal_number(name: str) -> int:
@@ -92,6 +95,8 @@ class Run:
         self.exit_code: int | None = None
         self.reader: threading.Thread | None = None
         self.result = Ending("failed")
+        self.building = False
+        self.venv: Path | None = None
 
     # -- start ---------------------------------------------------------------------------
 
@@ -101,7 +106,8 @@ class Run:
         if isinstance(command, str):
             command = ["/bin/sh", "-c", command]
         if command:
-            return [str(c) for c in command]
+            params = {str(k): str(v) for k, v in (self.spec.get("parameters") or {}).items()}
+            return [string.Template(str(c)).safe_substitute(params) for c in command]
         if script:
             entry = self.spec.get("entry_point") or ("script.sh" if script.startswith("#!/bin/") else "script.py")
             path = self.workdir / Path(entry).name
@@ -127,6 +133,7 @@ class Run:
                 "MUSTER_WORKER": self.ctx.worker,
                 "MUSTER_SERVER": self.ctx.server,
                 "MUSTER_PARAMETERS": json.dumps(self.spec.get("parameters") or {}),
+                "MUSTER_PARAMS": json.dumps(self.spec.get("parameters") or {}),
                 "MUSTER_REPORT_SOCKET": self.ctx.report_socket,
                 "MUSTER_REPORT_TOKEN": self.channel_token,
                 "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in self.gpu_indices),
@@ -141,14 +148,53 @@ class Run:
         self.ctx.spool.put(self.id, "start", {"token": self.token})
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
+        if self.spec.get("repository"):
+            # Rebuilding code and environment can take minutes: in its own thread, so reports go on.
+            self.building = True
+            threading.Thread(target=self._build_then_spawn, name=f"build-{self.id[:8]}", daemon=True).start()
+            return
         cwd = self.workdir / (self.spec.get("working_dir") or "")
         cwd.mkdir(parents=True, exist_ok=True)
+        self._spawn(cwd, self.environment())
+
+    def _build_then_spawn(self) -> None:
+        from agent.build import Builder, BuildError
+
+        builder = Builder(self.ctx.state_dir, lambda text: self._emit(text.encode()), find_links=self.ctx.find_links)
+        code = self.workdir / "code"
         try:
-            argv = self.argv()
+            builder.checkout(self.spec, code)
+            venv = builder.environment(self.spec)
+        except BuildError as e:
+            self.ending = self.ending or Ending("failed", "build", str(e))
+            self.building = False
+            return
+        except Exception as e:  # a bug here must end the run, not leave it building forever
+            log.exception("building %s failed", self.id)
+            self.ending = self.ending or Ending("failed", "build", f"the agent could not build it: {e}")
+            self.building = False
+            return
+        self.venv = venv
+        env = self.environment()
+        env["VIRTUAL_ENV"] = str(venv)
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        cwd = code / (self.spec.get("working_dir") or "")
+        if self.ending is None:  # not stopped while it was building
+            if not cwd.is_dir():
+                self._emit(
+                    f"muster: the working directory {self.spec.get('working_dir')} is not in the repository\n".encode()
+                )
+                self.ending = Ending("failed", "build", "the working directory is not in the repository")
+            else:
+                self._spawn(cwd, env)
+        self.building = False
+
+    def _spawn(self, cwd: Path, env: dict[str, str]) -> None:
+        try:
             self.proc = subprocess.Popen(
-                argv,
+                self.argv(),
                 cwd=cwd,
-                env=self.environment(),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -289,6 +335,8 @@ class Run:
         """Advance the run; True once it is over (nothing of it runs) and its end is spooled."""
         if self.finished:
             return True
+        if self.building:
+            return False  # a stop asked meanwhile is honoured when the build ends
         max_runtime = self.spec.get("max_runtime_s")
         if max_runtime and self.ending is None and now - self.started_at > float(max_runtime):
             self.request_stop(Ending("failed", "timeout", f"ran longer than its max runtime of {max_runtime} s"))
@@ -327,6 +375,10 @@ class Run:
             }
             if ending.failure_class:
                 body["failure_class"] = ending.failure_class
+            if self.venv is not None:
+                from agent.build import Builder
+
+                body["frozen_requirements"] = Builder(self.ctx.state_dir, lambda _: None).freeze(self.venv)
             self.ctx.spool.put(self.id, "finish", body)
         else:
             self.ctx.spool.close_attempt(self.id)

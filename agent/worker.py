@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import threading
@@ -49,6 +50,7 @@ class Options:
     timeout_s: int = 0
     tags: list[str] = field(default_factory=list)
     keep_workdirs: bool = False
+    find_links: str | None = None  # a local wheelhouse for building environments offline
 
 
 class Backoff:
@@ -104,7 +106,7 @@ class Agent:
             "gpu_slots": slots,
             "cpus": float(psutil.cpu_count() or 1),
             "memory_mb": int(psutil.virtual_memory().total // 2**20),
-            "capabilities": ["command", "script"],
+            "capabilities": ["command", "script", *(["git"] if shutil.which("git") else [])],
             "agent_version": __version__,
             "order_fairness": self.opts.order_fairness,
             "tags": self.opts.tags,
@@ -212,6 +214,8 @@ class Agent:
             work_root=self.state / "work",
             report_socket=self.channel.path,
             keep_workdirs=self.opts.keep_workdirs,
+            state_dir=self.state,
+            find_links=self.opts.find_links,
         )
         run = Run(ctx, claim, indices, token)
         holder["run"] = run

@@ -158,8 +158,12 @@ def validate_spec(values: Mapping[str, Any]) -> None:
             if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 100:
                 raise InvalidInput(f"retries for {key} must be an integer from 0 to 100", field="retry_policy")
     wd = values.get("working_dir")
-    if values.get("command") and wd and not wd.startswith("/"):
-        raise InvalidInput("a command's working directory must be absolute", field="working_dir")
+    if values.get("command") and wd and not wd.startswith("/") and not values.get("repository"):
+        raise InvalidInput(
+            "a command's working directory must be absolute (or relative to its repository)", field="working_dir"
+        )
+    if wd and values.get("repository") and (wd.startswith("/") or ".." in wd.split("/")):
+        raise InvalidInput("the working directory is a path inside the repository", field="working_dir")
     if values.get("script") and values.get("command"):
         raise InvalidInput("give a command or a script, not both", field="script")
 

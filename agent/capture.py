@@ -1,0 +1,88 @@
+"""`muster run`: capture what an experiment needs from the git repository it is started in.
+
+The remote, branch and commit; the uncommitted changes as a binary diff against HEAD
+(staged and unstaged); untracked files are refused (add them to git, or ignore them);
+the working directory relative to the repository root; the requirements (a uv.lock
+exported, else requirements.txt, else `pip freeze` of this environment with --freeze);
+this Python's version.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+MAX_DIFF_BYTES = 8 * 1024 * 1024
+
+
+class CaptureError(Exception):
+    """The repository cannot be captured as it is; the message says what to do."""
+
+
+def _git(cwd: Path, *args: str, check: bool = True) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+    except FileNotFoundError:
+        raise CaptureError("git is not installed") from None
+    if check and out.returncode != 0:
+        raise CaptureError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"git {args[0]} failed")
+    return out.stdout if out.returncode == 0 else ""
+
+
+def requirements_of(root: Path, *, freeze: bool) -> str:
+    if freeze:
+        uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+        out = subprocess.run(
+            [uv, "pip", "freeze", "--python", sys.executable], capture_output=True, text=True, timeout=300, check=False
+        )
+        if out.returncode != 0:
+            raise CaptureError(f"pip freeze failed: {out.stderr.strip()[-200:]}")
+        return out.stdout
+    if (root / "uv.lock").is_file():
+        uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+        out = subprocess.run(
+            [uv, "export", "--frozen", "--no-hashes", "--no-emit-project", "--no-header"],
+            cwd=root, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise CaptureError(f"uv export of uv.lock failed: {out.stderr.strip()[-200:]}")
+        return out.stdout
+    if (root / "requirements.txt").is_file():
+        return (root / "requirements.txt").read_text()
+    return ""
+
+
+def capture(cwd: Path, *, freeze: bool = False) -> dict[str, Any]:
+    cwd = cwd.resolve()
+    root = Path(_git(cwd, "rev-parse", "--show-toplevel").strip())
+    remotes = _git(root, "remote").split()
+    if not remotes:
+        raise CaptureError("this repository has no remote: add one (git remote add origin URL) and push")
+    remote = "origin" if "origin" in remotes else remotes[0]
+    url = _git(root, "remote", "get-url", remote).strip()
+    commit = _git(root, "rev-parse", "HEAD").strip()
+    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD").strip()
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard").split("\n")
+    untracked = [f for f in untracked if f]
+    if untracked:
+        shown = ", ".join(untracked[:5]) + (f" and {len(untracked) - 5} more" if len(untracked) > 5 else "")
+        raise CaptureError(f"untracked files would not reach the worker: {shown}; git add them, or ignore them")
+    if not _git(root, "branch", "-r", "--contains", commit, check=False).strip():
+        print(f"muster: warning: commit {commit[:12]} is not on any remote branch; push it, or the run will fail",
+              file=sys.stderr)  # fmt: skip
+    diff = _git(root, "diff", "--binary", "HEAD")
+    if len(diff.encode()) > MAX_DIFF_BYTES:
+        raise CaptureError(f"the uncommitted changes are larger than {MAX_DIFF_BYTES // 2**20} MiB; commit them")
+    working_dir = str(cwd.relative_to(root)) if cwd != root else ""
+    return {
+        "repository": url,
+        "branch": "" if branch == "HEAD" else branch,
+        "commit": commit,
+        "diff": diff,
+        "working_dir": working_dir,
+        "requirements": requirements_of(root, freeze=freeze),
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
