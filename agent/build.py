@@ -117,6 +117,33 @@ class Builder:
                           what="the diff does not apply; git apply --check")  # fmt: skip
                 self._run(["git", "apply", "--whitespace=nowarn", "-"], cwd=dest, stdin=diff, what="git apply")
 
+    def unpack_snapshot(self, sha256: str, dest: Path, fetch: Callable[[str], bytes]) -> None:
+        """A snapshot tarball (cached by its digest, checked) extracted safely into dest."""
+        import tarfile
+
+        cached = self.state / "snapshots" / f"{sha256}.tar.gz"
+        if not cached.exists():
+            with self.step(f"downloading snapshot {sha256[:12]}"):
+                try:
+                    data = fetch(sha256)
+                except Exception as e:  # the client's errors: not found, refused, server away
+                    raise BuildError(f"could not download the snapshot: {e}") from None
+                if hashlib.sha256(data).hexdigest() != sha256:
+                    raise BuildError("the snapshot's content does not match its SHA-256")
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f".{sha256}.{os.getpid()}")
+                tmp.write_bytes(data)
+                tmp.replace(cached)
+        else:
+            self.emit(f"muster: snapshot {sha256[:12]} is cached on this worker\n")
+        with self.step(f"unpacking snapshot {sha256[:12]}"):
+            dest.mkdir(parents=True, exist_ok=True)
+            try:
+                with tarfile.open(cached, "r:gz") as tar:
+                    tar.extractall(dest, filter="data")  # no absolute paths, links out or devices
+            except (tarfile.TarError, OSError) as e:
+                raise BuildError(f"the snapshot cannot be unpacked: {e}") from None
+
     # -- environment ---------------------------------------------------------------------
 
     def environment(self, spec: dict[str, Any]) -> Path:

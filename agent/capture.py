@@ -69,7 +69,9 @@ def capture(cwd: Path, *, freeze: bool = False) -> dict[str, Any]:
     untracked = [f for f in untracked if f]
     if untracked:
         shown = ", ".join(untracked[:5]) + (f" and {len(untracked) - 5} more" if len(untracked) > 5 else "")
-        raise CaptureError(f"untracked files would not reach the worker: {shown}; git add them, or ignore them")
+        raise CaptureError(
+            f"untracked files would not reach the worker: {shown}; git add them, ignore them, or use --snapshot"
+        )
     if not _git(root, "branch", "-r", "--contains", commit, check=False).strip():
         print(f"muster: warning: commit {commit[:12]} is not on any remote branch; push it, or the run will fail",
               file=sys.stderr)  # fmt: skip
@@ -86,3 +88,43 @@ def capture(cwd: Path, *, freeze: bool = False) -> dict[str, Any]:
         "requirements": requirements_of(root, freeze=freeze),
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
+
+
+def snapshot_tarball(cwd: Path, *, max_bytes: int = 100 * 1024 * 1024) -> tuple[Path, bytes]:
+    """(repository root, a gzipped tar of its tracked files and the untracked ones git does not ignore).
+
+    Deterministic (sorted names, zero times and owners), so the same tree has the same digest
+    and is uploaded once.
+    """
+    import gzip
+    import io
+    import tarfile
+
+    root = Path(_git(cwd.resolve(), "rev-parse", "--show-toplevel").strip())
+    names = sorted({n for n in _git(root, "ls-files", "-z", "-co", "--exclude-standard").split("\0") if n})
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            path = root / name
+            if not path.is_file() or path.is_symlink():
+                continue  # deleted in the working tree, or a link: not part of the snapshot
+            info = tar.gettarinfo(str(path), arcname=name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+            if raw.tell() > max_bytes:
+                raise CaptureError(f"the snapshot is larger than {max_bytes // 2**20} MiB; commit and push instead")
+    data = gzip.compress(raw.getvalue(), mtime=0)
+    return root, data
+
+
+def capture_snapshot(cwd: Path, *, freeze: bool = False) -> tuple[dict[str, Any], bytes]:
+    """The spec of a snapshot run (no remote needed) and the tarball to upload."""
+    root, data = snapshot_tarball(cwd)
+    here = cwd.resolve()
+    spec = {
+        "working_dir": str(here.relative_to(root)) if here != root else "",
+        "requirements": requirements_of(root, freeze=freeze),
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
+    return spec, data

@@ -189,8 +189,19 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
         command = command[1:]
     if not command:
         raise UsageError("run needs a command after --, e.g. muster run -- python train.py --lr 0.1")
+    client = _client(args)
     try:
-        code = capture(Path.cwd(), freeze=args.freeze)
+        if args.snapshot:
+            import hashlib
+
+            from agent.capture import capture_snapshot
+
+            code, tarball = capture_snapshot(Path.cwd(), freeze=args.freeze)
+            sha = hashlib.sha256(tarball).hexdigest()
+            client.upload(f"snapshots/{sha}/", tarball, "application/gzip")
+            code["snapshot"] = sha
+        else:
+            code = capture(Path.cwd(), freeze=args.freeze)
     except CaptureError as e:
         raise UsageError(str(e)) from None
     if args.entry_point:
@@ -210,10 +221,12 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
         body["max_runtime_s"] = args.max_runtime
     if args.project:
         body["project"] = args.project
-    client = _client(args)
     answer = client.request("POST", "experiments/", body)
     exp = _unwrap(answer)
-    short = f"{code['commit'][:12]}{' + uncommitted changes' if code['diff'] else ''}"
+    if args.snapshot:
+        short = f"snapshot {code['snapshot'][:12]}"
+    else:
+        short = f"{code['commit'][:12]}{' + uncommitted changes' if code['diff'] else ''}"
     if not (args.wait or args.follow):
         out.say(f"{exp['id']} {exp['status']} in {exp.get('queue_name') or args.queue} ({short})", answer)
         return EXIT_OK
@@ -395,6 +408,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="also ${KEY} in the command")
     s.add_argument("--entry-point", help="the script, for the record (default: none)")
     s.add_argument("--freeze", action="store_true", help="requirements from pip freeze of this environment")
+    s.add_argument("--snapshot", action="store_true",
+                   help="upload the working tree (tracked and not-ignored files) instead of using the git remote")  # fmt: skip
     s.add_argument("--wait", action="store_true", help="wait for the end; exit with the experiment's exit code")
     s.add_argument("--follow", action="store_true", help="stream the output (implies --wait)")
     s.add_argument("command", nargs=argparse.REMAINDER)

@@ -86,6 +86,33 @@ class Client:
         auth: bool = True,
     ) -> Any:
         """JSON in, JSON out; raises ApiError for answers that are errors, ServerAway when unreachable."""
+        data = json.dumps(body).encode() if body is not None else None
+        status, raw = self.send(method, path, data, "application/json", params=params, timeout=timeout, auth=auth)
+        return self._decode(status, raw, path)
+
+    def upload(self, path: str, data: bytes, content_type: str, *, timeout: float | None = None) -> Any:
+        """Bytes in (a snapshot), JSON out."""
+        status, raw = self.send("PUT", path, data, content_type, timeout=timeout or 600)
+        return self._decode(status, raw, path)
+
+    def download(self, path: str, *, timeout: float | None = None) -> bytes:
+        """Bytes out (a snapshot); errors as for request()."""
+        status, raw = self.send("GET", path, None, None, timeout=timeout or 600)
+        if status >= 300:
+            self._decode(status, raw, path)
+        return raw
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        content_type: str | None,
+        *,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        auth: bool = True,
+    ) -> tuple[int, bytes]:
         url = self.base + "/api/v1/" + path.lstrip("/")
         if params:
             url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
@@ -96,10 +123,8 @@ class Client:
         }
         if auth:
             headers["Authorization"] = f"Bearer {self.key}"
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+        if data is not None and content_type:
+            headers["Content-Type"] = content_type
         self._local.aborted = False  # an abort ends the request in flight, not a later one
         for attempt in range(2):  # a kept-alive connection the server closed is retried once, fresh
             conn = self._connection(timeout or self.timeout)
@@ -120,6 +145,9 @@ class Client:
                 self.close()
                 self._local.aborted = False
                 raise ServerAway(f"{self.server}: {e}") from None
+        return status, raw
+
+    def _decode(self, status: int, raw: bytes, path: str) -> Any:
         if status in AWAY_STATUSES:
             # Restarting, behind a proxy that lost it, or a transient fault: try again later.
             raise ServerAway(f"{self.server} answered {status}")

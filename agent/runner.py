@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class RunContext:
     keep_workdirs: bool = False
     state_dir: Path = field(default_factory=lambda: Path("."))  # git mirrors and environments live here
     find_links: str | None = None
+    fetch_snapshot: Callable[[str], bytes] | None = None  # sha256 -> the tarball
 
 
 def signal_number(name: str) -> int:
@@ -97,6 +99,8 @@ class Run:
         self.result = Ending("failed")
         self.building = False
         self.venv: Path | None = None
+        secrets = [str(v).encode() for v in (self.spec.get("secret_env") or {}).values()]
+        self.masks = sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True)
 
     # -- start ---------------------------------------------------------------------------
 
@@ -148,7 +152,7 @@ class Run:
         self.ctx.spool.put(self.id, "start", {"token": self.token})
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
-        if self.spec.get("repository"):
+        if self.spec.get("repository") or self.spec.get("snapshot"):
             # Rebuilding code and environment can take minutes: in its own thread, so reports go on.
             self.building = True
             threading.Thread(target=self._build_then_spawn, name=f"build-{self.id[:8]}", daemon=True).start()
@@ -163,7 +167,12 @@ class Run:
         builder = Builder(self.ctx.state_dir, lambda text: self._emit(text.encode()), find_links=self.ctx.find_links)
         code = self.workdir / "code"
         try:
-            builder.checkout(self.spec, code)
+            if self.spec.get("snapshot"):
+                if self.ctx.fetch_snapshot is None:
+                    raise BuildError("this agent cannot download snapshots")
+                builder.unpack_snapshot(str(self.spec["snapshot"]), code, self.ctx.fetch_snapshot)
+            else:
+                builder.checkout(self.spec, code)
             venv = builder.environment(self.spec)
         except BuildError as e:
             self.ending = self.ending or Ending("failed", "build", str(e))
@@ -220,6 +229,9 @@ class Run:
             self._emit(line)
 
     def _emit(self, data: bytes) -> None:
+        for secret in self.masks:  # secret values never reach the server's logs
+            if secret in data:
+                data = data.replace(secret, b"***")
         with self.lock:
             self.buffer += data
             full = len(self.buffer) >= BATCH_BYTES

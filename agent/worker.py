@@ -106,7 +106,7 @@ class Agent:
             "gpu_slots": slots,
             "cpus": float(psutil.cpu_count() or 1),
             "memory_mb": int(psutil.virtual_memory().total // 2**20),
-            "capabilities": ["command", "script", *(["git"] if shutil.which("git") else [])],
+            "capabilities": ["command", "script", "snapshot", *(["git"] if shutil.which("git") else [])],
             "agent_version": __version__,
             "order_fairness": self.opts.order_fairness,
             "tags": self.opts.tags,
@@ -216,6 +216,7 @@ class Agent:
             keep_workdirs=self.opts.keep_workdirs,
             state_dir=self.state,
             find_links=self.opts.find_links,
+            fetch_snapshot=lambda sha: self.client.download(f"snapshots/{sha}/"),
         )
         run = Run(ctx, claim, indices, token)
         holder["run"] = run

@@ -245,3 +245,15 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"usage {self.attempt_id}"
+
+
+class Snapshot(models.Model):
+    """A tarball of a working tree (`muster run --snapshot`), stored once by its SHA-256."""
+
+    sha256 = models.CharField(primary_key=True, max_length=64)
+    size = models.PositiveBigIntegerField()
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="snapshots")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"snapshot {self.sha256[:12]} ({self.size} bytes)"

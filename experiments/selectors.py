@@ -86,8 +86,17 @@ RUN_FIELDS = (
 
 
 def run_spec(experiment: Experiment) -> dict[str, object]:
-    """What an agent needs to run an experiment, secrets included (run time only), no joins."""
-    return {name: getattr(experiment, name) for name in RUN_FIELDS}
+    """What an agent needs to run an experiment, secrets included (run time only).
+
+    The owner's per-user secrets are merged under the experiment's own secret_env (one
+    query, only for the claim's answer).
+    """
+    from orchestration.secrets import secrets_for_run
+
+    spec: dict[str, object] = {name: getattr(experiment, name) for name in RUN_FIELDS}
+    if experiment.owner_id is not None:
+        spec["secret_env"] = {**secrets_for_run(experiment.owner_id), **(experiment.secret_env or {})}
+    return spec
 
 
 def attempt_of(experiment_id: str, attempt_id: str | None) -> str:

@@ -158,14 +158,23 @@ def validate_spec(values: Mapping[str, Any]) -> None:
             if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 100:
                 raise InvalidInput(f"retries for {key} must be an integer from 0 to 100", field="retry_policy")
     wd = values.get("working_dir")
-    if values.get("command") and wd and not wd.startswith("/") and not values.get("repository"):
+    in_tree = values.get("repository") or values.get("snapshot")
+    if values.get("command") and wd and not wd.startswith("/") and not in_tree:
         raise InvalidInput(
             "a command's working directory must be absolute (or relative to its repository)", field="working_dir"
         )
-    if wd and values.get("repository") and (wd.startswith("/") or ".." in wd.split("/")):
+    if wd and in_tree and (wd.startswith("/") or ".." in wd.split("/")):
         raise InvalidInput("the working directory is a path inside the repository", field="working_dir")
     if values.get("script") and values.get("command"):
         raise InvalidInput("give a command or a script, not both", field="script")
+    snapshot = values.get("snapshot")
+    if snapshot:
+        from experiments.models import Snapshot
+
+        if not Snapshot.objects.filter(pk=snapshot).exists():
+            raise InvalidInput(f"snapshot {str(snapshot)[:12]} was not uploaded", field="snapshot")
+        if values.get("repository"):
+            raise InvalidInput("give a repository or a snapshot, not both", field="snapshot")
 
 
 # ---------------------------------------------------------------------------- experiments

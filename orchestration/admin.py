@@ -10,7 +10,8 @@ from django.contrib.auth.models import User
 from django.http import HttpRequest
 
 from orchestration.admin_base import ReadOnlyAdmin, admin_actor, service_action
-from orchestration.models import ApiKey, AuditEvent, KeyScope, Role
+from orchestration.models import ApiKey, AuditEvent, KeyScope, Role, UserSecret
+from orchestration.secrets import secret_delete, secret_set
 from orchestration.services import apikey_create, apikey_revoke
 
 
@@ -68,3 +69,36 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_filter = ["object_type", "action"]
     search_fields = ["object_id", "actor_label"]
     date_hierarchy = "at"
+
+
+class UserSecretForm(forms.ModelForm[UserSecret]):
+    value = forms.CharField(widget=forms.PasswordInput(render_value=False), help_text="never shown again")
+
+    class Meta:
+        model = UserSecret
+        fields = ["owner", "name"]
+
+
+@admin.register(UserSecret)
+class UserSecretAdmin(admin.ModelAdmin[UserSecret]):
+    """Per-user secrets: set or replaced through the service (encrypted), never displayed."""
+
+    list_display = ["owner", "name", "updated_at"]
+    search_fields = ["name", "owner__username"]
+    form = UserSecretForm
+    actions = [
+        service_action("Delete", lambda actor, secret: secret_delete(actor=actor, name=secret.name, owner=secret.owner))
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["owner", "name"] if obj is not None else []
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the Delete action goes through the service (and the audit trail)
+
+    def save_model(self, request: HttpRequest, obj: UserSecret, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        owner = obj.owner if change else data["owner"]
+        name = obj.name if change else data["name"]
+        saved = secret_set(actor=admin_actor(request), name=name, value=data["value"], owner=owner)
+        obj.pk = saved.pk

@@ -85,3 +85,19 @@ class ServiceBeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} alive at {self.alive_at:%Y-%m-%d %H:%M:%S}"
+
+
+class UserSecret(models.Model):
+    """A per-user secret (a token, a password) injected into that user's runs; stored encrypted."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=100)
+    ciphertext = models.TextField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["owner_id", "name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="user_secret_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}:{self.name}"

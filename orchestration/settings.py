@@ -20,6 +20,8 @@ VAR_DIR = Path(envstr("MUSTER_VAR_DIR", str(BASE_DIR / "var")))
 TESTING = "pytest" in sys.modules or envbool("MUSTER_TESTING", False)
 
 SECRET_KEY = envstr("SECRET_KEY", "dev-insecure-change-me-" + "0" * 32)
+# Encrypts per-user secrets at rest; SECRET_KEY when empty. Changing it makes stored secrets unreadable.
+SECRETS_KEY = envstr("SECRETS_KEY", "")
 DEBUG = envbool("DEBUG", False)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["*"] if DEBUG or TESTING else ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
@@ -137,6 +139,9 @@ LOGIN_URL = "/admin/login/"
 # Request limits: a body larger than this is refused with 413 before any parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 2000
+# Working-tree tarballs (`muster run --snapshot`), stored by their SHA-256.
+SNAPSHOT_DIR = Path(envstr("SNAPSHOT_DIR", str(VAR_DIR / "snapshots")))
+SNAPSHOT_MAX_BYTES = envint("SNAPSHOT_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
 
 LOGIN_THROTTLE = envstr("LOGIN_THROTTLE", "10/min")  # password logins per client, API and admin pages
 REST_FRAMEWORK = {

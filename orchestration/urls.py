@@ -12,6 +12,7 @@ from experiments.api import (
     AttemptStartView,
     ExperimentViewSet,
 )
+from experiments.snapshot_view import snapshot_view
 from orchestration import views_api
 from orchestration.metrics import metrics
 from orchestration.throttle import throttled_login
@@ -38,6 +39,7 @@ api_v1 = [
     path("queues/<str:pk>/stats/", QueueStatsView.as_view(), name="queue-stats"),
     path("experiments/<str:pk>/stats/", ExperimentStatsView.as_view(), name="experiment-stats"),
     path("stats/fleet/", FleetStatsView.as_view(), name="fleet-stats"),
+    path("snapshots/<str:sha256>/", snapshot_view, name="snapshot-detail"),
     path(ATTEMPT + "start/", AttemptStartView.as_view(), name="attempt-start"),
     path(ATTEMPT + "logs/", AttemptLogsView.as_view(), name="attempt-logs"),
     path(ATTEMPT + "progress/", AttemptProgressView.as_view(), name="attempt-progress"),
@@ -45,6 +47,8 @@ api_v1 = [
     path("keys/", views_api.ApiKeyListView.as_view(), name="key-list"),
     path("keys/<str:access_key>/", views_api.ApiKeyDetailView.as_view(), name="key-detail"),
     path("audit/", views_api.AuditListView.as_view(), name="audit-list"),
+    path("secrets/", views_api.SecretListView.as_view(), name="secret-list"),
+    path("secrets/<str:name>/", views_api.SecretDetailView.as_view(), name="secret-detail"),
     path("auth/login/", views_api.LoginView.as_view(), name="auth-login"),
 ]
 

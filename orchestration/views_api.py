@@ -228,3 +228,47 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception or Exception("not found"))
+
+
+class SecretSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    updated_at = serializers.DateTimeField()
+
+
+class SecretValueSerializer(serializers.Serializer[Any]):
+    value = serializers.CharField(max_length=65536, trim_whitespace=False)
+
+
+class SecretListView(APIView):
+    """Your secrets' names (values are never shown again); they reach your runs as environment variables."""
+
+    permission_classes = [IsHumanUser]
+
+    @extend_schema(responses=SecretSerializer(many=True), operation_id="secrets_list")
+    def get(self, request: Request) -> Response:
+        from orchestration.models import UserSecret
+
+        rows = UserSecret.objects.filter(owner_id=actor_of(request).user_id).values("name", "updated_at")
+        return Response(SecretSerializer(rows, many=True).data)
+
+
+class SecretDetailView(APIView):
+    """Set (PUT) or delete one of your secrets."""
+
+    permission_classes = [IsHumanUser]
+
+    @extend_schema(request=SecretValueSerializer, responses=SecretSerializer, operation_id="secrets_set")
+    def put(self, request: Request, name: str) -> Response:
+        from orchestration.secrets import secret_set
+
+        ser = SecretValueSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        secret = secret_set(actor=actor_of(request), name=name, value=ser.validated_data["value"])
+        return Response(SecretSerializer({"name": secret.name, "updated_at": secret.updated_at}).data)
+
+    @extend_schema(responses={204: None}, operation_id="secrets_delete")
+    def delete(self, request: Request, name: str) -> Response:
+        from orchestration.secrets import secret_delete
+
+        secret_delete(actor=actor_of(request), name=name)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -79,6 +79,7 @@ RUN_COLUMNS = (
     "entry_point", "snapshot", "requirements", "python_version", "container_image", "container_args",
     "setup_script", "env", "secret_env", "parameters", "gpus", "gpu_type", "cpus", "memory_mb", "priority",
     "max_runtime_s", "retry_policy", "stop_signal", "stop_grace_s", "retry_count", "status", "current_attempt_id",
+    "owner_id",
 )  # fmt: skip
 TAKE = TAKE_TEMPLATE.replace("{run_columns}", ", ".join(f"x.{c}" for c in RUN_COLUMNS))
 

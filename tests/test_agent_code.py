@@ -172,3 +172,24 @@ def test_muster_run_refuses_untracked_files_and_a_repository_without_remote(st: 
     r = _muster(st, lonely, "run", "--", "python", "a.py")
     assert r.returncode == 2 and "no remote" in r.stderr
     assert _muster(st, tmp_path, "run", "--", "python", "a.py").returncode == 2  # not a repository at all
+
+
+def test_a_snapshot_run_needs_no_remote(st: Stack, repo: dict[str, Path], tmp_path: Path) -> None:
+    q = "code-snapshot"
+    st.queue(q)
+    _agent(st, "code-4", q, repo)
+    tree = tmp_path / "tree"
+    (tree / "pkg").mkdir(parents=True)
+    _git(tree, "init", "-q")
+    (tree / "pkg" / "main.py").write_text("import helper\nprint(helper.WORD)\n")
+    _git(tree, "add", ".")
+    _git(tree, "commit", "-q", "-m", "x")
+    (tree / "pkg" / "helper.py").write_text("WORD = 'untracked but not ignored'\n")  # never committed
+    (tree / ".gitignore").write_text("secret.txt\n")
+    (tree / "pkg" / "secret.txt").write_text("ignored")
+    r = _muster(st, tree / "pkg", "run", "--snapshot", "--queue", q, "--follow", "--", "python", "main.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "untracked but not ignored" in r.stdout and "unpacking snapshot" in r.stdout
+    again = _muster(st, tree / "pkg", "run", "--snapshot", "--queue", q, "--follow", "--", "python", "-c",
+                    "import os; print(sorted(os.listdir('.')))")  # fmt: skip
+    assert "'secret.txt'" not in again.stdout and "is cached on this worker" in again.stdout

@@ -346,3 +346,18 @@ def test_a_box_that_fails_quickly_again_and_again_drains_itself(st: Stack) -> No
     left = st.enqueue(q, command=["/bin/true"])
     time.sleep(1.5)
     assert st.experiment(left["id"])["status"] == "queued"
+
+
+def test_a_users_secret_reaches_the_run_and_never_its_log(st: Stack) -> None:
+    import hashlib
+
+    q = _q(st, "live-secrets")
+    st.start_agent("secrets-1", [q], "--cpu-only")
+    st.admin.request("PUT", "secrets/WANDB_API_KEY/", {"value": "wandb-0123456789"})
+    code = "import os, hashlib; v = os.environ['WANDB_API_KEY']; print('key', v); print(hashlib.sha256(v.encode()).hexdigest())"
+    exp = st.enqueue(q, command=[sys.executable, "-c", code])
+    assert st.wait_status(exp["id"], "completed", "failed")["status"] == "completed"
+    text = st.logs(exp["id"])
+    assert "wandb-0123456789" not in text and "key ***" in text
+    assert hashlib.sha256(b"wandb-0123456789").hexdigest() in text
+    assert "wandb-0123456789" not in json.dumps(st.experiment(exp["id"]))

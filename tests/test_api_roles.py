@@ -62,6 +62,11 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("queue-stats", "GET"): HUMANS,
     ("experiment-stats", "GET"): HUMANS,
     ("fleet-stats", "GET"): HUMANS,
+    ("snapshot-detail", "GET"): {"user", "agent", "other_agent", "admin"},
+    ("snapshot-detail", "PUT"): HUMANS,
+    ("secret-list", "GET"): HUMANS,
+    ("secret-detail", "PUT"): HUMANS,
+    ("secret-detail", "DELETE"): HUMANS,
     ("worker-report", "POST"): AGENTS,
     ("attempt-start", "POST"): AGENTS,
     ("attempt-logs", "POST"): AGENTS,
@@ -152,6 +157,12 @@ def world(db: Any) -> World:
     queued = experiment_create(actor=owner, spec={"name": "queued", "command": ["true"]})
     experiment_enqueue(actor=owner, experiment_id=queued.pk, queue_id=queue.pk)
     token = claim.attempt.lease_token
+    import hashlib
+
+    from experiments.snapshots import snapshot_store
+
+    content = b"a tarball, as far as the matrix cares"
+    snap, _ = snapshot_store(actor=owner, sha256=hashlib.sha256(content).hexdigest(), chunks=[content])
     exp_kw = {"pk": queued.pk}
     kwargs = {
         "experiment": exp_kw,
@@ -160,6 +171,8 @@ def world(db: Any) -> World:
         "attempt": {"attempt_id": claim.attempt.pk},
         "key": {"access_key": keys["user"].key.access_key},
         "fleet": {},
+        "snapshot": {"sha256": snap.sha256},
+        "secret": {"name": "MY_TOKEN"},
     }
     bodies = {
         "experiment-list": {"name": "new", "command": ["true"]},
@@ -178,6 +191,7 @@ def world(db: Any) -> World:
         "attempt-finish": {"token": token, "outcome": "completed"},
         "key-list": {"name": "another"},
         "auth-login": {"username": "alice", "password": "pw-alice-123"},
+        "secret-detail": {"value": "s3cr3t-value"},
     }
     return World(clients=clients, kwargs=kwargs, bodies=bodies)
 

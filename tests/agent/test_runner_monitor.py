@@ -216,3 +216,15 @@ def test_per_run_usage_covers_its_process_tree(tmp_path: Path) -> None:
     assert mem >= 50
     os.environ.pop("FAKE_NVML_FAIL_AFTER", None)
     assert signal.SIGKILL  # the stop used SIGKILL at once (grace 0)
+
+
+def test_secret_values_are_masked_in_the_shipped_output(tmp_path: Path) -> None:
+    code = "import os, hashlib; v = os.environ['HF_TOKEN']; print('token', v); print(hashlib.sha256(v.encode()).hexdigest())"
+    run = _run(tmp_path, {"command": [sys.executable, "-c", code], "secret_env": {"HF_TOKEN": "hf_supersecret"}})
+    run.start()
+    _drive(run)
+    text = "".join(c["text"] for m in _messages(run) if m["kind"] == "logs" for c in m["body"]["chunks"])
+    assert "hf_supersecret" not in text and "token ***" in text
+    import hashlib
+
+    assert hashlib.sha256(b"hf_supersecret").hexdigest() in text  # the run itself saw the real value
