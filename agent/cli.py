@@ -353,6 +353,9 @@ def cmd_agent(args: argparse.Namespace, out: Out) -> int:
         keep_workdirs=args.keep_workdirs,
         quick_failures_to_drain=args.drain_after,
         find_links=args.find_links,
+        container_engine=args.container_engine,
+        default_image=args.default_image,
+        gpu_passthrough=args.gpu_passthrough or ("docker" if args.container_engine == "docker" else "cdi"),
     )
     if args.name:
         opts.name = args.name
@@ -459,6 +462,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--tag", action="append", default=[])
     r.add_argument("--keep-workdirs", action="store_true")
     r.add_argument("--find-links", help="a folder of wheels to build environments from (offline)")
+    r.add_argument("--container-engine", choices=["podman", "docker"], help="run attempts in containers")
+    r.add_argument("--default-image", help="the image for experiments that name none (with --container-engine)")
+    r.add_argument("--gpu-passthrough", choices=["cdi", "docker", "none"],
+                   help="how GPU slots reach a container (default: cdi for podman, docker for docker)")  # fmt: skip
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     r.set_defaults(func=cmd_agent)
     return p

@@ -61,6 +61,9 @@ class RunContext:
     state_dir: Path = field(default_factory=lambda: Path("."))  # git mirrors and environments live here
     find_links: str | None = None
     fetch_snapshot: Callable[[str], bytes] | None = None  # sha256 -> the tarball
+    container_engine: str | None = None  # podman | docker: runs go into containers
+    default_image: str | None = None
+    gpu_passthrough: str = "none"  # cdi | docker | none
 
 
 def signal_number(name: str) -> int:
@@ -99,6 +102,7 @@ class Run:
         self.result = Ending("failed")
         self.building = False
         self.venv: Path | None = None
+        self.container_name: str | None = None
         secrets = [str(v).encode() for v in (self.spec.get("secret_env") or {}).values()]
         self.masks = sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True)
 
@@ -152,7 +156,7 @@ class Run:
         self.ctx.spool.put(self.id, "start", {"token": self.token})
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
-        if self.spec.get("repository") or self.spec.get("snapshot"):
+        if self.image or self.spec.get("repository") or self.spec.get("snapshot"):
             # Rebuilding code and environment can take minutes: in its own thread, so reports go on.
             self.building = True
             threading.Thread(target=self._build_then_spawn, name=f"build-{self.id[:8]}", daemon=True).start()
@@ -167,12 +171,18 @@ class Run:
         builder = Builder(self.ctx.state_dir, lambda text: self._emit(text.encode()), find_links=self.ctx.find_links)
         code = self.workdir / "code"
         try:
+            if self.image and not self.ctx.container_engine:
+                raise BuildError("this agent runs no containers (start it with --container-engine)")
             if self.spec.get("snapshot"):
                 if self.ctx.fetch_snapshot is None:
                     raise BuildError("this agent cannot download snapshots")
                 builder.unpack_snapshot(str(self.spec["snapshot"]), code, self.ctx.fetch_snapshot)
-            else:
+            elif self.spec.get("repository"):
                 builder.checkout(self.spec, code)
+            if self.image:
+                self._start_container(code)
+                self.building = False
+                return
             venv = builder.environment(self.spec)
         except BuildError as e:
             self.ending = self.ending or Ending("failed", "build", str(e))
@@ -198,10 +208,49 @@ class Run:
                 self._spawn(cwd, env)
         self.building = False
 
-    def _spawn(self, cwd: Path, env: dict[str, str]) -> None:
+    @property
+    def image(self) -> str | None:
+        """The image this run goes into: its own, else the agent's default when it runs containers."""
+        own = self.spec.get("container_image") or None
+        if own:
+            return str(own)
+        return self.ctx.default_image if self.ctx.container_engine else None
+
+    def _start_container(self, code: Path) -> None:
+        from agent import container
+        from agent.build import BuildError, find_uv
+
+        assert self.image is not None and self.ctx.container_engine is not None
+        try:
+            extra = container.check_args(list(self.spec.get("container_args") or []))
+        except container.ContainerError as e:
+            raise BuildError(str(e)) from None
+        requirements = str(self.spec.get("requirements") or "").strip()
+        if requirements:
+            (self.workdir / "requirements.txt").write_text(requirements + "\n")
+        wd = str(self.spec.get("working_dir") or "")
+        in_tree = bool(self.spec.get("repository") or self.spec.get("snapshot"))
+        cwd_inside = f"{container.WORKSPACE}/code/{wd}".rstrip("/") if in_tree else (wd or container.WORKSPACE)
+        host_env = self.environment()
+        keep = set(self.spec.get("env") or {}) | set(self.spec.get("secret_env") or {})
+        env = {k: v for k, v in host_env.items() if k.startswith("MUSTER_") or k in keep or k == "PYTHONUNBUFFERED"}
+        self.container_name = f"muster-{self.id}"
+        argv = [a.replace(str(self.workdir), container.WORKSPACE) for a in self.argv()]
+        spec = container.ContainerSpec(
+            engine=self.ctx.container_engine, image=self.image, name=self.container_name, workdir=self.workdir,
+            cwd_inside=cwd_inside, channel_dir=str(Path(self.ctx.report_socket).parent), sdk_dir=SDK_DIR,
+            uv=find_uv(), cache_dir=self.ctx.state_dir / "cache", gpu_indices=self.gpu_indices,
+            gpu_passthrough=self.ctx.gpu_passthrough, env=env, command=argv,
+            setup_script=str(self.spec.get("setup_script") or ""), requirements=bool(requirements), extra=extra,
+        )  # fmt: skip
+        command = container.run_command(spec)
+        self._emit(f"muster: running in {self.ctx.container_engine} image {self.image}\n".encode())
+        self._spawn(self.workdir, {**os.environ, "MUSTER_ATTEMPT_ID": self.id}, argv=command)
+
+    def _spawn(self, cwd: Path, env: dict[str, str], argv: list[str] | None = None) -> None:
         try:
             self.proc = subprocess.Popen(
-                self.argv(),
+                argv or self.argv(),
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -314,6 +363,10 @@ class Run:
         return [pid for pid, ctime in list(self.known.items()) if _alive(pid, ctime)]
 
     def _signal_all(self, sig: int) -> None:
+        if self.container_name and self.ctx.container_engine:
+            from agent import container
+
+            container.kill(self.ctx.container_engine, self.container_name, signal.Signals(sig).name)
         if self.proc is not None:
             try:
                 os.killpg(self.proc.pid, sig)
@@ -373,6 +426,10 @@ class Run:
 
     def _finish(self) -> None:
         self.finished = True
+        if self.container_name and self.ctx.container_engine:
+            from agent import container
+
+            container.remove(self.ctx.container_engine, self.container_name)
         self.flush()
         ending = self.ending or self._ending_from_exit()
         self.result = ending

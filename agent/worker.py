@@ -51,6 +51,9 @@ class Options:
     tags: list[str] = field(default_factory=list)
     keep_workdirs: bool = False
     find_links: str | None = None  # a local wheelhouse for building environments offline
+    container_engine: str | None = None  # podman | docker
+    default_image: str | None = None
+    gpu_passthrough: str = "cdi"  # cdi (podman) | docker | none
 
 
 class Backoff:
@@ -106,7 +109,13 @@ class Agent:
             "gpu_slots": slots,
             "cpus": float(psutil.cpu_count() or 1),
             "memory_mb": int(psutil.virtual_memory().total // 2**20),
-            "capabilities": ["command", "script", "snapshot", *(["git"] if shutil.which("git") else [])],
+            "capabilities": [
+                "command",
+                "script",
+                "snapshot",
+                *(["git"] if shutil.which("git") else []),
+                *(["container"] if self.opts.container_engine else []),
+            ],
             "agent_version": __version__,
             "order_fairness": self.opts.order_fairness,
             "tags": self.opts.tags,
@@ -217,6 +226,9 @@ class Agent:
             state_dir=self.state,
             find_links=self.opts.find_links,
             fetch_snapshot=lambda sha: self.client.download(f"snapshots/{sha}/"),
+            container_engine=self.opts.container_engine,
+            default_image=self.opts.default_image,
+            gpu_passthrough=self.opts.gpu_passthrough,
         )
         run = Run(ctx, claim, indices, token)
         holder["run"] = run

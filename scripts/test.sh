@@ -23,6 +23,10 @@ $UV pip install -q --python var/venv310/bin/python --reinstall-package muster-ag
 rm -rf agent/build agent/*.egg-info
 var/venv310/bin/python -m pytest -q -c tests/agent/pytest.ini tests/agent
 
+echo "== the container image for the podman tests (built once, cached)"
+out=$(scripts/test-image.sh)
+while IFS= read -r line; do export "$line"; done <<<"$out"
+
 echo "== pytest on SQLite"
 env -u DATABASE_URL -u REDIS_URL $V/pytest -q -p no:cacheprovider "$@"
 
