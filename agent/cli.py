@@ -147,12 +147,17 @@ def cmd_workers(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
-def cmd_enqueue(args: argparse.Namespace, out: Out) -> int:
+def _command(args: argparse.Namespace, verb: str) -> list[str]:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise UsageError("enqueue needs a command after --, e.g. muster enqueue -- python train.py")
+        raise UsageError(f"{verb} needs a command after --, e.g. muster {verb} -- python train.py --lr 0.1")
+    return command
+
+
+def _spec_body(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
+    """The experiment fields `enqueue` and `run` share."""
     body: dict[str, Any] = {
         "name": args.name or " ".join(command)[:200],
         "command": command,
@@ -167,6 +172,11 @@ def cmd_enqueue(args: argparse.Namespace, out: Out) -> int:
         body["max_runtime_s"] = args.max_runtime
     if args.project:
         body["project"] = args.project
+    return body
+
+
+def cmd_enqueue(args: argparse.Namespace, out: Out) -> int:
+    body = _spec_body(args, _command(args, "enqueue"))
     answer = _client(args).request("POST", "experiments/", body)
     exp = _unwrap(answer)
     out.say(f"{exp['id']} {exp['status']} in {exp.get('queue_name') or args.queue}", answer)
@@ -184,11 +194,7 @@ def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
     from agent.capture import CaptureError, capture
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise UsageError("run needs a command after --, e.g. muster run -- python train.py --lr 0.1")
+    command = _command(args, "run")
     client = _client(args)
     try:
         if args.snapshot:
@@ -206,21 +212,9 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
         raise UsageError(str(e)) from None
     if args.entry_point:
         code["entry_point"] = args.entry_point
-    body: dict[str, Any] = {
-        "name": args.name or " ".join(command)[:200],
-        "command": command,
-        "queue": args.queue,
-        "priority": args.priority,
-        "gpus": args.gpus,
-        "cpus": args.cpus,
-        "env": _pairs(args.env, "--env"),
-        "parameters": _pairs(args.param, "--param"),
-        **code,
-    }
-    if args.max_runtime:
-        body["max_runtime_s"] = args.max_runtime
-    if args.project:
-        body["project"] = args.project
+    body = {**_spec_body(args, command), **code}
+    if args.image:
+        body["container_image"] = args.image
     answer = client.request("POST", "experiments/", body)
     exp = _unwrap(answer)
     if args.snapshot:
@@ -367,6 +361,18 @@ def cmd_agent(args: argparse.Namespace, out: Out) -> int:
 # -- parser ----------------------------------------------------------------------------------
 
 
+def _add_spec_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--queue", default="default")
+    s.add_argument("--name")
+    s.add_argument("--project")
+    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--gpus", type=float, default=0)
+    s.add_argument("--cpus", type=float, default=1)
+    s.add_argument("--max-runtime", type=int, metavar="SECONDS")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="also ${KEY} in the command")
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--server", help="server URL (default: MUSTER_SERVER, then `muster login`)")
@@ -387,28 +393,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("workers", parents=[common], help="list workers").set_defaults(func=cmd_workers)
 
     s = sub.add_parser("enqueue", parents=[common], help="queue a command: muster enqueue --queue Q -- CMD ...")
-    s.add_argument("--queue", default="default")
-    s.add_argument("--name")
-    s.add_argument("--project")
-    s.add_argument("--priority", type=int, default=0)
-    s.add_argument("--gpus", type=float, default=0)
-    s.add_argument("--cpus", type=float, default=1)
-    s.add_argument("--max-runtime", type=int, metavar="SECONDS")
-    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    _add_spec_args(s)
     s.add_argument("command", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_enqueue)
 
     s = sub.add_parser("run", parents=[common], help="run this git repository's code: muster run -- CMD ...")
-    s.add_argument("--queue", default="default")
-    s.add_argument("--name")
-    s.add_argument("--project")
-    s.add_argument("--priority", type=int, default=0)
-    s.add_argument("--gpus", type=float, default=0)
-    s.add_argument("--cpus", type=float, default=1)
-    s.add_argument("--max-runtime", type=int, metavar="SECONDS")
-    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="also ${KEY} in the command")
+    _add_spec_args(s)
+    s.add_argument("--image", help="run in this container image (on agents with --container-engine)")
     s.add_argument("--entry-point", help="the script, for the record (default: none)")
     s.add_argument("--freeze", action="store_true", help="requirements from pip freeze of this environment")
     s.add_argument("--snapshot", action="store_true",

@@ -77,3 +77,21 @@ def test_an_experiment_read_never_shows_secret_values(
     exp = make_experiment(secret_env={"DB_PASSWORD": "pw-9876543"})
     body = alice_api.get(f"/api/v1/experiments/{exp.pk}/").content.decode()
     assert VALUE not in body and "pw-9876543" not in body
+
+
+def test_a_rerun_of_repository_code_gets_the_frozen_requirements(
+    alice_actor: Actor, queue: Queue, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker],
+    agent_actor: Actor,
+) -> None:  # fmt: skip
+    from experiments.models import Status
+    from experiments.services import attempt_finish, experiment_rerun
+
+    exp = make_experiment(queue=queue, repository="file:///repo.git", commit="a" * 40, requirements="torch>=2\n")
+    worker = make_worker("frz:0", queues=[queue])
+    first = dispatch_claim(actor=agent_actor, worker=worker)
+    assert first is not None and claim_payload(first)["experiment"]["requirements"] == "torch>=2\n"
+    attempt_finish(actor=agent_actor, attempt_id=first.attempt.pk, token=first.attempt.lease_token,
+                   outcome=Status.COMPLETED, frozen_requirements="torch==2.5.1\n")  # fmt: skip
+    experiment_rerun(actor=alice_actor, experiment_id=exp.pk)
+    second = dispatch_claim(actor=agent_actor, worker=worker)
+    assert second is not None and claim_payload(second)["experiment"]["requirements"] == "torch==2.5.1\n"
