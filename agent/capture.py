@@ -52,6 +52,49 @@ def requirements_of(root: Path, *, freeze: bool) -> str:
         return out.stdout
     if (root / "requirements.txt").is_file():
         return (root / "requirements.txt").read_text()
+    if (root / "pyproject.toml").is_file():
+        return "".join(d + "\n" for d in pyproject_dependencies((root / "pyproject.toml").read_text()))
+    return ""
+
+
+def pyproject_dependencies(text: str) -> list[str]:
+    """[project].dependencies of a pyproject.toml (tomllib on 3.11+, a careful reader on 3.10)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        return _dependencies_without_tomllib(text)
+    try:
+        project = tomllib.loads(text).get("project") or {}
+    except tomllib.TOMLDecodeError as e:
+        raise CaptureError(f"pyproject.toml is not valid TOML: {e}") from None
+    deps = project.get("dependencies") or []
+    return [str(d) for d in deps]
+
+
+def _dependencies_without_tomllib(text: str) -> list[str]:
+    import ast
+    import re
+
+    section = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
+    if section is None:
+        return []
+    match = re.search(r"^dependencies\s*=\s*(\[.*?\])", section.group(1), re.MULTILINE | re.DOTALL)
+    if match is None:
+        return []
+    body = re.sub(r"#[^\n\"']*$", "", match.group(1), flags=re.MULTILINE)  # comments after items
+    try:
+        return [str(d) for d in ast.literal_eval(body)]
+    except (ValueError, SyntaxError):
+        raise CaptureError("cannot read [project].dependencies in pyproject.toml") from None
+
+
+def entry_point_of(command: list[str]) -> str:
+    """The script a command runs (`python train.py …` -> train.py), for the record."""
+    for i, arg in enumerate(command):
+        if arg.endswith(".py") and (i == 0 or Path(command[0]).name.startswith("python")):
+            return arg
+        if arg == "-m" and i + 1 < len(command):
+            return command[i + 1]
     return ""
 
 

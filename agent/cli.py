@@ -210,8 +210,9 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
             code = capture(Path.cwd(), freeze=args.freeze)
     except CaptureError as e:
         raise UsageError(str(e)) from None
-    if args.entry_point:
-        code["entry_point"] = args.entry_point
+    from agent.capture import entry_point_of
+
+    code["entry_point"] = args.entry_point or entry_point_of(command)
     body = {**_spec_body(args, command), **code}
     if args.image:
         body["container_image"] = args.image
@@ -400,7 +401,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", parents=[common], help="run this git repository's code: muster run -- CMD ...")
     _add_spec_args(s)
     s.add_argument("--image", help="run in this container image (on agents with --container-engine)")
-    s.add_argument("--entry-point", help="the script, for the record (default: none)")
+    s.add_argument("--entry-point", help="the script, for the record (default: read from the command)")
     s.add_argument("--freeze", action="store_true", help="requirements from pip freeze of this environment")
     s.add_argument("--snapshot", action="store_true",
                    help="upload the working tree (tracked and not-ignored files) instead of using the git remote")  # fmt: skip

@@ -20,6 +20,7 @@ SDK_MOUNT = "/opt/muster/sdk"
 UV_MOUNT = "/opt/muster/bin/uv"
 CHANNEL_MOUNT = "/run/muster"
 WORKSPACE = "/workspace"
+GIT_MOUNT = "/opt/muster/git"
 # Extra arguments an experiment may ask for: name (and the values allowed, None = any).
 ALLOWED_ARGS: dict[str, set[str] | None] = {
     "--shm-size": None,
@@ -85,6 +86,9 @@ def run_command(c: ContainerSpec) -> list[str]:
         argv += ["-v", f"{c.cache_dir / sub}:{inside}"]
     if c.uv:
         argv += ["-v", f"{c.uv}:{UV_MOUNT}:ro"]
+    mirrors = c.cache_dir.parent / "git"
+    if mirrors.is_dir():  # the git mirror cache, for runs that fetch more (submodules, other repos)
+        argv += ["-v", f"{mirrors}:{GIT_MOUNT}:ro"]
     if c.gpu_passthrough == "cdi":
         for i in c.gpu_indices:
             argv += ["--device", f"nvidia.com/gpu={i}"]

@@ -92,6 +92,11 @@ class Hub:
             with self.lock:
                 self.waiters.remove(waiter)
 
+    def listening(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """This loop's Redis listener is subscribed and running (no wake-up can have been missed)."""
+        listener = self.listeners.get(loop)
+        return listener is not None and not listener[0].done() and listener[1].is_set()
+
     def rearm(self, waiter: Waiter) -> None:
         """The waiter goes back to waiting (after a check that found nothing)."""
         with self.lock:

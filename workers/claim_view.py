@@ -70,6 +70,21 @@ def _listened_queues(actor: Actor, name: str) -> list[str]:
         _release_connection()
 
 
+def _prepare(header: str, name: str) -> tuple[int, dict[str, Any], Actor | None, list[str]]:
+    """The key and the worker's queues in one synchronous step (the long-poll's set-up)."""
+    actor = _authenticate(header, release=False)
+    if actor is None:
+        _release_connection()
+        return 401, error_body("not_authenticated", "a valid API key is required"), None, []
+    if not (actor.is_agent or actor.is_admin):
+        _release_connection()
+        return 403, error_body("permission_denied", "only agent keys may call this endpoint"), None, []
+    try:
+        return 200, {}, actor, _listened_queues(actor, name)
+    except ServiceError as exc:
+        return exc.status, error_body(exc.code, exc.message, exc.field, **exc.extra), None, []
+
+
 def _claim_once(actor: Actor, name: str) -> dict[str, Any]:
     STATS["checks"] += 1
     try:
@@ -117,15 +132,12 @@ async def claim_view(request: HttpRequest, name: str) -> HttpResponse:
     if wait == 0:  # the common polling path: one step, one thread hop
         status, body = await sync_to_async(_claim_now)(request.headers.get("Authorization", ""), name)
         return JsonResponse(body, status=status, encoder=DjangoJSONEncoder)
-    actor = await sync_to_async(_authenticate)(request.headers.get("Authorization", ""))
+    status, error, actor, queue_ids = await sync_to_async(_prepare)(request.headers.get("Authorization", ""), name)
     if actor is None:
-        return _error(401, "not_authenticated", "a valid API key is required")
-    if not (actor.is_agent or actor.is_admin):
-        return _error(403, "permission_denied", "only agent keys may call this endpoint")
+        return JsonResponse(error, status=status)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     try:
-        queue_ids = await sync_to_async(_listened_queues)(actor, name)
         async with HUB.waiting(queue_ids) as waiter:
             while True:
                 payload = await sync_to_async(_claim_once)(actor, name)
@@ -140,7 +152,10 @@ async def claim_view(request: HttpRequest, name: str) -> HttpResponse:
                     await asyncio.wait_for(waiter.event.wait(), timeout=step)
                 except TimeoutError:
                     if settings.REDIS_URL:
-                        deadline = loop.time()  # one last look, then answer empty
+                        if HUB.listening(loop):
+                            # Subscribed before the first look: no wake-up was missed, nothing to re-check.
+                            return JsonResponse({"attempt": None, "experiment": None})
+                        deadline = loop.time()  # the listener failed: one last look, then answer empty
     except ServiceError as exc:
         return JsonResponse(error_body(exc.code, exc.message, exc.field, **exc.extra), status=exc.status)
 

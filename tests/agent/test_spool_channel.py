@@ -187,3 +187,23 @@ def test_tls_with_a_private_ca_bundle(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_requirements_from_a_pyproject_without_a_lock() -> None:
+    from agent.capture import _dependencies_without_tomllib, pyproject_dependencies
+
+    text = (
+        '[build-system]\nrequires = ["setuptools"]\n\n[project]\nname = "demo"\n'
+        'dependencies = [\n    "numpy>=1.26",  # arrays\n    "torch==2.5.1",\n]\n\n[tool.x]\ndependencies = ["no"]\n'
+    )
+    assert pyproject_dependencies(text) == ["numpy>=1.26", "torch==2.5.1"]
+    assert _dependencies_without_tomllib(text) == ["numpy>=1.26", "torch==2.5.1"]  # the Python 3.10 path
+    assert pyproject_dependencies('[project]\nname = "x"\n') == []
+
+
+def test_the_entry_point_is_read_from_the_command() -> None:
+    from agent.capture import entry_point_of
+
+    assert entry_point_of(["python", "src/train.py", "--lr", "1"]) == "src/train.py"
+    assert entry_point_of(["python3", "-m", "pkg.train"]) == "pkg.train"
+    assert entry_point_of(["./run.sh"]) == ""
