@@ -20,7 +20,10 @@ export CONTAINERS_CONF=$CONF
 if ! podman image exists "$IMAGE" 2>/dev/null; then
     root=$(mktemp -d /tmp/muster-rootfs.XXXXXX)
     echo "building $IMAGE (debootstrap, once)" >&2
-    debootstrap --variant=minbase --include=python3 bookworm "$root" http://deb.debian.org/debian >/dev/null
+    # The mirror apt already uses (the test machines reach only the package registries).
+    mirror=$(sed -n 's/^URIs: *\(\S*\/debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
+    suite=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-bookworm}")
+    debootstrap --variant=minbase --include=python3 "${suite:-bookworm}" "$root" "${mirror:-http://deb.debian.org/debian}" >/dev/null
     tar -C "$root" -c . | podman import - "$IMAGE" >/dev/null
     rm -rf "$root"
 fi
