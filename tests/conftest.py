@@ -167,3 +167,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # WhiteNoise warns on every request when the collected-static folder does not exist.
     Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+def st(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A live Muster for a test module (tests/live.py): server process, celery with beat; agents on demand."""
+    from tests import live
+
+    with live.stack(tmp_path_factory.mktemp("live")) as stack:
+        yield stack
+    live.drop_template()

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,20 +49,9 @@ def make_wheel(folder: Path, name: str = "musterdemo", version: str = "1.0") -> 
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield tmp_path_factory.mktemp("code")
-    live.drop_template()
-
-
-@pytest.fixture(scope="module")
-def st(base: Path) -> Iterator[Stack]:
-    with live.stack(base) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def repo(base: Path) -> dict[str, Path]:
+def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A project with a remote (file://), one commit pushed, and a local wheelhouse."""
+    base = tmp_path_factory.mktemp("code")
     remote, work = base / "remote.git", base / "work"
     subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(remote)], check=True)
     work.mkdir()

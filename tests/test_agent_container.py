@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import container
-from tests import live
 from tests.live import Stack, run_processes, wait_for
 
 IMAGE = os.environ.get("MUSTER_TEST_IMAGE", "")
@@ -58,19 +56,6 @@ def test_container_arguments_come_from_an_allow_list(args: list[str], ok: bool) 
             container.check_args(args)
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield tmp_path_factory.mktemp("containers")
-    live.drop_template()
-
-
-@pytest.fixture(scope="module")
-def st(base: Path) -> Iterator[Stack]:
-    assert IMAGE, "scripts/test-image.sh sets MUSTER_TEST_IMAGE (make test runs it)"
-    with live.stack(base) as s:
-        yield s
-
-
 INSIDE = textwrap.dedent(
     """
     import hashlib, json, os, muster
@@ -89,6 +74,7 @@ INSIDE = textwrap.dedent(
 def test_a_podman_run_sees_its_slots_parameters_and_secrets(st: Stack) -> None:
     import hashlib
 
+    assert IMAGE, "scripts/test-image.sh sets MUSTER_TEST_IMAGE (make test runs it)"
     st.queue("ctr")
     st.start_agent("ctr-1", ["ctr"], "--gpus", "0,1", "--container-engine", "podman", "--gpu-passthrough", "none")
     exp = st.enqueue("ctr", container_image=IMAGE, command=["python3", "-c", INSIDE], gpus=1,
@@ -105,6 +91,7 @@ def test_a_podman_run_sees_its_slots_parameters_and_secrets(st: Stack) -> None:
 @pytest.mark.slow
 @pytest.mark.container
 def test_stop_kills_the_container_not_just_the_client(st: Stack) -> None:
+    assert IMAGE, "scripts/test-image.sh sets MUSTER_TEST_IMAGE (make test runs it)"
     st.queue("ctr-stop")
     st.start_agent("ctr-2", ["ctr-stop"], "--cpu-only", "--container-engine", "podman", "--gpu-passthrough", "none")
     code = (

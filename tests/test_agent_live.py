@@ -8,7 +8,6 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,6 @@ from tests import live
 from tests.live import Stack, run_processes, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield tmp_path_factory.mktemp("live")
-    live.drop_template()
-
-
-@pytest.fixture(scope="module")
-def st(base: Path) -> Iterator[Stack]:
-    with live.stack(base) as s:
-        yield s
 
 
 def _q(st: Stack, name: str) -> str:
