@@ -228,3 +228,16 @@ def test_secret_values_are_masked_in_the_shipped_output(tmp_path: Path) -> None:
     import hashlib
 
     assert hashlib.sha256(b"hf_supersecret").hexdigest() in text  # the run itself saw the real value
+
+
+def test_the_gpu_check_script_prints_what_the_agent_would_report() -> None:
+    import json
+    import subprocess
+
+    env = {**os.environ, "MUSTER_AGENT_NVML": "tests.fake_nvml", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu-check.py"), "--seconds", "1"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    machine = json.loads(out.stdout[out.stdout.index('{\n  "machine"') :])["machine"]
+    assert [g["index"] for g in machine["gpus"]] == [0, 1] and machine["gpus"][1]["temperature_c"] == 56
