@@ -10,6 +10,7 @@ nothing of it runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -495,17 +496,39 @@ def set_subreaper() -> bool:
         return False
 
 
+# Zombie children first seen at (pid, create time) -> monotonic time.
+_ZOMBIES: dict[tuple[int, float], float] = {}
+ZOMBIE_GRACE_S = 5.0
+
+
 def reap_orphans(own: set[int]) -> None:
-    """Collect exit statuses of re-parented orphans (never of our own Popen children)."""
+    """Collect the exit status of orphans re-parented to this subreaper.
+
+    Our own children (a run's main process, git, uv, podman) are waited for by whoever
+    started them, within a fraction of a second; reaping one of those here would rob it of
+    its exit code (Python then reports 0). So a zombie child is reaped only when it is
+    still unreaped ZOMBIE_GRACE_S after it was first seen, and never one in `own`.
+    """
     try:
         children = psutil.Process().children()
     except psutil.Error:
         return
+    now = time.monotonic()
+    current: set[tuple[int, float]] = set()
     for child in children:
         if child.pid in own:
             continue
         try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError, OSError):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                continue
+            key = (child.pid, child.create_time())
+        except psutil.Error:
             continue
+        current.add(key)
+        first = _ZOMBIES.setdefault(key, now)
+        if now - first >= ZOMBIE_GRACE_S:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(child.pid, os.WNOHANG)
+    for key in list(_ZOMBIES):
+        if key not in current:
+            del _ZOMBIES[key]

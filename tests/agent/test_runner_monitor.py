@@ -241,3 +241,15 @@ def test_the_gpu_check_script_prints_what_the_agent_would_report() -> None:
     )  # fmt: skip
     machine = json.loads(out.stdout[out.stdout.index('{\n  "machine"') :])["machine"]
     assert [g["index"] for g in machine["gpus"]] == [0, 1] and machine["gpus"][1]["temperature_c"] == 56
+
+
+def test_the_orphan_reaper_never_robs_a_fresh_child_of_its_exit_code() -> None:
+    """A child that exits before its owner waits (a quick git, a quick run) keeps its exit code."""
+    import subprocess
+
+    from agent.runner import reap_orphans
+
+    proc = subprocess.Popen(["sh", "-c", "exit 3"])
+    time.sleep(0.3)  # a zombie now, not yet waited for
+    reap_orphans(set())  # as if the ticker's snapshot did not know this child yet
+    assert proc.wait(timeout=10) == 3
