@@ -53,6 +53,24 @@ def fresh_database(base_url: str, name: str) -> str:
     return base_url.rsplit("/", 1)[0] + "/" + name
 
 
+def prepared_database(svc: dict[str, str], name: str, **extra: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A fresh, migrated and bootstrapped database `name`: (the server's environment, bootstrap.json)."""
+    import json
+
+    env = {
+        "DATABASE_URL": fresh_database(svc["DATABASE_URL"], name),
+        "REDIS_URL": svc["REDIS_URL"],
+        "SECRET_KEY": "bench-" + "x" * 40,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "MUSTER_VAR_DIR": str(ROOT / "var" / "bench"),
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+    manage(env, "migrate", "--no-input", "-v", "0")
+    boot = json.loads(manage(env, "bootstrap").strip().splitlines()[-1])
+    return env, boot
+
+
 def manage(env: dict[str, str], *args: str) -> str:
     return subprocess.run(
         [PY, "manage.py", *args], cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True, text=True

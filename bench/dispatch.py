@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import psycopg
 
-from bench.common import PY, ROOT, fresh_database, machine, manage, percentile, production_server, services
+from bench.common import PY, machine, percentile, prepared_database, production_server, services
 from bench.httpclient import Connection
 
 QUEUES = ("bench-a", "bench-b", "bench-c")
@@ -154,12 +154,10 @@ def main() -> None:
         return
 
     with services() as svc:
-        db_url = fresh_database(svc["DATABASE_URL"], "muster_bench_dispatch")
-        env = {"DATABASE_URL": db_url, "REDIS_URL": svc["REDIS_URL"], "SECRET_KEY": "bench-" + "x" * 40,
-               "ALLOWED_HOSTS": "127.0.0.1", "MUSTER_VAR_DIR": str(ROOT / "var" / "bench"), "LOG_LEVEL": "WARNING",
-               "DB_POOL_MAX": os.environ.get("BENCH_DB_POOL_MAX", "4")}  # fmt: skip
-        manage(env, "migrate", "--no-input", "-v", "0")
-        boot = json.loads(manage(env, "bootstrap").strip().splitlines()[-1])
+        env, boot = prepared_database(
+            svc, "muster_bench_dispatch", DB_POOL_MAX=os.environ.get("BENCH_DB_POOL_MAX", "4")
+        )
+        db_url = env["DATABASE_URL"]
         admin_h = {"Authorization": f"Bearer {boot['api_key']}"}
         agent_h = {"Authorization": f"Bearer {boot['agent_key']}"}
         names = [f"bench-{i}" for i in range(args.claimers)]

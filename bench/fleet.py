@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import resource
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, fresh_database, machine, manage, percentile, production_server, services
+from bench.common import machine, percentile, prepared_database, production_server, services
 from bench.httpclient import Connection
 
 
@@ -181,12 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     files = raise_open_files()  # the server inherits it
     with services() as svc:
-        db_url = fresh_database(svc["DATABASE_URL"], "muster_bench_fleet")
-        env = {"DATABASE_URL": db_url, "REDIS_URL": svc["REDIS_URL"], "SECRET_KEY": "bench-" + "x" * 40,
-               "ALLOWED_HOSTS": "127.0.0.1", "MUSTER_VAR_DIR": str(ROOT / "var" / "bench"), "LOG_LEVEL": "WARNING",
-               "DB_POOL_MAX": "10"}  # fmt: skip
-        manage(env, "migrate", "--no-input", "-v", "0")
-        boot = json.loads(manage(env, "bootstrap").strip().splitlines()[-1])
+        env, boot = prepared_database(svc, "muster_bench_fleet", DB_POOL_MAX="10")
         print(f"config: {machine()}; open files {files}")
         print(
             f"config: server gunicorn+uvicorn workers={args.server_workers}, PostgreSQL, Redis; "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, fresh_database, machine, manage, percentile, production_server, services
+from bench.common import machine, percentile, prepared_database, production_server, services
 from bench.httpclient import Connection
 
 
@@ -79,11 +78,7 @@ def main() -> None:
     parser.add_argument("--server-workers", type=int, default=2)
     args = parser.parse_args()
     with services() as svc:
-        db_url = fresh_database(svc["DATABASE_URL"], "muster_bench_latency")
-        env = {"DATABASE_URL": db_url, "REDIS_URL": svc["REDIS_URL"], "SECRET_KEY": "bench-" + "x" * 40,
-               "ALLOWED_HOSTS": "127.0.0.1", "MUSTER_VAR_DIR": str(ROOT / "var" / "bench"), "LOG_LEVEL": "WARNING"}  # fmt: skip
-        manage(env, "migrate", "--no-input", "-v", "0")
-        boot = json.loads(manage(env, "bootstrap").strip().splitlines()[-1])
+        env, boot = prepared_database(svc, "muster_bench_latency")
         print(f"config: {machine()}")
         print(
             f"config: server gunicorn+uvicorn workers={args.server_workers}, PostgreSQL, Redis; "
