@@ -36,12 +36,14 @@ class Out:
 
     def __init__(self, as_json: bool):
         self.as_json = as_json
-        try:
-            from rich.console import Console
+        self.console: Any = None
+        if sys.stdout.isatty():  # piped output stays plain and untruncated (grep, awk, cut)
+            try:
+                from rich.console import Console
 
-            self.console: Any = Console(highlight=False, soft_wrap=True)
-        except ImportError:
-            self.console = None
+                self.console = Console(highlight=False, soft_wrap=True)
+            except ImportError:
+                pass
 
     def data(self, obj: Any) -> None:
         print(json.dumps(obj, indent=2, default=str))
@@ -316,6 +318,8 @@ def _action(verb: str, path: str) -> Any:
         answer = _client(args).request("POST", f"experiments/{args.id}/{path}/", body)
         exp = _unwrap(answer)
         note = "" if answer.get("changed", True) else " (nothing to change)"
+        if verb == "stop" and exp["status"] == "in_progress" and answer.get("changed", True):
+            note = " (stopping: its agent signals it within a report interval)"
         out.say(f"{exp['id']} {exp['status']}{note}", answer)
         return EXIT_OK
 

@@ -9,12 +9,12 @@ WhiteNoise (in a thread); everything else goes straight on, async all the way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, cast
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 
@@ -39,5 +39,18 @@ class StaticFilesMiddleware:
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         if request.path_info.startswith(self.prefix):
             response: HttpResponseBase = await sync_to_async(self.whitenoise, thread_sensitive=False)(request)
+            if isinstance(response, StreamingHttpResponse) and not response.is_async:
+                # Read the file in a thread, chunk by chunk, instead of blocking the event loop.
+                response.streaming_content = _read_in_thread(iter(cast(Iterable[bytes], response.streaming_content)))
             return response
         return await self.get_response(request)  # type: ignore[no-any-return]
+
+
+def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
+    return next(chunks, None)
+
+
+async def _read_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    read = sync_to_async(_next_chunk, thread_sensitive=False)
+    while (chunk := await read(chunks)) is not None:
+        yield chunk
