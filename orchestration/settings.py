@@ -134,7 +134,12 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+# Custom context-menu actions: a file synced by name at start-up, and the hosts that actions
+# holding a secret (issued by the server) may call.
+CUSTOM_ACTIONS_FILE = envstr("CUSTOM_ACTIONS_FILE", "")
+CUSTOM_ACTION_HOSTS = envlist("CUSTOM_ACTION_HOSTS", [])
 
 # Request limits: a body larger than this is refused with 413 before any parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024)

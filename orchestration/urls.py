@@ -62,6 +62,7 @@ urlpatterns = [
     path("readyz", views_api.readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("", include("orchestration.urls_pages")),
 ]
 
 handler404 = "orchestration.views_api.not_found"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Q, QuerySet
+from typing import Any
+
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Greatest, Lower
 
 from orchestration.errors import NotFound
 from queues.models import Queue, QueueEntry
@@ -33,3 +36,57 @@ def queue_peek(queue_id: str) -> QueueEntry | None:
 
 def queue_by_name(name: str) -> Queue | None:
     return Queue.objects.filter(Q(name__iexact=name)).first()
+
+
+# -- the QUEUES tab -----------------------------------------------------------------------------
+
+QUEUE_SORTS: dict[str, str | Lower] = {
+    "name": Lower("name"),
+    "workers": "worker_count",
+    "busy": "busy_count",
+    "in_queue": "in_queue",
+    "updated": "last_updated",
+    "paused": "paused",
+}
+
+
+def queue_table(sort: str = "name", *, descending: bool = False) -> QuerySet[Queue]:
+    """Every column of the queue table in one query, whatever the number of queues, entries and workers.
+
+    Counts and the next entry are correlated subqueries on indexed columns, so no join of
+    entries with workers ever multiplies rows.
+    """
+    from workers.models import WorkerQueue, WorkerStatus
+
+    entries = QueueEntry.objects.filter(queue=OuterRef("pk"))
+    links = WorkerQueue.objects.filter(queue=OuterRef("pk")).exclude(worker__status=WorkerStatus.LOST)
+    head = entries.order_by("-priority", "position", "id")
+
+    def count(qs: QuerySet[Any]) -> Coalesce:
+        return Coalesce(Subquery(qs.values("queue").annotate(n=Count("*")).values("n")[:1]), 0)
+
+    qs = Queue.objects.annotate(
+        in_queue=count(entries),
+        worker_count=count(links),
+        busy_count=count(links.filter(worker__status=WorkerStatus.BUSY)),
+        next_id=Subquery(head.values("experiment_id")[:1]),
+        next_name=Subquery(head.values("experiment__name")[:1]),
+        last_updated=Greatest(
+            "updated_at", Coalesce(Subquery(entries.order_by("-added_at").values("added_at")[:1]), "updated_at")
+        ),
+    )
+    key = QUEUE_SORTS.get(sort, QUEUE_SORTS["name"])
+    expression: F | Lower = F(key) if isinstance(key, str) else key
+    ordering = expression.desc() if descending else expression.asc()
+    return qs.order_by(ordering, "name")
+
+
+def queue_entry_rows(queue_id: str, limit: int) -> list[QueueEntry]:
+    """The first `limit` entries of a queue in claim order, with the experiment's name and owner."""
+    return list(
+        QueueEntry.objects.filter(queue_id=queue_id)
+        .select_related("experiment__owner")
+        .only("id", "experiment_id", "priority", "position", "added_at", "gpus", "experiment__name",
+              "experiment__status", "experiment__owner__username")
+        .order_by("-priority", "position", "id")[:limit]
+    )  # fmt: skip

@@ -58,6 +58,7 @@ def main() -> int:
     manage("migrate", "--no-input", "-v", "0")
     manage("collectstatic", "--no-input", "-v", "0")
     state = json.loads(manage("bootstrap").strip().splitlines()[-1])
+    print(manage("sync_actions").strip(), flush=True)
     children: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:

@@ -209,7 +209,9 @@ def test_answers_lost_after_the_server_committed_store_logs_and_status_once(st: 
         exp = st.enqueue(q, script=script)
         done = st.wait_status(exp["id"], "completed", "failed", timeout=90)
         # The first finish already committed on the server; the agent retries until it hears an answer.
-        wait_for(lambda: proxy.forwarded.get("finish", 0) >= 3, what="the agent hearing its finish answered", timeout=60)
+        wait_for(
+            lambda: proxy.forwarded.get("finish", 0) >= 3, what="the agent hearing its finish answered", timeout=60
+        )
     finally:
         proxy.close()
     assert proxy.dropped == {"start": 1, "logs": 3, "progress": 1, "finish": 2}

@@ -40,3 +40,32 @@ def worker_for_actor(*, actor: Actor, name: str, write: bool) -> Worker:
 
 def worker_list() -> QuerySet[Worker]:
     return Worker.objects.prefetch_related("queue_links__queue").order_by("name")
+
+
+def workers_of_queue(queue_id: str) -> list[Worker]:
+    """Workers listening to a queue (lost ones left out), each with `running`: its unfinished attempts."""
+    qs = Worker.objects.filter(queue_links__queue_id=queue_id).exclude(status=WorkerStatus.LOST).order_by("name")
+    return list(with_running(qs)[:200])
+
+
+def with_running(qs: QuerySet[Worker]) -> QuerySet[Worker]:
+    """Workers with `running` (their unfinished attempts, with the experiment) and their queue links."""
+    from django.db.models import Prefetch
+
+    from experiments.models import Attempt
+
+    running = (
+        Attempt.objects.filter(finished_at__isnull=True)
+        .select_related("experiment")
+        .only(
+            "id",
+            "worker_id",
+            "started_at",
+            "claimed_at",
+            "experiment_id",
+            "experiment__name",
+            "experiment__last_iteration",
+        )
+        .order_by("claimed_at")
+    )
+    return qs.prefetch_related(Prefetch("attempts", queryset=running, to_attr="running"), "queue_links")

@@ -170,6 +170,13 @@ def stats_sample(now: datetime | None = None) -> int:
         "workers_idle": by_status.get(WorkerStatus.IDLE, 0),
         "workers_unresponsive": by_status.get(WorkerStatus.UNRESPONSIVE, 0),
         "queued": total_queued,
+        # all queues together: the mean wait over every queued entry, the longest wait anywhere
+        "wait_avg_s": round(
+            sum(c * (now.timestamp() - a) for c, a, _ in waits.values() if a is not None) / total_queued, 3
+        )
+        if total_queued
+        else 0.0,
+        "wait_max_s": max((p.values["wait_max_s"] for p in points), default=0.0),
         "running": Attempt.objects.filter(finished_at__isnull=True).count(),
         "gpus_total": sum(g for g, _ in capacity),
         "gpus_used": sum(u for _, u in capacity),

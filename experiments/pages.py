@@ -1,0 +1,314 @@
+"""Experiment pages: the list (filters, cursor pages, bulk actions), the detail page, the create form."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from experiments import selectors, services
+from experiments.models import FINISHED, Experiment, Status
+from experiments.serializers import ExperimentCreateSerializer
+from orchestration.actions import actions_for
+from orchestration.api import _first_message
+from orchestration.errors import InvalidInput, ServiceError
+from orchestration.pages import PAGE_ROWS, SPANS, actor, json_view, page_action, refused, span_of, with_toast
+from workers.pages import attempt_graph
+from workers.timeseries import parse_span
+
+LIST_ROWS = 50
+BULK = {"stop", "dequeue", "rerun"}
+
+
+# -- the list ----------------------------------------------------------------------------------
+
+
+def _cursor(raw: str) -> tuple[datetime, str] | None:
+    created, _, pk = raw.partition("|")
+    at = parse_datetime(created) if created else None
+    return (at, pk) if at and pk else None
+
+
+def _list_context(request: HttpRequest) -> dict[str, Any]:
+    f = {k: request.GET.get(k, "").strip() for k in ("status", "queue", "owner", "project", "q")}
+    qs = selectors.experiment_list(
+        status=f["status"] or None, queue=f["queue"] or None, owner=f["owner"] or None,
+        project=f["project"] or None, search=f["q"] or None,
+    ).order_by("-created_at", "-id")  # fmt: skip
+    cursor = _cursor(request.GET.get("cursor", ""))
+    if cursor:
+        at, pk = cursor
+        qs = qs.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=pk))
+    rows = list(qs[: LIST_ROWS + 1])
+    more = len(rows) > LIST_ROWS
+    rows = rows[:LIST_ROWS]
+    next_cursor = f"{rows[-1].created_at.isoformat()}|{rows[-1].pk}" if more else ""
+    me = actor(request)
+    return {
+        "rows": rows,
+        "filters": f,
+        "next_cursor": next_cursor,
+        "at_start": cursor is None,
+        "statuses": Status.choices,
+        "is_admin": me.is_admin,
+        "user_id": me.user_id,
+        "custom_actions": actions_for("experiment", me),
+    }
+
+
+@login_required
+def experiments_page(request: HttpRequest) -> HttpResponse:
+    from queues.selectors import queue_list
+
+    context = _list_context(request)
+    context.update({"section": "experiments", "queues": list(queue_list().values_list("name", flat=True)[:500])})
+    return render(request, "experiments/list.html", context)
+
+
+@login_required
+def experiment_rows(request: HttpRequest) -> HttpResponse:
+    return render(request, "experiments/rows.html", _list_context(request))
+
+
+@page_action
+def experiments_bulk(request: HttpRequest) -> HttpResponse:
+    """Stop, dequeue or re-run a selection; each one goes through its own service call."""
+    verb = request.POST.get("action", "")
+    if verb not in BULK:
+        raise InvalidInput(f"action must be one of {', '.join(sorted(BULK))}", field="action")
+    ids = [i for raw in request.POST.getlist("experiments") for i in raw.split(",") if i][: PAGE_ROWS * 10]
+    if not ids:
+        raise InvalidInput("select at least one experiment", field="experiments")
+    me = actor(request)
+    done, errors = 0, []
+    for pk in ids:
+        try:
+            if verb == "stop":
+                services.experiment_stop(actor=me, experiment_id=pk)
+            elif verb == "dequeue":
+                services.experiment_dequeue(actor=me, experiment_id=pk)
+            else:
+                services.experiment_rerun(actor=me, experiment_id=pk)
+            done += 1
+        except ServiceError as e:
+            errors.append(e.message)
+    text = f"{verb}: {done} of {len(ids)} done" + (f"; {len(errors)} refused: {errors[0]}" if errors else "")
+    response = HttpResponse(status=204)
+    return with_toast(response, text, "error" if errors else "ok", experimentsChanged={}, clearSelection={})
+
+
+# -- the detail page -------------------------------------------------------------------------------
+
+
+def wait_reasons(exp: Experiment) -> dict[str, Any]:
+    """Where a queued experiment stands and every reason it is not running yet."""
+    from experiments.models import Attempt
+    from queues import positions
+    from queues.models import QueueEntry
+    from workers.models import Worker, WorkerStatus
+
+    entry = QueueEntry.objects.filter(experiment=exp).select_related("queue").first()
+    if entry is None:
+        return {}
+    queue = entry.queue
+    reasons = []
+    if queue.paused:
+        reasons.append("the queue is paused")
+    if queue.concurrency_limit is not None:
+        running = Attempt.objects.filter(queue=queue, finished_at__isnull=True).count()
+        if running >= queue.concurrency_limit:
+            reasons.append(f"the queue is at its limit ({running} of {queue.concurrency_limit} running)")
+    listening = Worker.objects.filter(queue_links__queue=queue, live_until__gte=timezone.now()).exclude(
+        status__in=[WorkerStatus.LOST, WorkerStatus.UNRESPONSIVE]
+    )
+    capacity = list(listening.values_list("gpus", "used_gpus", "draining"))
+    if not capacity:
+        reasons.append("no live worker listens to this queue")
+    else:
+        undrained = [(g, u) for g, u, d in capacity if not d]
+        if not undrained:
+            reasons.append("every worker listening to this queue is draining")
+        elif not any(g >= exp.gpus for g, _ in undrained):
+            reasons.append(f"no listening worker has {exp.gpus:g} GPUs")
+        elif not any(g - u >= exp.gpus for g, u in undrained):
+            reasons.append(f"no listening worker has {exp.gpus:g} GPUs free now")
+    index = positions.index_of(entry)
+    if index and not reasons:
+        reasons.append(f"{index} experiment{'s' if index != 1 else ''} ahead of it")
+    return {
+        "queue": queue,
+        "position": index + 1,
+        "total": QueueEntry.objects.filter(queue=queue).count(),
+        "reasons": reasons,
+    }
+
+
+def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
+    exp = selectors.experiment_get(pk)
+    me = actor(request)
+    mine = me.is_admin or exp.owner_id == me.user_id
+    status = exp.status
+    return {
+        "exp": exp,
+        "attempts": list(selectors.attempt_list(pk).select_related("worker")),
+        "waiting": wait_reasons(exp) if status == Status.QUEUED else {},
+        "command": shlex.join(exp.command) if exp.command else "",
+        "parameters": json.dumps(exp.parameters, indent=2) if exp.parameters else "",
+        "metrics": json.dumps(exp.last_metrics, indent=2) if exp.last_metrics else "",
+        "env": sorted(exp.env.items()),
+        "secret_names": sorted(exp.secret_env),
+        "can": {
+            "enqueue": mine and status in (Status.CREATED, *FINISHED),
+            "stop": mine and status in (Status.QUEUED, Status.IN_PROGRESS),
+            "dequeue": mine and status == Status.QUEUED,
+            "reset": mine and status in FINISHED,
+            "rerun": mine and status in FINISHED,
+            "clone": not me.is_agent,
+        },
+        "section": "experiments",
+        "custom_actions": actions_for("experiment", me),
+        "span": span_of(request),
+        "spans": SPANS,
+    }
+
+
+@login_required
+def experiment_page(request: HttpRequest, pk: str) -> HttpResponse:
+    from queues.selectors import queue_list
+
+    try:
+        context = _detail_context(request, pk)
+    except ServiceError as e:
+        return render(
+            request, "experiments/missing.html", {"message": e.message, "section": "experiments"}, status=e.status
+        )
+    context["queues"] = list(queue_list().values_list("name", flat=True)[:500])
+    return render(request, "experiments/detail.html", context)
+
+
+@login_required
+def experiment_status(request: HttpRequest, pk: str) -> HttpResponse:
+    try:
+        context = _detail_context(request, pk)
+    except ServiceError as e:
+        return refused(e)
+    return render(request, "experiments/status.html", context)
+
+
+@json_view
+def experiment_log(request: HttpRequest, pk: str) -> JsonResponse:
+    """New log text after a sequence number, for the live tail."""
+    exp = selectors.experiment_get(pk)
+    raw = request.GET.get("after", "")
+    after = int(raw) if raw.lstrip("-").isdigit() else None
+    page = selectors.log_page(experiment=exp, attempt_id=request.GET.get("attempt") or None, after=after, limit=500)
+    text = "".join(str(c["text"]) for c in page.chunks)
+    return JsonResponse({"attempt": page.attempt, "text": text, "after": page.next_after, "status": exp.status})
+
+
+@json_view
+def graph_experiment(request: HttpRequest, pk: str) -> JsonResponse:
+    requested = request.GET.get("attempt") or None
+    exp = selectors.experiment_get(pk)
+    attempt_id = selectors.attempt_of(pk, requested) if requested or exp.current_attempt_id else None
+    return JsonResponse(attempt_graph(attempt_id, request.GET.get("metric", "usage"), parse_span(span_of(request))))
+
+
+@page_action
+def experiment_action(request: HttpRequest, pk: str, verb: str) -> HttpResponse:
+    me = actor(request)
+    queue = request.POST.get("queue", "").strip() or None
+    if verb == "enqueue":
+        outcome = services.experiment_enqueue(actor=me, experiment_id=pk, queue_name=queue)
+    elif verb == "stop":
+        outcome = services.experiment_stop(actor=me, experiment_id=pk)
+    elif verb == "dequeue":
+        outcome = services.experiment_dequeue(actor=me, experiment_id=pk)
+    elif verb == "reset":
+        outcome = services.experiment_reset(actor=me, experiment_id=pk)
+    elif verb == "rerun":
+        outcome = services.experiment_rerun(actor=me, experiment_id=pk, queue_name=queue)
+    elif verb == "clone":
+        clone = services.experiment_clone(actor=me, experiment_id=pk)
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("pages:experiment", args=[clone.pk])
+        return response
+    else:
+        raise InvalidInput(f"unknown action {verb!r}", field="action")
+    response = render(request, "experiments/status.html", _detail_context(request, pk))
+    text = f"{verb}: done" if outcome.changed else f"{verb}: nothing to do"
+    if outcome.warnings:
+        text += " (" + "; ".join(outcome.warnings) + ")"
+    return with_toast(response, text, "error" if outcome.warnings else "ok")
+
+
+# -- the create form ---------------------------------------------------------------------------------
+
+
+def _form_data(post: Any) -> dict[str, Any]:
+    """The form's fields as the API's create payload (empty fields left out)."""
+    data: dict[str, Any] = {}
+    for key in ("name", "project", "queue", "container_image", "working_dir", "script"):
+        if post.get(key, "").strip():
+            data[key] = post[key] if key == "script" else post[key].strip()
+    if post.get("command", "").strip():
+        try:
+            data["command"] = shlex.split(post["command"])
+        except ValueError as e:
+            raise InvalidInput(f"command: {e}", field="command") from None
+    for key in ("gpus", "cpus", "memory_mb", "priority", "max_runtime_s"):
+        if post.get(key, "").strip():
+            data[key] = post[key].strip()
+    for key in ("parameters", "env"):
+        if post.get(key, "").strip():
+            try:
+                data[key] = json.loads(post[key])
+            except json.JSONDecodeError as e:
+                raise InvalidInput(f"{key}: not JSON ({e.msg})", field=key) from None
+    return data
+
+
+@login_required
+def experiment_new(request: HttpRequest) -> HttpResponse:
+    from queues.selectors import queue_list
+
+    context: dict[str, Any] = {
+        "section": "experiments",
+        "queues": list(queue_list().values_list("name", flat=True)[:500]),
+    }
+    if request.method != "POST":
+        source = request.GET.get("from")
+        context["values"] = {"queue": "default"}
+        if source:
+            exp = Experiment.objects.filter(pk=source).first()
+            if exp:
+                context["values"] = {"name": exp.name, "project": exp.project, "command": shlex.join(exp.command),
+                                     "script": exp.script, "gpus": exp.gpus, "cpus": exp.cpus}  # fmt: skip
+        return render(request, "experiments/new.html", context)
+    context["values"] = request.POST
+    try:
+        data = _form_data(request.POST)
+        ser = ExperimentCreateSerializer(data=data)
+        if not ser.is_valid():
+            field, message = _first_message(ser.errors)
+            raise InvalidInput(message, field=field)
+        spec = dict(ser.validated_data)
+        spec.pop("group", None)
+        queue = spec.pop("queue", None)
+        me = actor(request)
+        exp = services.experiment_create(actor=me, spec=spec)
+        if queue:
+            services.experiment_enqueue(actor=me, experiment_id=exp.pk, queue_name=queue)
+    except ServiceError as e:
+        context["errors"] = {e.field or "form": e.message}
+        return render(request, "experiments/new.html", context, status=e.status)
+    return HttpResponseRedirect(reverse("pages:experiment", args=[exp.pk]))

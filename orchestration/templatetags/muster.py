@@ -1,0 +1,64 @@
+"""Template helpers for the pages: durations, sizes, sortable column headers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django import template
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+register = template.Library()
+
+
+@register.filter
+def duration(seconds: float | None) -> str:
+    """1d 3h, 2h 05m, 4m 10s, 12s."""
+    if seconds is None:
+        return "\u2013"  # an en dash
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {s:02d}s"
+    return f"{s}s"
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:
+    """How long ago: 'just now', '12 s ago', '5 min ago', '3 h ago', '2 days ago'."""
+    if moment is None:
+        return "never"
+    seconds = (timezone.now() - moment).total_seconds()
+    if seconds < 5:
+        return "just now"
+    return f"{duration(seconds)} ago"
+
+
+@register.filter
+def mib(value: float | None) -> str:
+    """Mebibytes as a human size."""
+    if not value:
+        return "\u2013"  # an en dash
+    size = float(value)
+    if size < 1024:
+        return f"{size:.0f} MiB"
+    size /= 1024
+    if size < 1024:
+        return f"{size:.1f} GiB"
+    return f"{size / 1024:.1f} TiB"
+
+
+@register.simple_tag
+def sort_link(key: str, label: str, sort: str, descending: bool) -> SafeString:
+    """A column header that sorts by `key`, toggling the direction when it already does."""
+    current = key == sort
+    target = f"-{key}" if current and not descending else key
+    arrow = (" ▾" if descending else " ▴") if current else ""
+    return format_html('<a href="?sort={}" class="{}">{}{}</a>', target, "sorted" if current else "", label, arrow)

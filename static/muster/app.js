@@ -1,0 +1,350 @@
+/* Muster's page behaviour: theme, toasts, menus, confirm dialogs, graphs, selection, drag and drop.
+   The server renders every table and panel; this file only wires them up and keeps the view state
+   (selection, open menus, scroll) across HTMX's live refreshes. */
+(function () {
+  "use strict";
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const csrf = () => (document.querySelector("meta[name=csrf-token]") || {}).content || "";
+
+  /* --- theme -------------------------------------------------------------------------------- */
+  function setTheme(theme) {
+    document.documentElement.dataset.theme = theme;
+    localStorage.setItem("muster-theme", theme);
+    $$(".graph").forEach((el) => el._data && draw(el, el._data));
+  }
+  document.addEventListener("click", (e) => {
+    if (e.target.closest("#theme-toggle")) {
+      setTheme(document.documentElement.dataset.theme === "dark" ? "light" : "dark");
+    }
+  });
+
+  /* --- toasts (HX-Trigger: {"toast": {"level", "text"}}) ------------------------------------- */
+  function toast(text, level) {
+    const box = $("#toasts");
+    const el = document.createElement("div");
+    el.className = "toast" + (level === "error" ? " error" : "");
+    el.setAttribute("role", level === "error" ? "alert" : "status");
+    el.textContent = text;
+    box.appendChild(el);
+    setTimeout(() => el.remove(), level === "error" ? 8000 : 4000);
+  }
+  window.musterToast = toast;
+  document.body.addEventListener("toast", (e) => toast(e.detail.text, e.detail.level));
+  document.body.addEventListener("htmx:sendError", () => toast("The server cannot be reached; retrying.", "error"));
+  document.body.addEventListener("htmx:responseError", (e) => {
+    if (!e.detail.xhr.getResponseHeader("HX-Trigger")) toast("The server answered " + e.detail.xhr.status, "error");
+  });
+  document.body.addEventListener("htmx:configRequest", (e) => { e.detail.headers["X-CSRFToken"] = csrf(); });
+
+  /* --- confirm dialogs (hx-confirm) ---------------------------------------------------------- */
+  function ask(message, onYes) {
+    const dlg = $("#confirm-dialog");
+    $("#confirm-text", dlg).textContent = message;
+    dlg.returnValue = "";
+    dlg.onclose = () => { if (dlg.returnValue === "yes") onYes(); };
+    dlg.showModal();
+  }
+  document.body.addEventListener("htmx:confirm", (e) => {
+    if (!e.detail.question) return;
+    e.preventDefault();
+    ask(e.detail.question, () => e.detail.issueRequest(true));
+  });
+
+  /* --- context menus: right click on a row with data-menu, or its ⋮ button -------------------- */
+  let openMenu = null;
+  function closeMenu() { if (openMenu) { openMenu.remove(); openMenu = null; } }
+  window.musterMenuOpen = () => openMenu !== null || !!document.querySelector("dialog[open]");
+  function showMenu(template, x, y, row) {
+    closeMenu();
+    const menu = template.content.firstElementChild.cloneNode(true);
+    menu.dataset.for = row ? row.id : "";
+    document.body.appendChild(menu);
+    htmx.process(menu);
+    const r = menu.getBoundingClientRect();
+    menu.style.left = Math.min(x, window.innerWidth - r.width - 8) + "px";
+    menu.style.top = Math.min(y, window.innerHeight - r.height - 8) + "px";
+    openMenu = menu;
+  }
+  document.addEventListener("contextmenu", (e) => {
+    const row = e.target.closest("[data-menu]");
+    if (!row) return;
+    e.preventDefault();
+    showMenu(document.getElementById(row.dataset.menu), e.clientX, e.clientY, row);
+  });
+  document.addEventListener("click", (e) => {
+    const btn = e.target.closest("[data-menu-button]");
+    if (btn) {
+      e.stopPropagation();
+      const row = btn.closest("[data-menu]");
+      const r = btn.getBoundingClientRect();
+      showMenu(document.getElementById(row.dataset.menu), r.left - 150, r.bottom + 4, row);
+      return;
+    }
+    if (openMenu && !e.target.closest(".menu")) closeMenu();
+    if (e.target.closest(".menu button")) setTimeout(closeMenu, 0);
+  }, true);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeMenu(); });
+
+  /* --- dialogs opened from menus: <button data-dialog="id" data-value="..."> -------------------- */
+  document.addEventListener("click", (e) => {
+    const btn = e.target.closest("[data-dialog]");
+    if (!btn) return;
+    const dlg = document.getElementById(btn.dataset.dialog);
+    const form = $("form", dlg);
+    if (btn.dataset.action) form.setAttribute("hx-post", btn.dataset.action);
+    htmx.process(form);
+    $$("[data-fill]", dlg).forEach((input) => {
+      const value = btn.dataset[input.dataset.fill] || "";
+      input.value = input.dataset.fill === "ids" && !value ? Array.from(selected).join(",") : value;
+    });
+    $$(".field-error", dlg).forEach((el) => (el.textContent = ""));
+    dlg.showModal();
+    const first = $("input:not([type=hidden]), select", dlg);
+    if (first) { first.focus(); if (first.select) first.select(); }
+  });
+  document.addEventListener("click", (e) => {
+    const close = e.target.closest("[data-close]");
+    if (close) close.closest("dialog").close();
+  });
+  document.body.addEventListener("closeDialogs", () => $$("dialog[open]").forEach((d) => d.close()));
+
+  /* --- copy to clipboard ---------------------------------------------------------------------- */
+  document.addEventListener("click", (e) => {
+    const btn = e.target.closest("[data-copy]");
+    if (!btn) return;
+    e.stopPropagation();
+    const done = () => toast("Copied " + btn.dataset.copy);
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(btn.dataset.copy).then(done);
+    else {
+      const ta = document.createElement("textarea");
+      ta.value = btn.dataset.copy; document.body.appendChild(ta); ta.select();
+      document.execCommand("copy"); ta.remove(); done();
+    }
+  }, true);
+
+  /* --- sub-tabs inside panels (client side, remembered across refreshes) ----------------------- */
+  const subtab = {};
+  function applySubtabs(root) {
+    $$("[data-tabs]", root).forEach((bar) => {
+      const name = subtab[bar.dataset.tabs] || $("button", bar).dataset.tab;
+      $$("button", bar).forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
+      $$("[data-tab-body]", bar.parentElement).forEach((body) => { body.hidden = body.dataset.tabBody !== name; });
+    });
+  }
+  document.addEventListener("click", (e) => {
+    const b = e.target.closest("[data-tabs] button[data-tab]");
+    if (!b) return;
+    subtab[b.parentElement.dataset.tabs] = b.dataset.tab;
+    applySubtabs(b.parentElement.parentElement);
+  });
+
+  /* --- URL state: ?worker=…&queue=…&span=…&metric=… -------------------------------------------- */
+  function state() { return new URLSearchParams(location.search); }
+  function setState(changes) {
+    const s = state();
+    Object.entries(changes).forEach(([k, v]) => (v ? s.set(k, v) : s.delete(k)));
+    history.replaceState(null, "", location.pathname + (s.toString() ? "?" + s : ""));
+  }
+  window.musterState = { get: (k) => state().get(k), set: setState };
+
+  /* --- graphs ----------------------------------------------------------------------------------- */
+  function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+  function draw(el, data) {
+    el._data = data;
+    if (!data.traces.length || data.traces.every((t) => !t.x.length)) {
+      Plotly.purge(el);
+      el.innerHTML = '<div class="nodata">No data for this span yet</div>';
+      el.dataset.points = "0";
+      return;
+    }
+    if (el.querySelector(".nodata")) el.innerHTML = "";
+    const fg = css("--fg"), grid = css("--line"), muted = css("--muted");
+    const layout = {
+      margin: { l: 60, r: 16, t: 8, b: 36 }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+      font: { color: fg, size: 11 }, hovermode: "x unified", showlegend: true,
+      legend: { orientation: "h", y: 1.12, x: 0, font: { color: muted } },
+      xaxis: { type: "date", gridcolor: grid, linecolor: grid, zeroline: false },
+      yaxis: { title: { text: data.y_title }, gridcolor: grid, linecolor: grid, zeroline: false, rangemode: "tozero",
+               ticksuffix: data.y_suffix || "", tickformat: data.y_format || "" },
+    };
+    const traces = data.traces.map((t) => ({
+      type: "scatter", mode: t.x.length > 60 ? "lines" : "lines+markers", name: t.name, x: t.x, y: t.y,
+      line: { width: 1.8, shape: data.shape || "linear" }, marker: { size: 4 },
+      hovertemplate: "%{y:" + (data.hover_format || ".3~s") + "}" + (data.y_suffix || "") + "<extra>" + t.name + "</extra>",
+    }));
+    Plotly.react(el, traces, layout, { displayModeBar: false, responsive: true });
+    el.dataset.points = String(traces.reduce((n, t) => n + t.x.length, 0));
+  }
+  async function load(el) {
+    const url = el.dataset.src;
+    if (!url) return;
+    el.dataset.loading = "1";
+    try {
+      const r = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (!r.ok) throw new Error(String(r.status));
+      const data = await r.json();
+      if (el.dataset.src === url) { draw(el, data); el.dataset.loaded = url; }
+    } catch (err) {
+      el.innerHTML = '<div class="nodata">Could not load the graph (' + err.message + ")</div>";
+    } finally { delete el.dataset.loading; }
+  }
+  window.musterGraph = function (el, src) { el.dataset.src = src; load(el); };
+  function loadAll(root) { $$(".graph[data-src]", root).forEach((el) => { if (el.dataset.loaded !== el.dataset.src) load(el); }); }
+  setInterval(() => { if (!document.hidden) $$(".graph[data-src]").forEach(load); }, 15000);
+
+  /* --- selection of many rows (checkboxes) kept across refreshes -------------------------------- */
+  const selected = new Set();
+  window.musterSelection = selected;
+  function applySelection(root) {
+    $$("input[data-select]", root).forEach((cb) => { cb.checked = selected.has(cb.value); });
+    $$("[data-bulkbar]").forEach((bar) => {
+      bar.hidden = selected.size === 0;
+      const n = $("[data-count]", bar); if (n) n.textContent = String(selected.size);
+      $$("input[name=experiments]", bar).forEach((i) => i.remove());
+      selected.forEach((id) => {
+        const i = document.createElement("input"); i.type = "hidden"; i.name = "experiments"; i.value = id;
+        bar.appendChild(i);
+      });
+    });
+  }
+  document.addEventListener("change", (e) => {
+    const cb = e.target.closest("input[data-select]");
+    if (cb) { cb.checked ? selected.add(cb.value) : selected.delete(cb.value); applySelection(); return; }
+    const all = e.target.closest("input[data-select-all]");
+    if (all) {
+      $$("input[data-select]").forEach((c) => { all.checked ? selected.add(c.value) : selected.delete(c.value); });
+      applySelection();
+    }
+  });
+  document.body.addEventListener("clearSelection", () => { selected.clear(); applySelection(); });
+
+  /* --- drag to reorder (SortableJS); the drop posts the move to the server ---------------------- */
+  function wireSortable(root) {
+    $$("[data-sortable]", root).forEach((tbody) => {
+      if (tbody._sortable) return;
+      tbody._sortable = Sortable.create(tbody, {
+        handle: ".drag", animation: 120, ghostClass: "sortable-ghost",
+        onStart: () => { tbody.dataset.dragging = "1"; },
+        onEnd: (ev) => {
+          delete tbody.dataset.dragging;
+          if (ev.oldIndex === ev.newIndex) return;
+          htmx.ajax("POST", tbody.dataset.sortable, {
+            target: tbody.dataset.target, swap: "outerHTML",
+            values: { experiments: ev.item.dataset.id, to: "position", value: String(ev.newIndex) },
+          });
+        },
+      });
+    });
+  }
+  window.musterBusy = () => window.musterMenuOpen() || !!document.querySelector("[data-dragging]");
+
+  /* --- custom actions ---------------------------------------------------------------------------- */
+  document.addEventListener("click", async (e) => {
+    const btn = e.target.closest("[data-custom-action]");
+    if (!btn) return;
+    const menu = btn.closest(".menu");
+    const row = menu && menu.dataset.for ? document.getElementById(menu.dataset.for) : btn.closest("[data-object-id]");
+    const objectId = (row && row.dataset.objectId) || btn.dataset.objectId;
+    const run = async () => {
+      const body = new URLSearchParams({ object: objectId });
+      const r = await fetch(btn.dataset.customAction, { method: "POST", body, credentials: "same-origin",
+        headers: { "X-CSRFToken": csrf(), Accept: "application/json" } });
+      const answer = await r.json();
+      if (!r.ok) return toast(answer.error ? answer.error.message : "The action failed", "error");
+      if (answer.mode === "server") {
+        return toast(answer.ok ? btn.dataset.name + ": done (" + answer.status + ")" : btn.dataset.name + " failed: " + answer.detail,
+                     answer.ok ? "ok" : "error");
+      }
+      const q = answer.request;
+      try {
+        const res = await fetch(q.url, { method: q.method, headers: q.headers, body: q.method === "GET" ? undefined : q.body, mode: "cors" });
+        toast(btn.dataset.name + (res.ok ? ": done (" + res.status + ")" : " failed (" + res.status + ")"), res.ok ? "ok" : "error");
+      } catch (err) { toast(btn.dataset.name + " failed: " + err.message, "error"); }
+    };
+    if (btn.dataset.confirm) ask(btn.dataset.confirm, run); else run();
+  });
+
+  /* --- graphs follow the URL state: data-graph="base?fixed=1" data-graph-keys="span,queue" ---------- */
+  function graphSrc(el) {
+    const url = new URL(el.dataset.graph, location.origin);
+    (el.dataset.graphKeys || "").split(",").filter(Boolean).forEach((k) => {
+      const v = state().get(k); if (v) url.searchParams.set(k, v);
+    });
+    return url.pathname + url.search;
+  }
+  function repointGraphs(root) {
+    $$(".graph[data-graph]", root).forEach((el) => {
+      const src = graphSrc(el);
+      if (el.dataset.src !== src) { el.dataset.src = src; load(el); }
+    });
+    $$("[data-graph-title]", root).forEach((el) => {
+      const sel = state().get(el.dataset.graphTitleKey);
+      el.textContent = sel ? el.dataset.graphTitle.replace("%s", el.dataset.selectedName || sel) : el.dataset.graphTitleAll;
+    });
+  }
+  window.musterRepoint = repointGraphs;
+  document.addEventListener("change", (e) => {
+    const span = e.target.closest("select[data-span]");
+    if (span) { setState({ span: span.value }); repointGraphs(); return; }
+    const param = e.target.closest("[data-state]");
+    if (param) {
+      setState({ [param.dataset.state]: param.type === "checkbox" ? (param.checked ? "1" : "") : param.value });
+      repointGraphs();
+    }
+  });
+
+  /* --- clicking a row selects it: URL state, highlight, panel, graphs --------------------------- */
+  document.addEventListener("click", (e) => {
+    const row = e.target.closest("tr[data-select-row]");
+    if (!row || e.target.closest("a, button, input, label, .drag")) return;
+    const key = row.dataset.selectRow;
+    const same = state().get(key) === row.dataset.objectId;
+    setState({ [key]: same ? "" : row.dataset.objectId });
+    markSelected(); repointGraphs();
+    const panel = $("#panel");
+    if (same) { panel.innerHTML = ""; panel.removeAttribute("hx-get"); $(".split").classList.remove("with-panel"); return; }
+    htmx.ajax("GET", row.dataset.panel, { target: "#panel", swap: "outerHTML" });
+  });
+  function markSelected(root) {
+    $$("tr[data-select-row]", root).forEach((tr) => {
+      tr.classList.toggle("selected", state().get(tr.dataset.selectRow) === tr.dataset.objectId);
+    });
+    const split = $(".split");
+    const panel = $("#panel");
+    if (split && panel) split.classList.toggle("with-panel", panel.children.length > 0);
+    $$("[data-graph-title]").forEach((el) => {
+      const tr = $("tr.selected[data-name]");
+      el.dataset.selectedName = tr ? tr.dataset.name : "";
+    });
+  }
+  document.body.addEventListener("closePanel", () => {
+    const panel = $("#panel"); if (!panel) return;
+    ["queue", "worker"].forEach((k) => setState({ [k]: "" }));
+    panel.innerHTML = ""; panel.removeAttribute("hx-get"); markSelected(); repointGraphs();
+  });
+
+  /* --- sortable column headers: the table re-renders in place --------------------------------------- */
+  document.addEventListener("click", (e) => {
+    const a = e.target.closest("th a[href^='?sort=']");
+    if (!a) return;
+    e.preventDefault();
+    setState({ sort: new URLSearchParams(a.getAttribute("href").slice(1)).get("sort"), offset: "" });
+    const table = a.closest("table[hx-get]");
+    htmx.ajax("GET", table.getAttribute("hx-get"), { source: table, target: table, swap: "outerHTML" });
+  });
+
+  /* --- scroll positions survive live refreshes ---------------------------------------------------- */
+  const scrolls = {};
+  document.body.addEventListener("htmx:beforeSwap", (e) => {
+    $$("[data-keep-scroll]").forEach((el) => { scrolls[el.id] = el.scrollTop; });
+  });
+  document.body.addEventListener("htmx:afterSwap", () => {
+    $$("[data-keep-scroll]").forEach((el) => { if (scrolls[el.id] !== undefined) el.scrollTop = scrolls[el.id]; });
+  });
+
+  /* --- after every swap -------------------------------------------------------------------------- */
+  function wire(root) { markSelected(root); applySubtabs(root); applySelection(root); wireSortable(root); repointGraphs(root); loadAll(root); }
+  document.body.addEventListener("htmx:afterSettle", (e) => wire(e.detail.elt));
+  document.addEventListener("DOMContentLoaded", () => wire(document));
+})();
