@@ -110,7 +110,7 @@ def main() -> int:
     cli_note = login_cli(url, state["api_key"])
     print(
         f"\n  Muster is running at {url}/\n"
-        f"  admin login: {state['username']} / {state['password']}   ({url}/admin/)\n"
+        f"  admin login: {state['username']} / {state['password']}   (log in at {url}/ ; Django admin at /admin/)\n"
         f"  API key:     {state['api_key']}\n"
         f"  agent key:   {state['agent_key']}\n"
         f"  API docs:    {url}/api/docs/\n"

@@ -219,7 +219,9 @@ def test_worker_table_panel_edit_queues_and_drain(
     assert web.get("/orchestration/workers/nobody/panel/").status_code == 404
 
 
-def test_a_user_cannot_drain_or_rewire_workers(alice_web: Client, queue: Queue, make_worker: Callable[..., Worker]) -> None:
+def test_a_user_cannot_drain_or_rewire_workers(
+    alice_web: Client, queue: Queue, make_worker: Callable[..., Worker]
+) -> None:
     make_worker("box:0", [queue])
     page = alice_web.get("/orchestration/workers/?worker=box:0").content.decode()
     assert "Edit queues" not in page and ">Drain<" not in page
@@ -241,8 +243,13 @@ def test_graphs_answer_plotly_traces_for_each_metric_and_gpu(
 ) -> None:
     make_worker("g:0", [queue], gpu_slots=slots(2))
     for i in range(5):
-        gpus = [{"index": 0, "util": 10.0 + i, "memory_used_mb": 100.0}, {"index": 1, "util": 50.0, "memory_used_mb": 300.0}]
-        _report("g:0", 60 * i, cpu_percent=20.0, memory_used_mb=1024.0, gpus=gpus, network_rx_bps=5.0, network_tx_bps=7.0)
+        gpus = [
+            {"index": 0, "util": 10.0 + i, "memory_used_mb": 100.0},
+            {"index": 1, "util": 50.0, "memory_used_mb": 300.0},
+        ]
+        _report(
+            "g:0", 60 * i, cpu_percent=20.0, memory_used_mb=1024.0, gpus=gpus, network_rx_bps=5.0, network_tx_bps=7.0
+        )
     usage = web.get("/orchestration/graphs/workers/?worker=g:0&metric=usage").json()
     assert [t["name"] for t in usage["traces"]] == ["CPU Usage", "GPU Usage"] and usage["y_title"] == "Usage %"
     assert usage["traces"][0]["y"] == [20.0] * 5
@@ -280,7 +287,10 @@ def test_experiment_list_filters_pages_and_bulk_actions(
     assert older.count('data-select value="') == 5 and "run-00" in older
     queued = web.get("/experiments/rows/", {"status": "queued"}).content.decode()
     assert queued.count('data-select value="') == 27
-    assert web.get("/experiments/rows/", {"project": "vision", "q": "run-0"}).content.decode().count("data-select value") == 10
+    assert (
+        web.get("/experiments/rows/", {"project": "vision", "q": "run-0"}).content.decode().count("data-select value")
+        == 10
+    )
     ids = list(Experiment.objects.filter(status=Status.QUEUED).values_list("pk", flat=True)[:3])
     mine = make_experiment(actor=admin_actor, queue=queue, name="admins")
     r = alice_web.post("/experiments/bulk/", {"action": "dequeue", "experiments": [*ids, mine.pk]})
@@ -328,7 +338,13 @@ def test_the_create_form_validates_inline_and_enqueues(web: Client, queue: Queue
     assert bad.status_code == 400 and b"command:" in bad.content
     ok = web.post(
         "/experiments/new/",
-        {"name": "train", "command": "python train.py --lr 0.1", "queue": "default", "parameters": '{"lr": 0.1}', "gpus": "1"},
+        {
+            "name": "train",
+            "command": "python train.py --lr 0.1",
+            "queue": "default",
+            "parameters": '{"lr": 0.1}',
+            "gpus": "1",
+        },
     )
     assert ok.status_code == 302
     exp = Experiment.objects.get(name="train")
@@ -386,7 +402,7 @@ class _Hook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 hook.seen.append({"path": self.path, "body": body, "headers": dict(self.headers)})
                 self.send_response(201)
