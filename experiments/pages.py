@@ -22,7 +22,7 @@ from orchestration.actions import actions_for
 from orchestration.api import _first_message
 from orchestration.errors import InvalidInput, ServiceError
 from orchestration.pages import PAGE_ROWS, SPANS, actor, json_view, page_action, refused, span_of, with_toast
-from workers.pages import attempt_graph
+from workers.pages import attempt_graph, graph_window
 from workers.timeseries import parse_span
 
 LIST_ROWS = 50
@@ -220,7 +220,8 @@ def graph_experiment(request: HttpRequest, pk: str) -> JsonResponse:
     requested = request.GET.get("attempt") or None
     exp = selectors.experiment_get(pk)
     attempt_id = selectors.attempt_of(pk, requested) if requested or exp.current_attempt_id else None
-    return JsonResponse(attempt_graph(attempt_id, request.GET.get("metric", "usage"), parse_span(span_of(request))))
+    span_s = parse_span(span_of(request))
+    return JsonResponse(graph_window(attempt_graph(attempt_id, request.GET.get("metric", "usage"), span_s), span_s))
 
 
 @page_action

@@ -24,13 +24,14 @@ from workers.services import Registration, worker_register
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """PostgreSQL-only tests (real row locks, SKIP LOCKED) are left out of the SQLite run,
-    and SQLite-only ones (its file locking) out of the PostgreSQL run.
+    and SQLite-only ones (its file locking) out of the PostgreSQL run. Browser tests render the
+    same pages on either database, so they run once, in the PostgreSQL pass.
 
     They are deselected, not skipped: neither run claims to have tried them.
     """
     from django.conf import settings
 
-    other = {"sqlite_only" if connection.vendor == "postgresql" else "postgres_only"}
+    other = {"sqlite_only"} if connection.vendor == "postgresql" else {"postgres_only", "browser"}
     if not settings.REDIS_URL:
         other.add("redis_only")
     keep, drop = [], []

@@ -78,6 +78,7 @@ def template(base_dir: Path) -> dict[str, Any]:
     out = subprocess.run(
         [PY, "manage.py", "bootstrap"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
     ).stdout
+    subprocess.run([PY, "manage.py", "collectstatic", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
     _TEMPLATE.update(json.loads(out.strip().splitlines()[-1]))
     _TEMPLATE["var"] = var
     return _TEMPLATE
@@ -97,6 +98,7 @@ class Stack:
         self.dir = base_dir / f"stack-{secrets.token_hex(4)}"
         self.var = self.dir / "var"
         self.var.mkdir(parents=True)
+        (self.var / "staticfiles").symlink_to(tpl["var"] / "staticfiles")  # collected once per session
         self.port = spare_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_key = tpl["api_key"]
@@ -172,6 +174,13 @@ class Stack:
         self.agents.append(proc)
         wait_for(lambda: self.worker(name), timeout=30, what=f"agent {name} to register")
         return proc
+
+    def manage(self, *args: str) -> str:
+        """Run a management command against this stack's database."""
+        done = subprocess.run(
+            [PY, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+        )
+        return done.stdout
 
     def stop(self) -> None:
         for proc in self.agents:

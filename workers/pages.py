@@ -6,7 +6,7 @@ precomputed series (workers/timeseries.py), so at most about 1,000 points per tr
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -39,6 +39,13 @@ WORKER_SORTS: dict[str, str | Lower] = {
 }
 
 # -- graphs ------------------------------------------------------------------------------------
+
+
+def graph_window(payload: dict[str, Any], span_s: int) -> dict[str, Any]:
+    """The graph always shows the whole span asked for, whatever the data covers."""
+    now = timezone.now()
+    payload["x_range"] = [(now - timedelta(seconds=span_s)).isoformat(), now.isoformat()]
+    return payload
 
 
 def _trace(name: str, points: list[dict[str, Any]], value: Any) -> dict[str, Any]:
@@ -132,8 +139,8 @@ def graph_workers(request: HttpRequest) -> JsonResponse:
         if not Worker.objects.filter(name=name).exists():
             raise NotFound(f"worker {name!r} is not registered", field="worker")
         metric = request.GET.get("metric", "usage")
-        return JsonResponse(worker_graph(name, metric, span_s, request.GET.get("per_gpu") == "1"))
-    return JsonResponse(fleet_graph(span_s))
+        return JsonResponse(graph_window(worker_graph(name, metric, span_s, request.GET.get("per_gpu") == "1"), span_s))
+    return JsonResponse(graph_window(fleet_graph(span_s), span_s))
 
 
 @json_view

@@ -53,7 +53,14 @@
 
   /* --- context menus: right click on a row with data-menu, or its ⋮ button -------------------- */
   let openMenu = null;
-  function closeMenu() { if (openMenu) { openMenu.remove(); openMenu = null; } }
+  function closeMenu() {
+    // Hidden, not removed at once: htmx drops the answers of requests whose element left the page.
+    if (!openMenu) return;
+    const menu = openMenu;
+    openMenu = null;
+    menu.hidden = true;
+    setTimeout(() => menu.remove(), 30000);
+  }
   window.musterMenuOpen = () => openMenu !== null || !!document.querySelector("dialog[open]");
   function showMenu(template, x, y, row) {
     closeMenu();
@@ -164,7 +171,7 @@
       margin: { l: 60, r: 16, t: 8, b: 36 }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
       font: { color: fg, size: 11 }, hovermode: "x unified", showlegend: true,
       legend: { orientation: "h", y: 1.12, x: 0, font: { color: muted } },
-      xaxis: { type: "date", gridcolor: grid, linecolor: grid, zeroline: false },
+      xaxis: { type: "date", gridcolor: grid, linecolor: grid, zeroline: false, range: data.x_range },
       yaxis: { title: { text: data.y_title }, gridcolor: grid, linecolor: grid, zeroline: false, rangemode: "tozero",
                ticksuffix: data.y_suffix || "", tickformat: data.y_format || "" },
     };
@@ -224,7 +231,7 @@
     $$("[data-sortable]", root).forEach((tbody) => {
       if (tbody._sortable) return;
       tbody._sortable = Sortable.create(tbody, {
-        handle: ".drag", animation: 120, ghostClass: "sortable-ghost",
+        handle: ".drag", animation: 120, ghostClass: "sortable-ghost", forceFallback: true, fallbackOnBody: true,
         onStart: () => { tbody.dataset.dragging = "1"; },
         onEnd: (ev) => {
           delete tbody.dataset.dragging;
@@ -278,6 +285,7 @@
       const src = graphSrc(el);
       if (el.dataset.src !== src) { el.dataset.src = src; load(el); }
     });
+    $$("[data-show-when]").forEach((el) => { el.hidden = !state().get(el.dataset.showWhen); });
     $$("[data-graph-title]", root).forEach((el) => {
       const sel = state().get(el.dataset.graphTitleKey);
       el.textContent = sel ? el.dataset.graphTitle.replace("%s", el.dataset.selectedName || sel) : el.dataset.graphTitleAll;

@@ -1,0 +1,324 @@
+"""The pages in a real browser: Debian's chromium driven by pytest-playwright against a live server.
+
+A live stack (server process, celery with beat, agents on demand) per module; every test logs
+in through the login page. Screenshots for docs/ come from the last test (MUSTER_SCREENSHOTS_DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests import live
+from tests.live import Stack, wait_for
+
+pytestmark = [pytest.mark.live, pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Debian's chromium (playwright cannot download browsers here); root needs --no-sandbox."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: make setup installs Debian's chromium")
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": ["--no-sandbox"]}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
+    return {**browser_context_args, "viewport": {"width": 1440, "height": 900}}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A live stack whose logins are not throttled (every test logs in)."""
+    with live.stack(tmp_path_factory.mktemp("web"), LOGIN_THROTTLE="1000/min") as stack:
+        stack.manage(
+            "shell", "-c",
+            "from django.contrib.auth.models import User; User.objects.create_user('carol', password='pw-carol-123')",
+        )  # fmt: skip
+        yield stack
+    live.drop_template()
+
+
+def login(page: Page, ws: Stack, username: str = "admin", password: str | None = None) -> None:
+    page.goto(ws.url + "/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password or ws.admin_password)
+    page.click("button[type=submit]")
+    expect(page.locator("nav.nav")).to_be_visible()
+
+
+def toast(page: Page, text: str | re.Pattern[str]) -> None:
+    expect(page.locator("#toasts .toast").filter(has_text=text).first).to_be_visible()
+
+
+def row(page: Page, name: str) -> Any:
+    return page.locator(f"#queue-table tr[data-name='{name}']")
+
+
+def test_create_rename_pause_clear_and_delete_a_queue(page: Page, ws: Stack) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    login(page, ws)
+    page.goto(ws.url + "/orchestration/queues/")
+    page.click("#new-queue")
+    page.fill("#new-queue-name", "default")
+    page.click("#new-queue-form button[type=submit]")
+    expect(page.locator("#new-queue-form .field-error")).to_have_text("a queue named 'default' already exists")
+    page.fill("#new-queue-name", "web queue")
+    page.click("#new-queue-form button[type=submit]")
+    toast(page, "Queue web queue created")
+    expect(row(page, "web queue")).to_be_visible()
+    expect(page.locator("#new-queue-dialog")).not_to_be_visible()
+    # Rename from the right-click menu.
+    row(page, "web queue").locator("td").first.click(button="right")
+    page.locator(".menu:not([hidden]) button", has_text="Rename").click()
+    page.fill("#rename-queue-name", "web-renamed")
+    page.click("#rename-queue-form button[type=submit]")
+    toast(page, "Renamed to web-renamed")
+    expect(row(page, "web-renamed")).to_be_visible()
+    # Pause from the ⋮ menu.
+    row(page, "web-renamed").locator("[data-menu-button]").click()
+    page.locator(".menu:not([hidden]) button", has_text="Pause").click()
+    expect(row(page, "web-renamed").locator(".chip.paused")).to_be_visible()
+    # Clear, with a confirmation.
+    for i in range(3):
+        ws.enqueue("web-renamed", name=f"pending-{i}", command=["true"])
+    expect(row(page, "web-renamed").locator("td.num").last).to_have_text("3", timeout=10_000)
+    row(page, "web-renamed").locator("[data-menu-button]").click()
+    page.locator(".menu:not([hidden]) button", has_text="Clear").click()
+    expect(page.locator("#confirm-text")).to_contain_text("Remove all 3 pending experiments")
+    page.click("#confirm-yes")
+    toast(page, "Cleared: 3 experiments dequeued")
+    expect(row(page, "web-renamed").locator("td.num").last).to_have_text("0")
+    # Delete.
+    row(page, "web-renamed").locator("[data-menu-button]").click()
+    page.locator(".menu:not([hidden]) button", has_text="Delete").click()
+    page.click("#confirm-yes")
+    toast(page, "Queue deleted")
+    expect(row(page, "web-renamed")).to_have_count(0)
+    assert errors == []
+
+
+def drag(page: Page, source: Any, target: Any) -> None:
+    """A mouse drag in small steps, as a person does it (SortableJS follows mouse events)."""
+    a, b = source.bounding_box(), target.bounding_box()
+    page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+    page.mouse.down()
+    for i in range(1, 21):
+        page.mouse.move(a["x"] + a["width"] / 2, a["y"] + (b["y"] - a["y"] - 4) * i / 20 + a["height"] / 2)
+        page.wait_for_timeout(15)
+    page.mouse.up()
+
+
+def test_drag_to_reorder_is_kept_and_bulk_move_and_dequeue(page: Page, ws: Stack) -> None:
+    q = ws.queue("drag-q")
+    ids = [ws.enqueue("drag-q", name=f"job-{n}", command=["true"])["id"] for n in "abcd"]
+    login(page, ws)
+    page.goto(ws.url + f"/orchestration/queues/?queue={q['id']}")
+    names = page.locator("#panel #entries tbody tr td:nth-child(4) a")
+    expect(names).to_have_text(["job-a", "job-b", "job-c", "job-d"])
+    drag(page, page.locator(f"#e-{ids[3]} .drag"), page.locator(f"#e-{ids[0]} .drag"))
+    expect(names).to_have_text(["job-d", "job-a", "job-b", "job-c"])
+    page.reload()
+    expect(names).to_have_text(["job-d", "job-a", "job-b", "job-c"])
+    # Select two and move them to a queue that does not exist yet (admins create it by name).
+    page.check(f"#e-{ids[0]} input[data-select]")
+    page.check(f"#e-{ids[1]} input[data-select]")
+    expect(page.locator("[data-bulkbar] [data-count]")).to_have_text("2")
+    page.locator("[data-bulkbar] button", has_text="Move to queue").click()
+    page.fill("#move-target", "overflow")
+    page.locator("#move-dialog button[type=submit]").click()
+    toast(page, "Moved 2 to overflow")
+    expect(names).to_have_text(["job-d", "job-c"])
+    overflow = next(x for x in ws.admin.request("GET", "queues/") if x["name"] == "overflow")
+    entries = ws.admin.request("GET", f"queues/{overflow['id']}/entries/")
+    assert [e["name"] for e in entries["results"]] == ["job-a", "job-b"]
+    # Dequeue one from its ⋮ menu.
+    page.locator(f"#e-{ids[2]} [data-menu-button]").click()
+    page.locator(".menu:not([hidden]) button", has_text="Dequeue").click()
+    toast(page, "Dequeued 1")
+    expect(names).to_have_text(["job-d"])
+    assert ws.experiment(ids[2])["status"] == "created"
+
+
+class Hook:
+    """A loopback endpoint that records requests and answers CORS (the browser issues the action)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _cors(self) -> None:
+                self.send_header("Access-Control-Allow-Origin", "*")
+                self.send_header("Access-Control-Allow-Headers", "*")
+                self.send_header("Access-Control-Allow-Methods", "GET, POST")
+
+            def do_OPTIONS(self) -> None:
+                self.send_response(204)
+                self._cors()
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                hook.seen.append({"path": self.path, "body": body, "x_name": self.headers.get("X-Name")})
+                self.send_response(200)
+                self._cors()
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_custom_action_reaches_its_endpoint_with_the_object_substituted_and_escaped(
+    page: Page, ws: Stack, tmp_path: Path
+) -> None:
+    hook = Hook()
+    try:
+        config = tmp_path / "actions.json"
+        action = {"method": "POST", "url": hook.url + "/runs/${id}?name=${name}",
+                  "payload": '{"id": "${id}", "name": "${name}"}', "headers": {"X-Name": "${name}"}}  # fmt: skip
+        config.write_text(json.dumps({"experiment": [{"name": "Send to tracker", "confirm": True, "action": action}]}))
+        assert "1 created" in ws.manage("sync_actions", str(config))
+        exp = ws.admin.request("POST", "experiments/", {"name": 'x"&/<y', "command": ["true"]})["experiment"]
+        login(page, ws)
+        page.goto(ws.url + "/experiments/")
+        page.locator(f"#x-{exp['id']} [data-menu-button]").click()
+        page.locator(".menu:not([hidden]) button", has_text="Send to tracker").click()
+        expect(page.locator("#confirm-text")).to_contain_text('Send to tracker: x"&/<y?')
+        page.click("#confirm-yes")
+        toast(page, "Send to tracker: done (200)")
+        wait_for(lambda: hook.seen, what="the action to reach the endpoint")
+        seen = hook.seen[0]
+        assert seen["path"] == f"/runs/{exp['id']}?name=x%22%26%2F%3Cy"
+        assert json.loads(seen["body"]) == {"id": exp["id"], "name": 'x"&/<y'}
+        assert seen["x_name"] == 'x"&/<y'
+    finally:
+        hook.server.shutdown()
+
+
+def test_a_worker_shows_its_resource_graph_and_the_span_redraws(page: Page, ws: Stack) -> None:
+    ws.start_agent("web-agent", ["default"], "--cpu-only")
+    wait_for(lambda: ws.admin.request("GET", "workers/web-agent/stats/", params={"span": "3h"})["points"],
+             timeout=30, what="stored reports")  # fmt: skip
+    login(page, ws)
+    page.goto(ws.url + "/orchestration/workers/")
+    graph = page.locator("#graph-workers")
+    expect(page.locator(".graphbar h2").first).to_have_text("Workers Utilization")
+    page.locator("#worker-table tr[data-name='web-agent'] td").first.click()
+    expect(page.locator(".graphbar h2").first).to_have_text("web-agent")
+    expect(page.locator("#panel h2")).to_have_text("web-agent")
+    expect(graph).to_have_attribute("data-loaded", re.compile(r"worker=web-agent"))
+    expect(graph.locator(".legendtext").first).to_have_text("CPU Usage")
+    assert int(graph.get_attribute("data-points") or 0) > 0
+    page.select_option("#metric-select", "memory")
+    expect(graph.locator(".legendtext").first).to_have_text("Memory Used")
+    page.select_option("select[data-span]", "1d")
+    expect(graph).to_have_attribute("data-loaded", re.compile(r"span=1d"))
+    assert "span=1d" in page.url and "worker=web-agent" in page.url
+    page.locator("#panel .subtabs button", has_text="QUEUES").click()
+    expect(page.locator("#panel [data-tab-body=queues] table")).to_contain_text("default")
+    # The panel and its tab survive the live refresh.
+    page.wait_for_timeout(5500)
+    expect(page.locator("#panel [data-tab-body=queues]")).to_be_visible()
+    expect(page.locator("#worker-table tr.selected")).to_have_count(1)
+
+
+def test_the_experiment_page_tails_a_running_log(page: Page, ws: Stack) -> None:
+    if not ws.worker("web-agent"):
+        ws.start_agent("web-agent", ["default"], "--cpu-only")
+    script = "import time\nfor i in range(60):\n    print(f'line {i}', flush=True)\n    time.sleep(0.25)\n"
+    exp = ws.enqueue("default", name="tail me", script=script)
+    ws.wait_status(exp["id"], "in_progress", timeout=30)
+    login(page, ws)
+    page.goto(ws.url + f"/experiments/{exp['id']}/")
+    log = page.locator("#log")
+    expect(log).to_contain_text("line 2", timeout=15_000)
+    expect(log).to_contain_text("line 30", timeout=30_000)
+    expect(page.locator("#exp-status-chip")).to_have_text("completed", timeout=30_000)
+    text = log.inner_text()
+    assert [f"line {i}" for i in range(60)] == [ln for ln in text.splitlines() if ln.startswith("line")]
+
+
+def test_dark_mode_is_remembered(page: Page, ws: Stack) -> None:
+    login(page, ws)
+    page.goto(ws.url + "/orchestration/queues/")
+    before = page.evaluate("document.documentElement.dataset.theme")
+    page.click("#theme-toggle")
+    after = page.evaluate("document.documentElement.dataset.theme")
+    assert {before, after} == {"light", "dark"}
+    page.reload()
+    assert page.evaluate("document.documentElement.dataset.theme") == after
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == ("rgb(18, 21, 27)" if after == "dark" else "rgb(246, 247, 249)")
+
+
+def test_a_user_sees_no_admin_actions_and_the_server_refuses_them(page: Page, ws: Stack) -> None:
+    q = ws.queue("carols-view")
+    login(page, ws, "carol", "pw-carol-123")
+    page.goto(ws.url + "/orchestration/queues/")
+    expect(row(page, "carols-view")).to_be_visible()
+    expect(page.locator("#new-queue")).to_have_count(0)
+    row(page, "carols-view").locator("td").first.click(button="right")
+    expect(page.locator(".menu:not([hidden])")).to_be_visible()
+    expect(page.locator(".menu:not([hidden]) button", has_text="Delete")).to_have_count(0)
+    status = page.evaluate(
+        """async (url) => (await fetch(url, {method: "POST", headers: {"X-CSRFToken":
+             document.querySelector("meta[name=csrf-token]").content}})).status""",
+        f"/orchestration/queues/{q['id']}/delete/",
+    )
+    assert status == 403
+    assert any(x["name"] == "carols-view" for x in ws.admin.request("GET", "queues/"))
+
+
+def test_screenshots(page: Page, ws: Stack, tmp_path: Path) -> None:
+    """Both tabs, a worker panel, a queue panel and an experiment page, light and dark."""
+    if not ws.worker("web-agent"):
+        ws.start_agent("web-agent", ["default"], "--cpu-only")
+    q = ws.queue("a100 x8")
+    for i in range(6):
+        ws.enqueue("a100 x8", name=f"sweep lr={0.1 / (i + 1):.3f}", command=["python", "train.py"], gpus=1)
+    script = "import time\nfor i in range(400):\n    print(f'epoch {i // 40} step {i} loss {1 / (i + 1):.4f}', flush=True)\n    print(f'MUSTER_ITERATION={i}', flush=True)\n    time.sleep(0.2)\n"
+    running = ws.enqueue("default", name="resnet50 baseline", script=script)
+    ws.wait_status(running["id"], "in_progress", timeout=30)
+    page.wait_for_timeout(4000)
+    out = tmp_path / "shots"
+    out.mkdir()
+    login(page, ws)
+    shots = {
+        "workers": "/orchestration/workers/",
+        "worker-panel": "/orchestration/workers/?worker=web-agent",
+        "queues": "/orchestration/queues/",
+        "queue-panel": f"/orchestration/queues/?queue={q['id']}",
+        "experiment": f"/experiments/{running['id']}/",
+    }
+    for theme in ("light", "dark"):
+        page.evaluate(f"localStorage.setItem('muster-theme', '{theme}')")
+        for name, url in shots.items():
+            page.goto(ws.url + url)
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(1200)
+            page.screenshot(path=str(out / f"{name}-{theme}.png"))
+    taken = sorted(p.name for p in out.iterdir())
+    assert len(taken) == 10 and all((out / n).stat().st_size > 20_000 for n in taken)
+    target = os.environ.get("MUSTER_SCREENSHOTS_DIR")
+    if target:
+        for n in taken:
+            shutil.copy(out / n, Path(target) / n)
