@@ -126,6 +126,8 @@ class Experiment(models.Model):
             models.Index(fields=["status", "-created_at"], name="experiment_status_idx"),
             # "My experiments".
             models.Index(fields=["owner", "-created_at"], name="experiment_owner_idx"),
+            # The experiment list, newest first, a cursor page at a time.
+            models.Index(fields=["-created_at", "-id"], name="experiment_created_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(gpus__gte=0), name="experiment_gpus_nonnegative"),

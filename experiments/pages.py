@@ -62,15 +62,16 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
         "is_admin": me.is_admin,
         "user_id": me.user_id,
         "custom_actions": actions_for("experiment", me),
+        "exp_base": reverse("pages:experiments"),
     }
 
 
 @login_required
 def experiments_page(request: HttpRequest) -> HttpResponse:
-    from queues.selectors import queue_list
+    from queues.selectors import queue_names
 
     context = _list_context(request)
-    context.update({"section": "experiments", "queues": list(queue_list().values_list("name", flat=True)[:500])})
+    context.update({"section": "experiments", "queues": queue_names()})
     return render(request, "experiments/list.html", context)
 
 
@@ -183,7 +184,7 @@ def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
 
 @login_required
 def experiment_page(request: HttpRequest, pk: str) -> HttpResponse:
-    from queues.selectors import queue_list
+    from queues.selectors import queue_names
 
     try:
         context = _detail_context(request, pk)
@@ -191,7 +192,7 @@ def experiment_page(request: HttpRequest, pk: str) -> HttpResponse:
         return render(
             request, "experiments/missing.html", {"message": e.message, "section": "experiments"}, status=e.status
         )
-    context["queues"] = list(queue_list().values_list("name", flat=True)[:500])
+    context["queues"] = queue_names()
     return render(request, "experiments/detail.html", context)
 
 
@@ -280,11 +281,11 @@ def _form_data(post: Any) -> dict[str, Any]:
 
 @login_required
 def experiment_new(request: HttpRequest) -> HttpResponse:
-    from queues.selectors import queue_list
+    from queues.selectors import queue_names
 
     context: dict[str, Any] = {
         "section": "experiments",
-        "queues": list(queue_list().values_list("name", flat=True)[:500]),
+        "queues": queue_names(),
     }
     if request.method != "POST":
         source = request.GET.get("from")

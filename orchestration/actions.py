@@ -80,7 +80,12 @@ def action_visible(action: CustomAction, actor: Actor) -> bool:
 
 def actions_for(object_type: str, actor: Actor) -> list[CustomAction]:
     """The actions of one object type that this actor sees (one query)."""
-    return [a for a in CustomAction.objects.filter(object_type=object_type) if action_visible(a, actor)]
+    from django.urls import reverse
+
+    found = [a for a in CustomAction.objects.filter(object_type=object_type) if action_visible(a, actor)]
+    for action in found:
+        action.run_url = reverse("pages:custom-action", args=[action.pk])  # type: ignore[attr-defined]
+    return found
 
 
 def _object_name(object_type: str, object_id: str) -> str:

@@ -53,6 +53,8 @@ class QueueEntry(models.Model):
         indexes = [
             # The claim and every ordered read of a queue: priority first, then position.
             models.Index(fields=["queue", "-priority", "position"], name="entry_order_idx"),
+            # "Last updated" on the queue table: the newest entry of each queue, one index probe.
+            models.Index(fields=["queue", "-added_at"], name="entry_added_idx"),
         ]
 
     def __str__(self) -> str:

@@ -7,11 +7,13 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 
 from orchestration.actions import actions_for
 from orchestration.errors import InvalidInput, ServiceError
 from orchestration.pages import PAGE_ROWS, SPANS, actor, int_param, page_action, span_of, with_toast
 from queues import selectors, services
+from queues.models import Queue
 
 
 def _sort(request: HttpRequest) -> tuple[str, bool]:
@@ -22,17 +24,25 @@ def _sort(request: HttpRequest) -> tuple[str, bool]:
 
 def _rows_context(request: HttpRequest) -> dict[str, Any]:
     sort, descending = _sort(request)
-    rows = list(selectors.queue_table(sort, descending=descending)[: PAGE_ROWS * 5])
+    offset = max(0, int_param(request, "offset", 0) or 0)
+    rows = list(selectors.queue_table(sort, descending=descending)[offset : offset + PAGE_ROWS])
+    total = Queue.objects.count()
     for q in rows:
         q.busy_pct = round(100 * q.busy_count / q.worker_count) if q.worker_count else 0  # type: ignore[attr-defined]
     me = actor(request)
     return {
         "rows": rows,
+        "total": total,
+        "offset": offset,
+        "next_offset": offset + PAGE_ROWS if offset + PAGE_ROWS < total else None,
+        "prev_offset": max(0, offset - PAGE_ROWS) if offset else None,
         "sort": sort,
         "descending": descending,
         "selected": request.GET.get("queue", ""),
         "is_admin": me.is_admin,
         "custom_actions": actions_for("queue", me),
+        "base": reverse("pages:queues"),
+        "exp_base": reverse("pages:experiments"),
     }
 
 
@@ -41,8 +51,16 @@ def queues_page(request: HttpRequest) -> HttpResponse:
     context = _rows_context(request)
     selected = context["selected"]
     panel = _panel_context(request, selected) if selected else None
+    context.update(panel or {})  # the panel's template reads the same names as its partial
     context.update(
-        {"section": "orchestration", "tab": "queues", "spans": SPANS, "span": span_of(request), "panel": panel}
+        {
+            "section": "orchestration",
+            "tab": "queues",
+            "spans": SPANS,
+            "span": span_of(request),
+            "panel": panel is not None,
+            "all_queue_names": selectors.queue_names(),
+        }
     )
     return render(request, "queues/page.html", context)
 
@@ -66,8 +84,10 @@ def _panel_context(request: HttpRequest, queue_id: str) -> dict[str, Any] | None
         "workers": workers_of_queue(queue.pk),
         "is_admin": me.is_admin,
         "user_id": me.user_id,
-        "other_queues": list(selectors.queue_list().exclude(pk=queue.pk).values_list("name", flat=True)[:500]),
         "experiment_actions": actions_for("experiment", me),
+        "move_url": reverse("pages:entries-move", args=[queue.pk]),
+        "dequeue_url": reverse("pages:entries-dequeue", args=[queue.pk]),
+        "exp_base": reverse("pages:experiments"),
     }
 
 

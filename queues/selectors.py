@@ -11,11 +11,25 @@ from orchestration.errors import NotFound
 from queues.models import Queue, QueueEntry
 
 
+def _count(qs: QuerySet[Any]) -> Coalesce:
+    """A correlated COUNT(*) of `qs` (filtered on OuterRef("pk")): an index scan per row, no join fan-out."""
+    return Coalesce(
+        Subquery(qs.values(qs.model._meta.get_field("queue").attname).annotate(n=Count("*")).values("n")[:1]), 0
+    )
+
+
 def queue_list() -> QuerySet[Queue]:
+    from workers.models import WorkerQueue
+
     return Queue.objects.annotate(
-        in_queue=Count("entries", distinct=True),
-        worker_count=Count("worker_links", distinct=True),
+        in_queue=_count(QueueEntry.objects.filter(queue=OuterRef("pk"))),
+        worker_count=_count(WorkerQueue.objects.filter(queue=OuterRef("pk"))),
     ).order_by("name")
+
+
+def queue_names(limit: int = 500) -> list[str]:
+    """Queue names for pickers (datalists): no counts."""
+    return list(Queue.objects.order_by(Lower("name")).values_list("name", flat=True)[:limit])
 
 
 def queue_get(queue_id: str) -> Queue:
@@ -62,13 +76,10 @@ def queue_table(sort: str = "name", *, descending: bool = False) -> QuerySet[Que
     links = WorkerQueue.objects.filter(queue=OuterRef("pk")).exclude(worker__status=WorkerStatus.LOST)
     head = entries.order_by("-priority", "position", "id")
 
-    def count(qs: QuerySet[Any]) -> Coalesce:
-        return Coalesce(Subquery(qs.values("queue").annotate(n=Count("*")).values("n")[:1]), 0)
-
     qs = Queue.objects.annotate(
-        in_queue=count(entries),
-        worker_count=count(links),
-        busy_count=count(links.filter(worker__status=WorkerStatus.BUSY)),
+        in_queue=_count(entries),
+        worker_count=_count(links),
+        busy_count=_count(links.filter(worker__status=WorkerStatus.BUSY)),
         next_id=Subquery(head.values("experiment_id")[:1]),
         next_name=Subquery(head.values("experiment__name")[:1]),
         last_updated=Greatest(

@@ -191,7 +191,7 @@ def test_queue_table_and_panel_query_counts_do_not_grow_with_the_data(
         for j in range(4):
             make_experiment(queue=q if j % 2 else first, name=f"x{i}{j}")
     stats_sample()
-    assert counts() == small
+    assert counts() == small and min(small) > 0, small
 
 
 # -- workers -----------------------------------------------------------------------------------

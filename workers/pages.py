@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, F, Max, Min, Q
-from django.db.models.functions import Lower
+from django.db.models import Count, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce, Lower
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 
 from orchestration.actions import actions_for
@@ -160,12 +161,18 @@ def _sort(request: HttpRequest) -> tuple[str, bool]:
 
 
 def worker_table(sort: str, descending: bool, offset: int) -> tuple[list[Worker], int]:
-    """One page of the worker table: each worker with its running attempts, runtime and iteration."""
-    running = Q(attempts__finished_at__isnull=True)
+    """One page of the worker table: each worker with its running attempts, runtime and iteration.
+
+    The sort keys are correlated subqueries over running attempts only (a partial index), so
+    neither the history of finished attempts nor the number of workers multiplies the work.
+    """
+    from experiments.models import Attempt
+
+    running = Attempt.objects.filter(worker=OuterRef("pk"), finished_at__isnull=True)
     qs = Worker.objects.annotate(
-        running_count=Count("attempts", filter=running),
-        running_since=Min("attempts__started_at", filter=running),
-        iteration=Max("attempts__experiment__last_iteration", filter=running),
+        running_count=Coalesce(Subquery(running.values("worker").annotate(n=Count("*")).values("n")[:1]), 0),
+        running_since=Subquery(running.order_by("started_at").values("started_at")[:1]),
+        iteration=Subquery(running.order_by("-experiment__last_iteration").values("experiment__last_iteration")[:1]),
     )
     key = WORKER_SORTS[sort]
     expression: F | Lower = F(key) if isinstance(key, str) else key
@@ -193,6 +200,8 @@ def _rows_context(request: HttpRequest) -> dict[str, Any]:
         "descending": descending,
         "is_admin": me.is_admin,
         "custom_actions": actions_for("worker", me),
+        "base": reverse("pages:workers"),
+        "exp_base": reverse("pages:experiments"),
     }
 
 
@@ -200,6 +209,8 @@ def _rows_context(request: HttpRequest) -> dict[str, Any]:
 def workers_page(request: HttpRequest) -> HttpResponse:
     context = _rows_context(request)
     selected = request.GET.get("worker", "")
+    panel = _panel_context(request, selected) if selected else None
+    context.update(panel or {})  # the panel's template reads the same names as its partial
     context.update(
         {
             "section": "orchestration",
@@ -209,7 +220,7 @@ def workers_page(request: HttpRequest) -> HttpResponse:
             "metrics": METRICS,
             "metric": request.GET.get("metric", "usage"),
             "per_gpu": request.GET.get("per_gpu") == "1",
-            "panel": _panel_context(request, selected) if selected else None,
+            "panel": panel is not None,
         }
     )
     return render(request, "workers/page.html", context)
@@ -221,7 +232,7 @@ def worker_rows(request: HttpRequest) -> HttpResponse:
 
 
 def _panel_context(request: HttpRequest, name: str) -> dict[str, Any] | None:
-    from queues.selectors import queue_list, queue_table
+    from queues.selectors import queue_names, queue_table
 
     worker = selectors.with_running(Worker.objects.filter(name=name)).first()
     if worker is None:
@@ -240,7 +251,7 @@ def _panel_context(request: HttpRequest, name: str) -> dict[str, Any] | None:
         "iteration": max((a.experiment.last_iteration or 0 for a in running), default=None),
         "free_gpus": max(0.0, worker.gpus - worker.used_gpus),
         "is_admin": me.is_admin,
-        "all_queues": list(queue_list().values_list("name", flat=True)[:500]),
+        "all_queues": queue_names(),
         "queue_names": ", ".join(q.name for q in queues),
     }
 

@@ -293,7 +293,11 @@ def series(kind: str, key: str, span_s: int, now: datetime | None = None) -> Ser
         rows = Rollup.objects.filter(kind=kind, key=key, level=level, at__gte=_floor(start, level), at__lt=now)
         for at, values, samples in rows.order_by("at").values_list("at", "values", "samples"):
             groups[_floor(at, bucket)].append((values, samples))
-    points = [{"at": at, **_combine(items)} for at, items in sorted(groups.items())]
+    # A bucket holding one row (the usual case when reading rollups) needs no combining.
+    points = [
+        {"at": at, **(dict(items[0][0]) if len(items) == 1 else _combine(items))}
+        for at, items in sorted(groups.items())
+    ]
     return Series(kind=kind, key=key, span_s=span_s, level=level, bucket_s=bucket, points=points[-MAX_POINTS:])
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from django import template
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 register = template.Library()
 
@@ -62,3 +62,15 @@ def sort_link(key: str, label: str, sort: str, descending: bool) -> SafeString:
     target = f"-{key}" if current and not descending else key
     arrow = (" ▾" if descending else " ▴") if current else ""
     return format_html('<a href="?sort={}" class="{}">{}{}</a>', target, "sorted" if current else "", label, arrow)
+
+
+COPY_ICON = mark_safe(
+    '<svg width="13" height="13" viewBox="0 0 16 16" aria-hidden="true"><path fill="currentColor" d="M4 2h7a1 1 0 0 1 '
+    "1 1v1h-1V3H4v8h1v1H4a1 1 0 0 1-1-1V3a1 1 0 0 1 1-1zm3 3h7a1 1 0 0 1 1 1v8a1 1 0 0 1-1 1H7a1 1 0 0 1-1-1V6a1 1 0 "
+    '0 1 1-1zm0 1v8h7V6H7z"/></svg>'
+)
+
+
+@register.simple_tag
+def copy_icon() -> SafeString:
+    return COPY_ICON

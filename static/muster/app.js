@@ -62,9 +62,22 @@
     setTimeout(() => menu.remove(), 30000);
   }
   window.musterMenuOpen = () => openMenu !== null || !!document.querySelector("dialog[open]");
+  const escapeHtml = (v) => String(v).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  const truthy = (v) => v !== undefined && v !== "" && v !== "0" && v !== "false";
+  /* One <template> serves every row of a table: __key__ is the row's data-key (escaped), and
+     data-if / data-unless / data-enable-if keep or drop parts by the row's data. */
+  function instantiate(template, row) {
+    const data = row ? row.dataset : {};
+    const holder = document.createElement("div");
+    holder.innerHTML = template.innerHTML.replace(/__(\w+)__/g, (m, k) => (k in data ? escapeHtml(data[k]) : m));
+    $$("[data-if]", holder).forEach((el) => { if (!truthy(data[el.dataset.if])) el.remove(); });
+    $$("[data-unless]", holder).forEach((el) => { if (truthy(data[el.dataset.unless])) el.remove(); });
+    $$("[data-enable-if]", holder).forEach((el) => { el.disabled = !truthy(data[el.dataset.enableIf]); });
+    return holder.firstElementChild;
+  }
   function showMenu(template, x, y, row) {
     closeMenu();
-    const menu = template.content.firstElementChild.cloneNode(true);
+    const menu = instantiate(template, row);
     menu.dataset.for = row ? row.id : "";
     document.body.appendChild(menu);
     htmx.process(menu);
