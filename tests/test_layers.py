@@ -12,7 +12,7 @@ QUERYSET_HINTS = {"objects", "filter", "exclude", "all", "select_for_update", "_
 
 
 def _thin_modules() -> list[Path]:
-    """Views, API, admin, tasks, management commands and the ClearML facade."""
+    """Views, pages, API, admin, tasks, management commands and the ClearML facade."""
     found: list[Path] = []
     for app in APPS:
         base = ROOT / app
@@ -22,7 +22,7 @@ def _thin_modules() -> list[Path]:
             rel = path.relative_to(ROOT).as_posix()
             name = path.name
             if (
-                name.startswith(("views", "api", "admin", "tasks"))
+                name.startswith(("views", "api", "admin", "tasks", "pages"))
                 or "/management/commands/" in rel
                 or rel.startswith("clearml_api/")
             ) and "migrations" not in rel:

@@ -71,6 +71,10 @@ def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) ->
         url = text.split("Muster is running at ")[1].split()[0].rstrip("/")
         with urllib.request.urlopen(url + "/static/admin/css/base.css", timeout=10) as static:  # noqa: S310
             assert static.status == 200 and b"body" in static.read()  # static files through the async stack
+        with urllib.request.urlopen(url + "/", timeout=10) as home:  # noqa: S310 - the pages: a login first
+            assert home.url.endswith("/login/?next=/") and b'name="password"' in home.read()
+        with urllib.request.urlopen(url + "/static/vendor/htmx-2.0.11.min.js", timeout=10) as vendored:  # noqa: S310
+            assert vendored.status == 200
     finally:
         run.send_signal(signal.SIGINT)
         try:
