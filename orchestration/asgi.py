@@ -41,11 +41,43 @@ async def _flush_reports() -> None:
     await sync_to_async(flush, thread_sensitive=False)()
 
 
+async def _sync_actions() -> None:
+    """Custom actions from CUSTOM_ACTIONS_FILE, by name, as each server process starts."""
+    import logging
+
+    from asgiref.sync import sync_to_async
+    from django.conf import settings
+
+    if not settings.CUSTOM_ACTIONS_FILE:
+        return
+
+    def sync() -> None:
+        from pathlib import Path
+
+        from django.db import DatabaseError, connections
+
+        from orchestration.actions import actions_sync
+        from orchestration.actor import SYSTEM
+        from orchestration.errors import ServiceError
+
+        try:
+            actions_sync(actor=SYSTEM, path=Path(settings.CUSTOM_ACTIONS_FILE))
+        except (OSError, ValueError, ServiceError, DatabaseError) as e:  # another process may sync at once
+            logging.getLogger("muster").warning(
+                "custom actions not synced from %s: %s", settings.CUSTOM_ACTIONS_FILE, e
+            )
+        finally:
+            connections.close_all()
+
+    await sync_to_async(sync, thread_sensitive=False)()
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await _sync_actions()
                 _start_beat()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

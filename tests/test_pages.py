@@ -466,3 +466,22 @@ def test_actions_sync_from_a_file_and_secret_actions_go_through_the_server_to_al
     bad.write_text(json.dumps({"cluster": []}))
     with pytest.raises(Exception, match="unknown object type"):
         actions_sync(actor=SYSTEM, path=bad)
+
+
+def test_each_server_process_syncs_the_actions_file_as_it_starts(
+    transactional_db: Any, tmp_path: Path, settings: Any
+) -> None:
+    import asyncio
+
+    from orchestration.asgi import _sync_actions
+
+    config = tmp_path / "actions.toml"
+    config.write_text(
+        '[[worker]]\nname = "Reboot"\nroles = ["admin"]\naction = {method = "POST", url = "https://ops.example/r/${id}"}\n'
+    )
+    settings.CUSTOM_ACTIONS_FILE = str(config)
+    asyncio.run(_sync_actions())
+    assert list(CustomAction.objects.values_list("object_type", "name", "roles")) == [("worker", "Reboot", ["admin"])]
+    config.write_text("not toml [")
+    asyncio.run(_sync_actions())  # logged, not raised: a bad file never stops the server
+    assert CustomAction.objects.count() == 1
