@@ -35,11 +35,11 @@ FROM generate_series(1, {QUEUES}) g;
 
 INSERT INTO workers_worker (name, kind, instance_id, hostname, tags, status, draining, drain_reason, gpu_slots, gpus,
     cpus, memory_mb, capabilities, order_fairness, agent_version, timeout_s, registered_at, last_seen_at, live_until,
-    gpu_models, declared_queues, used_cpus, used_gpus, used_memory_mb, report_interval_s, ip)
+    gpu_models, declared_queues, used_cpus, used_gpus, used_memory_mb, report_interval_s, ip, runtime_properties)
 SELECT 'gpu-node-' || lpad(g::text, 4, '0'), 'muster', 'i' || g, 'node' || g, '[]', 'busy', false, '',
     '[{"index": 0, "model": "nvidia a100"}, {"index": 1, "model": "nvidia a100"}]', 2, 32, 256000, 31, false, '0.1.0', 0,
     now() - interval '1 day', now(), now() + interval '1 hour', '["a100"]', '[]', 1, 1, 1000, 5,
-    ('10.0.' || (g / 250) || '.' || (g % 250 + 1))::inet
+    ('10.0.' || (g / 250) || '.' || (g % 250 + 1))::inet, '[]'
 FROM generate_series(1, {WORKERS}) g;
 
 INSERT INTO workers_workerqueue ("order", queue_id, worker_id)
@@ -48,11 +48,11 @@ SELECT k, md5('q' || ((w.id + k) % {QUEUES} + 1)), w.id FROM workers_worker w, g
 INSERT INTO experiments_experiment (id, name, project, tags, command, script, working_dir, repository, branch, commit,
     diff, entry_point, snapshot, requirements, python_version, container_image, container_args, setup_script, env,
     secret_env, parameters, gpus, gpu_type, cpus, memory_mb, priority, retry_policy, stop_signal, stop_grace_s, status,
-    status_reason, status_message, enqueue_status, retry_count, created_at, updated_at, last_metrics, owner_id,
+    status_reason, status_message, enqueue_status, retry_count, created_at, updated_at, last_metrics, runtime, owner_id,
     queue_id, queued_at)
 SELECT md5('e' || g), 'sweep-' || g, 'proj-' || (g % 20), '[]', '["python", "train.py"]', '', '', '', '', '', '', '',
     '', '', '', '', '[]', '', '{}', '{}', '{"lr": 0.1}', 1, '', 1, 0, 0, '{}', 'SIGTERM', 60, 'queued', '', '', 'created',
-    0, now() - (g || ' seconds')::interval, now(), '{}', (SELECT id FROM auth_user ORDER BY id LIMIT 1),
+    0, now() - (g || ' seconds')::interval, now(), '{}', '{}', (SELECT id FROM auth_user ORDER BY id LIMIT 1),
     md5('q' || (g % {QUEUES} + 1)), now() - (g || ' seconds')::interval
 FROM generate_series(1, {QUEUED}) g;
 
@@ -64,11 +64,11 @@ FROM generate_series(1, {QUEUED}) g;
 INSERT INTO experiments_experiment (id, name, project, tags, command, script, working_dir, repository, branch, commit,
     diff, entry_point, snapshot, requirements, python_version, container_image, container_args, setup_script, env,
     secret_env, parameters, gpus, gpu_type, cpus, memory_mb, priority, retry_policy, stop_signal, stop_grace_s, status,
-    status_reason, status_message, enqueue_status, retry_count, created_at, updated_at, last_metrics, owner_id,
+    status_reason, status_message, enqueue_status, retry_count, created_at, updated_at, last_metrics, runtime, owner_id,
     queue_id, started_at, last_iteration)
 SELECT md5('r' || w.id), 'train-' || w.id, 'proj-1', '[]', '["python", "train.py"]', '', '', '', '', '', '', '', '', '',
     '', '', '[]', '', '{}', '{}', '{}', 1, '', 1, 0, 0, '{}', 'SIGTERM', 60, 'in_progress', '', '', '', 0,
-    now() - interval '2 hours', now(), '{"loss": 0.1}', (SELECT id FROM auth_user ORDER BY id LIMIT 1),
+    now() - interval '2 hours', now(), '{"loss": 0.1}', '{}', (SELECT id FROM auth_user ORDER BY id LIMIT 1),
     md5('q' || (w.id % {QUEUES} + 1)), now() - interval '1 hour', 1000 + w.id
 FROM workers_worker w;
 

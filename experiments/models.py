@@ -117,6 +117,8 @@ class Experiment(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     last_iteration = models.BigIntegerField(null=True, blank=True)
     last_metrics = models.JSONField(default=dict, blank=True)
+    # ClearML's task `runtime`: notes agents keep on a task (hostname, abort-callback keys).
+    runtime = models.JSONField(default=dict, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
 
     class Meta:

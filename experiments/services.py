@@ -8,13 +8,13 @@ import secrets
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import F, Max
 from django.utils import timezone
 
 from experiments.models import (
@@ -492,10 +492,96 @@ def _leased(*, actor: Actor, attempt_id: str, token: str) -> Attempt:
         raise NotFound(f"attempt {attempt_id} does not exist", field="attempt") from None
     if not actor.is_admin:
         worker = attempt.worker
-        if worker is None or actor.key is None or worker.api_key_id != actor.key.pk:
+        if worker is None:
+            # Claimed through ClearML's get_next_task, which names no worker: until a worker
+            # binds it (attempt_bind), any agent key that may serve its queue may write to it.
+            if not actor.is_agent or actor.key is None or not _key_serves(actor, attempt.queue_id):
+                raise Forbidden("this attempt was claimed for a queue your key does not serve")
+        elif actor.key is None or worker.api_key_id != actor.key.pk:
             raise Forbidden("this attempt runs on a worker your key does not own")
     if not hmac.compare_digest(attempt.lease_token, token) or attempt.fenced:
         raise StaleLease()
+    return attempt
+
+
+def _key_serves(actor: Actor, queue_id: str | None) -> bool:
+    assert actor.key is not None
+    allowed = set(actor.key.allowed_queues.values_list("id", flat=True))
+    return not allowed or queue_id in allowed
+
+
+@transaction.atomic
+def attempt_bind(*, actor: Actor, attempt_id: str, worker_name: str) -> Attempt:
+    """Bind a claimed but unbound attempt to the worker that says it runs it; again is a no-op.
+
+    Once bound, only that worker's key may write to it (fencing), as for any other attempt.
+    """
+    from workers.models import Worker, WorkerStatus
+
+    attempt = Attempt.objects.select_for_update(of=("self",)).get(pk=attempt_id)
+    if attempt.worker_name == worker_name and attempt.worker_id is not None:
+        return attempt
+    if attempt.worker_id is not None:
+        raise Conflict(f"this attempt runs on worker {attempt.worker_name}", field="task")
+    if attempt.finished_at is not None:
+        raise Conflict("this attempt has already finished", field="task")
+    worker = Worker.objects.select_for_update().filter(name=worker_name).first()
+    if worker is None:
+        raise NotFound(f"worker {worker_name!r} is not registered", field="worker")
+    if not actor.is_admin and (actor.key is None or worker.api_key_id != actor.key.pk):
+        raise Forbidden(f"worker {worker_name!r} was registered with another key")
+    if not actor.is_admin and not _key_serves(actor, attempt.queue_id):
+        raise Forbidden("this attempt was claimed for a queue your key does not serve")
+    Attempt.objects.filter(pk=attempt.pk, worker__isnull=True).update(worker=worker, worker_name=worker.name)
+    Worker.objects.filter(pk=worker.pk).update(
+        used_gpus=F("used_gpus") + attempt.gpus,
+        used_cpus=F("used_cpus") + attempt.cpus,
+        used_memory_mb=F("used_memory_mb") + attempt.memory_mb,
+    )
+    Worker.objects.filter(pk=worker.pk, status=WorkerStatus.IDLE).update(status=WorkerStatus.BUSY)
+    attempt.worker, attempt.worker_name = worker, worker.name
+    audit_record(actor=actor, change=Change("attempt", attempt.pk, "bind", {"worker": None}, {"worker": worker.name}))
+    return attempt
+
+
+def attempts_unbound_expire(*, now: datetime | None = None) -> int:
+    """Retry (or fail) attempts claimed through ClearML's get_next_task that no worker bound in time."""
+    from orchestration.actor import SYSTEM
+
+    now = now or timezone.now()
+    deadline = now - timedelta(seconds=settings.CLEARML_BIND_TIMEOUT_S)
+    stale = list(Attempt.objects.filter(worker__isnull=True, finished_at__isnull=True, claimed_at__lt=deadline))
+    for attempt in stale:
+        attempt_fence(
+            actor=SYSTEM, attempt=attempt, failure_class=FailureClass.WORKER_LOST,
+            message="claimed through ClearML's API but no worker reported running it",
+        )  # fmt: skip
+    return len(stale)
+
+
+@transaction.atomic
+def experiment_set_runtime(*, actor: Actor, experiment_id: str, runtime: Mapping[str, Any]) -> Experiment:
+    """Merge keys into the experiment's runtime properties (ClearML's `runtime`: the agent's notes)."""
+    exp = _locked(experiment_id)
+    if not (actor.is_admin or actor.is_agent or exp.owner_id == actor.user_id):
+        raise Forbidden("only the owner, an admin or an agent may change its runtime properties")
+    merged = {**exp.runtime, **dict(runtime)}
+    if merged != exp.runtime:
+        before = {"runtime": exp.runtime}
+        Experiment.objects.filter(pk=exp.pk).update(runtime=merged, updated_at=timezone.now())
+        exp.runtime = merged
+        audit_record(actor=actor, change=Change("experiment", exp.pk, "runtime", before, {"runtime": merged}))
+    return exp
+
+
+@transaction.atomic
+def attempt_set_requirements(*, actor: Actor, attempt_id: str, token: str, requirements: str) -> Attempt:
+    """Store the environment the agent actually built for this attempt (a re-run rebuilds it)."""
+    attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
+    text = requirements[:1_000_000]
+    if attempt.frozen_requirements != text:
+        Attempt.objects.filter(pk=attempt.pk).update(frozen_requirements=text)
+        attempt.frozen_requirements = text
     return attempt
 
 

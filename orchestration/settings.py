@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "experiments",
     "queues",
     "workers",
+    "clearml_api",
 ]
 
 MIDDLEWARE = [
@@ -142,6 +143,9 @@ LOGIN_REDIRECT_URL = "/"
 # Custom context-menu actions: a file synced by name at start-up, and the hosts that actions
 # holding a secret (issued by the server) may call.
 CUSTOM_ACTIONS_FILE = envstr("CUSTOM_ACTIONS_FILE", "")
+# ClearML facade: how long an attempt claimed through queues.get_next_task (which names no
+# worker) may wait for a worker's status_report to bind it before it is retried.
+CLEARML_BIND_TIMEOUT_S = envint("CLEARML_BIND_TIMEOUT_S", 120, minimum=1)
 CUSTOM_ACTION_HOSTS = envlist("CUSTOM_ACTION_HOSTS", [])
 
 # Request limits: a body larger than this is refused with 413 before any parsing.

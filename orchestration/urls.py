@@ -1,10 +1,11 @@
 """URL map: the REST API under /api/v1/, its schema, health checks and the admin."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from clearml_api.transport import dispatch as clearml_dispatch
 from experiments.api import (
     AttemptFinishView,
     AttemptLogsView,
@@ -62,6 +63,7 @@ urlpatterns = [
     path("readyz", views_api.readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    re_path(r"^clearml/(?P<path>.*)$", clearml_dispatch, name="clearml"),
     path("", include("orchestration.urls_pages")),
 ]
 

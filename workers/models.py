@@ -68,6 +68,8 @@ class Worker(models.Model):
     # next report was lost on its way to the agent (a dropped claim response).
     previous_report_at = models.DateTimeField(null=True, blank=True)
     report_interval_s = models.FloatField(default=0)
+    # ClearML's worker runtime properties ([{key, value, expiry?}]), such as force=on/off.
+    runtime_properties = models.JSONField(default=list, blank=True)
     queues = models.ManyToManyField("queues.Queue", through="WorkerQueue", related_name="workers")
 
     class Meta:

@@ -225,6 +225,29 @@ def worker_update(
     return worker
 
 
+@transaction.atomic
+def worker_set_runtime_properties(*, actor: Actor, worker: Worker, properties: Sequence[dict[str, Any]]) -> Worker:
+    """Set ClearML runtime properties ({key, value, expiry?}) on a worker, by key (others kept)."""
+    if not actor.can_write:
+        raise Forbidden("this key is read-only")
+    worker = Worker.objects.select_for_update().get(pk=worker.pk)
+    before = list(worker.runtime_properties)
+    by_key = {p["key"]: p for p in before if isinstance(p, dict) and "key" in p}
+    for prop in properties:
+        entry = {"key": str(prop["key"])[:100], "value": str(prop.get("value", ""))[:1000]}
+        if isinstance(prop.get("expiry"), (int, float)) and prop["expiry"] > 0:
+            entry["expiry"] = prop["expiry"]
+        by_key[entry["key"]] = entry
+    after = list(by_key.values())[:100]
+    if after != before:
+        Worker.objects.filter(pk=worker.pk).update(runtime_properties=after)
+        worker.runtime_properties = after
+        audit_record(
+            actor=actor, change=Change("worker", worker.name, "runtime_properties", {"p": before}, {"p": after})
+        )
+    return worker
+
+
 def worker_release(*, worker_id: int, gpus: float, cpus: float, memory_mb: int) -> None:
     """An attempt on this worker ended: give its capacity back; idle when nothing runs."""
     Worker.objects.filter(pk=worker_id).update(

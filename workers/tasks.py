@@ -14,7 +14,11 @@ _STARTED = timezone.now()
 
 @shared_task(name="workers.check_liveness", time_limit=120, soft_time_limit=100)
 def check_liveness() -> dict[str, int]:
-    return worker_check_liveness(since=_STARTED)
+    from experiments.services import attempts_unbound_expire
+
+    verdicts = worker_check_liveness(since=_STARTED)
+    verdicts["unbound_expired"] = attempts_unbound_expire()
+    return verdicts
 
 
 @shared_task(name="workers.stats_sample", time_limit=60, soft_time_limit=50)

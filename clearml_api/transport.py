@@ -1,0 +1,214 @@
+"""ClearML's wire format: `/[vX.Y/]service.action`, GET or POST with a JSON body (query-string
+parameters merged in, JSON lines for batches), the `meta`/`data` envelope with the HTTP status
+equal to `result_code`, and ClearML's error codes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from clearml_api.tokens import API_VERSION, token_read
+from orchestration.actor import Actor, actor_for_user
+from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
+
+PATH = re.compile(r"^/?(v(?P<version>\d+\.?\d+)/)?(?P<endpoint>[a-zA-Z_]\w+\.[a-zA-Z_]\w+)/?$")
+MAX_BODY = 16 * 1024 * 1024
+
+
+class ApiFailure(Exception):
+    """A ClearML error: result_code (the HTTP status), result_subcode, message."""
+
+    def __init__(self, code: int, subcode: int, message: str, data: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code, self.subcode, self.message, self.data = code, subcode, message, data or {}
+
+
+@dataclass
+class Call:
+    request: HttpRequest
+    endpoint: str
+    version: str
+    data: dict[str, Any]
+    actor: Actor | None = None
+    key_access: str = ""
+    lines: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def caller(self) -> Actor:
+        if self.actor is None:
+            raise ApiFailure(401, 20, "Unauthorized (missing credentials)")
+        return self.actor
+
+    def text(self, name: str, *, required: bool = True, default: str = "") -> str:
+        value = self.data.get(name)
+        if value is None or value == "":
+            if required:
+                raise ApiFailure(400, 12, f"Validation error (missing required field: {name})")
+            return default
+        if not isinstance(value, str):
+            raise ApiFailure(400, 12, f"Validation error ({name} must be a string)")
+        return value
+
+    def strings(self, name: str) -> list[str]:
+        value = self.data.get(name)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ApiFailure(400, 12, f"Validation error ({name} must be a list of strings)")
+        return value
+
+
+Handler = Callable[[Call], dict[str, Any]]
+ENDPOINTS: dict[str, tuple[Handler, bool]] = {}
+
+
+def endpoint(name: str, *, auth: bool = True) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        ENDPOINTS[name] = (handler, auth)
+        return handler
+
+    return register
+
+
+def _envelope(call_id: str, endpoint_name: str, version: str, *, code: int, subcode: int, message: str,
+              data: dict[str, Any] | None, error_data: dict[str, Any] | None = None) -> JsonResponse:  # fmt: skip
+    body = {
+        "meta": {
+            "id": call_id, "trx": call_id,
+            "endpoint": {"name": endpoint_name, "requested_version": version or API_VERSION, "actual_version": API_VERSION},
+            "result_code": code, "result_subcode": subcode, "result_msg": message,
+            "error_stack": None, "error_data": error_data or {},
+        },
+        "data": data if data is not None else {},
+    }  # fmt: skip
+    return JsonResponse(body, status=code)
+
+
+def _body(request: HttpRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    raw = request.body
+    if len(raw) > MAX_BODY:
+        raise ApiFailure(413, 0, "Request body too large")
+    data: dict[str, Any] = {}
+    lines: list[dict[str, Any]] = []
+    content_type = request.content_type or ""
+    if raw.strip():
+        try:
+            if "json-lines" in content_type or (b"\n" in raw.strip() and raw.lstrip()[:1] == b"{" and _many(raw)):
+                lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
+            elif "form" in content_type:
+                data.update(request.POST.dict())
+            else:
+                parsed = json.loads(raw)
+                if isinstance(parsed, list):
+                    lines = parsed
+                elif isinstance(parsed, dict):
+                    data.update(parsed)
+                else:
+                    raise ApiFailure(400, 12, "Validation error (the body must be a JSON object)")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiFailure(400, 12, f"Invalid JSON body ({e})") from None
+    for key, values in request.GET.lists():
+        data.setdefault(key, values[0] if len(values) == 1 else values)
+    if any(not isinstance(x, dict) for x in lines):
+        raise ApiFailure(400, 12, "Validation error (each line must be a JSON object)")
+    return data, lines
+
+
+def _many(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return True
+    return False
+
+
+def _authenticate(request: HttpRequest) -> tuple[Actor | None, str]:
+    from orchestration.models import ApiKey
+    from orchestration.services import apikey_check
+
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            access, _, secret = base64.b64decode(value.strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise ApiFailure(401, 20, "Unauthorized (malformed basic credentials)") from None
+        key = apikey_check(f"{access}.{secret}")
+        if key is None:
+            raise ApiFailure(401, 20, "Unauthorized (invalid credentials)")
+        return actor_for_user(key.user, key), key.access_key
+    if scheme.lower() == "bearer" and value.strip():
+        token = value.strip()
+        payload = token_read(token)
+        if payload is None:
+            if token.count(".") == 1:  # a Muster API key used directly
+                key = apikey_check(token)
+                if key is not None:
+                    return actor_for_user(key.user, key), key.access_key
+            raise ApiFailure(401, 21, "Unauthorized (invalid or expired token)")
+        key = ApiKey.objects.select_related("user").filter(access_key=payload.get("key", "")).first()
+        if key is None or key.revoked_at is not None or not key.user.is_active:
+            raise ApiFailure(401, 21, "Unauthorized (the token's key was revoked)")
+        from django.utils import timezone
+
+        if key.expires_at is not None and key.expires_at <= timezone.now():
+            raise ApiFailure(401, 21, "Unauthorized (the token's key expired)")
+        return actor_for_user(key.user, key), key.access_key
+    return None, ""
+
+
+def _service_failure(e: ServiceError) -> ApiFailure:
+    if isinstance(e, NotFound):
+        return ApiFailure(400, 101 if e.field in ("task", "experiment", "id") else 0, e.message)
+    if isinstance(e, Forbidden):
+        return ApiFailure(403, 0, e.message)
+    if isinstance(e, Conflict):
+        return ApiFailure(400, 110, e.message)
+    if isinstance(e, InvalidInput):
+        return ApiFailure(400, 12, f"Validation error ({e.message})")
+    return ApiFailure(e.status, 0, e.message)
+
+
+@csrf_exempt
+def dispatch(request: HttpRequest, path: str) -> JsonResponse:
+    """Every ClearML call: route, authenticate, run the handler, wrap the answer."""
+    from clearml_api import endpoints  # noqa: F401 - registers the handlers
+
+    call_id = uuid.uuid4().hex
+    match = PATH.match(path)
+    if match is None:
+        return _envelope(call_id, path, "", code=400, subcode=0, message=f"Invalid request path /{path}", data=None)
+    name, version = match.group("endpoint"), match.group("version") or ""
+    found = ENDPOINTS.get(name)
+    if found is None:
+        return _envelope(
+            call_id, name, version, code=400, subcode=0, message=f"Unable to find endpoint for name {name}", data=None
+        )
+    handler, needs_auth = found
+    try:
+        data, lines = _body(request)
+        actor, access = _authenticate(request)
+        if needs_auth and actor is None:
+            raise ApiFailure(401, 20, "Unauthorized (missing credentials)")
+        answer = handler(Call(request, name, version, data, actor, access, lines))
+    except ApiFailure as e:
+        return _envelope(
+            call_id, name, version, code=e.code, subcode=e.subcode, message=e.message, data=None, error_data=e.data
+        )
+    except ServiceError as e:
+        failure = _service_failure(e)
+        return _envelope(
+            call_id, name, version, code=failure.code, subcode=failure.subcode, message=failure.message, data=None
+        )
+    return _envelope(call_id, name, version, code=200, subcode=0, message="OK", data=answer)
