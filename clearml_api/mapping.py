@@ -45,7 +45,7 @@ def queue_doc(queue: Queue, entries: list[tuple[str, datetime]] | None = None) -
     if queue.paused and FORCE_OFF not in tags:
         tags.append(FORCE_OFF)  # a paused queue reads as one its agents must not serve
     doc: dict[str, Any] = {
-        "id": queue.pk, "name": queue.name, "display_name": queue.display_name or queue.name, "company": {"id": "muster"},
+        "id": queue.pk, "name": queue.name, "display_name": queue.display_name or queue.name, "company": "muster",
         "created": iso(queue.created_at), "last_update": iso(queue.updated_at), "tags": tags,
         "system_tags": list(queue.system_tags or []), "metadata": {},
     }  # fmt: skip
@@ -67,7 +67,7 @@ def task_doc(exp: Experiment) -> dict[str, Any]:
     return {
         "id": exp.pk, "name": exp.name, "type": "training", "status": exp.status,
         "status_reason": exp.status_reason, "status_message": status_message, "status_changed": iso(exp.updated_at),
-        "user": str(exp.owner_id), "company": {"id": "muster"}, "project": exp.project or None,
+        "user": str(exp.owner_id), "company": "muster", "project": exp.project or None,
         "created": iso(exp.created_at), "started": iso(exp.started_at), "completed": iso(exp.finished_at),
         "last_update": iso(exp.updated_at), "last_change": iso(exp.updated_at),
         "last_iteration": exp.last_iteration or 0, "active_duration": int(active) if active is not None else None,
@@ -100,7 +100,8 @@ def worker_doc(worker: Worker, *, running: list[tuple[str, str, int | None, date
         runtime_ms = int((timezone.now() - started).total_seconds() * 1000) if started else 0
         task = {"id": exp_id, "name": name, "running_time": runtime_ms, "last_iteration": iteration or 0}
     return {
-        "id": worker.name, "user": {"id": str(worker.owner_id)}, "company": {"id": "muster"}, "ip": worker.ip,
+        "id": worker.name, "user": {"id": str(worker.owner_id), "name": ""}, "company": {"id": "muster", "name": "Muster"},
+        "ip": worker.ip,
         "register_time": iso(worker.registered_at), "last_activity_time": iso(worker.last_seen_at),
         "last_report_time": iso(worker.last_seen_at), "task": task, "queue": queues[0] if queues else None,
         "queues": queues, "tags": list(worker.tags or []), "system_tags": [], "key": worker.name,

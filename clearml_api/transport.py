@@ -106,10 +106,13 @@ def _body(request: HttpRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         try:
             if "json-lines" in content_type or (b"\n" in raw.strip() and raw.lstrip()[:1] == b"{" and _many(raw)):
                 lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
-            elif "form" in content_type:
-                data.update(request.POST.dict())
             else:
-                parsed = json.loads(raw)
+                try:
+                    parsed = json.loads(raw)  # JSON whatever the content type says, as ClearML reads it
+                except ValueError:
+                    if "form" not in content_type:
+                        raise
+                    parsed = request.POST.dict()
                 if isinstance(parsed, list):
                     lines = parsed
                 elif isinstance(parsed, dict):
