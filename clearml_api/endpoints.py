@@ -263,8 +263,10 @@ def workers_status_report(call: Call) -> dict[str, Any]:
             if attempt_row.worker_name == name:
                 running.append(worker_services.RunningAttempt(attempt_id=attempt_row.pk, token=attempt_row.lease_token))
     worker = Worker.objects.get(name=name)
-    gap = (time.time() - worker.last_seen_at.timestamp()) if worker.last_seen_at else 0
-    interval = max(worker.report_interval_s or 0, min(gap, 600)) if running or gap < 600 else worker.report_interval_s
+    # The agent's report gap (30 s by default; extra reports come on every state change): a
+    # short gap lowers the estimate only slowly, so its timeout stays 3 x its usual gap.
+    gap = time.time() - worker.last_seen_at.timestamp()
+    interval = max(gap, 0.9 * worker.report_interval_s) if gap < 600 else worker.report_interval_s
     report = worker_services.Report(
         interval_s=interval, running=running, machine=_machine(call.data.get("machine_stats"))
     )

@@ -23,6 +23,9 @@ $UV pip install -q --python var/venv310/bin/python --reinstall-package muster-ag
 rm -rf agent/build agent/*.egg-info
 var/venv310/bin/python -m pytest -q -c tests/agent/pytest.ini tests/agent
 
+echo "== clearml-agent 3.0.3 and 1.9.2 for the compatibility tests (installed once, offline afterwards)"
+scripts/clearml-agents.sh
+
 echo "== the container image for the podman tests (built once, cached)"
 out=$(scripts/test-image.sh)
 while IFS= read -r line; do export "$line"; done <<<"$out"

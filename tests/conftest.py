@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     from django.conf import settings
 
-    other = {"sqlite_only"} if connection.vendor == "postgresql" else {"postgres_only", "browser"}
+    other = {"sqlite_only"} if connection.vendor == "postgresql" else {"postgres_only", "browser", "clearml_agent"}
     if not settings.REDIS_URL:
         other.add("redis_only")
     keep, drop = [], []
