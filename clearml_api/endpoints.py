@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db.models import Count
 
-from clearml_api.mapping import iso, project, queue_doc, task_doc, worker_doc
+from clearml_api.mapping import iso, project, queue_doc, script_changes, task_doc, worker_doc
 from clearml_api.tokens import token_issue
 from clearml_api.transport import ApiFailure, Call, endpoint
 from experiments import services as exp_services
@@ -449,6 +449,9 @@ def tasks_edit(call: Call) -> dict[str, Any]:
         exp_services.experiment_update(actor=actor, experiment_id=task_id, changes=changes)
     elif isinstance(container, dict):
         exp_services.experiment_set_runtime(actor=actor, experiment_id=task_id, runtime={"_container": container})
+    code = call.data.get("script")
+    if isinstance(code, dict):
+        exp_services.experiment_update(actor=actor, experiment_id=task_id, changes=script_changes(code))
     return {"updated": 1, "fields": {}}
 
 

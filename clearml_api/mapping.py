@@ -106,3 +106,32 @@ def worker_doc(worker: Worker, *, running: list[tuple[str, str, int | None, date
         "last_report_time": iso(worker.last_seen_at), "task": task, "queue": queues[0] if queues else None,
         "queues": queues, "tags": list(worker.tags or []), "system_tags": [], "key": worker.name,
     }  # fmt: skip
+
+
+def script_changes(script: dict[str, Any]) -> dict[str, Any]:
+    """A ClearML task's `script` as changes to our experiment's code fields.
+
+    A literal script (no repository, a `diff` that is not a patch) is our `script`; otherwise
+    repository, branch, version_num (the commit) and diff are the git provenance.
+    """
+    changes: dict[str, Any] = {}
+    repository = str(script.get("repository") or "")
+    diff = str(script.get("diff") or "")
+    literal = not repository and diff and not diff.startswith(("diff ", "submodule "))
+    if "repository" in script:
+        changes["repository"] = repository
+    for ours, theirs in (("branch", "branch"), ("commit", "version_num"), ("entry_point", "entry_point")):
+        if theirs in script:
+            changes[ours] = str(script.get(theirs) or "")
+    if "working_dir" in script:
+        changes["working_dir"] = "" if script.get("working_dir") in (None, ".") else str(script["working_dir"])
+    if literal:
+        changes["script"], changes["diff"] = diff, ""
+    elif "diff" in script:
+        changes["diff"] = diff
+    requirements = script.get("requirements")
+    if isinstance(requirements, dict):
+        changes["requirements"] = str(requirements.get("pip") or "")
+    elif isinstance(requirements, str):
+        changes["requirements"] = requirements
+    return changes

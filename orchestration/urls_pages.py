@@ -38,6 +38,7 @@ urlpatterns = [
     path(Q + "panel/", queues.queue_panel, name="queue-panel"),
     path(Q + "rename/", queues.queue_rename, name="queue-rename"),
     path(Q + "delete/", queues.queue_delete, name="queue-delete"),
+    path(Q + "tags/", queues.queue_tags, name="queue-tags"),
     path(Q + "clear/", queues.queue_clear, name="queue-clear"),
     path(Q + "pause/", queues.queue_pause, name="queue-pause"),
     path(Q + "move/", queues.entries_move, name="entries-move"),

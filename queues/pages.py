@@ -139,6 +139,16 @@ def queue_rename(request: HttpRequest, pk: str) -> HttpResponse:
 
 
 @page_action
+def queue_tags(request: HttpRequest, pk: str) -> HttpResponse:
+    """Set a queue's tags (comma-separated), such as force_workers:off for clearml-agents."""
+    tags = [t.strip() for t in request.POST.get("tags", "").split(",") if t.strip()]
+    if len(tags) > 50 or any(len(t) > 100 for t in tags):
+        raise InvalidInput("at most 50 tags of at most 100 characters", field="tags")
+    queue = services.queue_update(actor=actor(request), queue_id=pk, changes={"tags": tags})
+    return _changed(request, f"Tags of {queue.name}: {', '.join(tags) or 'none'}")
+
+
+@page_action
 def queue_delete(request: HttpRequest, pk: str) -> HttpResponse:
     removed = services.queue_delete(actor=actor(request), queue_id=pk)
     return _changed(request, f"Queue deleted; {removed} pending experiments dequeued", close=True)

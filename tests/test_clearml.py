@@ -222,3 +222,50 @@ def test_tasks_enqueue_by_queue_name_and_verify_watched(agent: Agent, admin_user
     assert answer["queued"] == 1 and answer["queue_watched"] is False
     assert Experiment.objects.get(pk=exp.pk).queue.name == "fresh queue"  # type: ignore[union-attr]
     assert admin.call("tasks.dequeue", {"task": exp.pk})["fields"]["status"] == "created"
+
+
+def test_agent_keys_do_what_an_agent_needs_and_nothing_more(
+    agent: Agent, queue: Queue, enqueue: Callable[..., str]
+) -> None:
+    task = enqueue(name="someone's")
+    assert agent.raw("queues.create", {"name": "agents-queue"}).status_code == 403
+    assert agent.raw("tasks.stop", {"task": task}).status_code == 403
+    assert agent.raw("tasks.edit", {"task": task, "script": {"diff": "print(2)"}}).status_code == 403
+    assert Experiment.objects.get(pk=task).status == Status.QUEUED
+
+
+def test_expired_tokens_and_paused_queues(agent: Agent, agent_key: NewKey, make_queue: Callable[..., Queue],
+                                          enqueue: Callable[..., str]) -> None:  # fmt: skip
+    from clearml_api.tokens import token_issue
+
+    old = token_issue(access_key=agent_key.key.access_key, user_id=agent_key.key.user_id, username="x", role="agent",
+                      expiry_s=-5)  # fmt: skip
+    assert agent.raw("queues.get_all", auth=f"Bearer {old}").status_code == 401
+    q = make_queue("paused-q", paused=True)
+    enqueue("paused-q", name="waits")
+    assert agent.call("queues.get_next_task", {"queue": q.pk}) == {}
+
+
+def test_a_clearml_task_script_maps_to_our_code_fields_both_ways(admin_user: User, queue: Queue) -> None:
+    admin = Agent(apikey_create(actor=SYSTEM, user=admin_user, role=Role.ADMIN, name="sdk"))
+    admin.login()
+    exp = Experiment.objects.create(name="edit me", owner=admin_user, script="print(1)\n")
+    git = {"repository": "https://git.example/ml.git", "branch": "main", "version_num": "abc123", "entry_point": "train.py",
+           "working_dir": "src", "diff": "diff --git a/x b/x\n", "requirements": {"pip": "torch==2.5\n"}}  # fmt: skip
+    admin.call("tasks.edit", {"task": exp.pk, "script": git})
+    exp.refresh_from_db()
+    assert (exp.repository, exp.branch, exp.commit, exp.entry_point, exp.working_dir) == (
+        "https://git.example/ml.git", "main", "abc123", "train.py", "src")  # fmt: skip
+    assert exp.diff.startswith("diff --git") and exp.requirements == "torch==2.5\n"
+    read = admin.call("tasks.get_by_id", {"task": exp.pk})["task"]["script"]
+    assert {k: read[k] for k in git if k != "requirements"} == {k: v for k, v in git.items() if k != "requirements"}
+    assert read["requirements"] == {"pip": "torch==2.5\n"}
+    admin.call(
+        "tasks.edit",
+        {"task": exp.pk, "script": {"repository": "", "diff": "print('literal')\n", "entry_point": "run.py"}},
+    )
+    exp.refresh_from_db()
+    assert exp.script == "print('literal')\n" and exp.repository == "" and exp.diff == ""
+    assert admin.call("tasks.get_by_id", {"task": exp.pk})["task"]["script"]["diff"] == "print('literal')\n"
+    admin.call("tasks.edit", {"task": exp.pk, "container": {"image": "python:3.12", "arguments": "--ipc=host"}})
+    assert Experiment.objects.get(pk=exp.pk).container_args == ["--ipc=host"]

@@ -108,6 +108,8 @@ def test_queue_create_rename_pause_clear_delete_from_the_page(
     short = web.post("/orchestration/queues/new/", {"name": "ab"})
     assert short.status_code == 400 and b"3 to 100 characters" in short.content
     q = Queue.objects.get(name="a100 x8")
+    r = web.post(f"/orchestration/queues/{q.pk}/tags/", {"tags": "force_workers:off, gpu"})
+    assert r.status_code == 204 and Queue.objects.get(pk=q.pk).tags == ["force_workers:off", "gpu"]
     assert web.post(f"/orchestration/queues/{q.pk}/rename/", {"name": "a100-big"}).status_code == 200
     assert web.post(f"/orchestration/queues/{q.pk}/rename/", {"name": "default"}).status_code == 409
     assert web.post(f"/orchestration/queues/{q.pk}/pause/", {"paused": "true"}).status_code == 204
