@@ -161,15 +161,18 @@ def _queue_ids(refs: list[str]) -> list[str]:
     return [_queue(ref).pk for ref in refs]
 
 
-@endpoint("workers.register")
-def workers_register(call: Call) -> dict[str, Any]:
-    name = call.text("worker")
+def _register(call: Call, name: str, queues: list[str] | None = None) -> None:
     reg = worker_services.Registration(
         name=name, hostname=_hostname(call), ip=call.request.META.get("REMOTE_ADDR"),
-        queues=_queue_ids(call.strings("queues")), capabilities=CLEARML_CAPABILITIES, tags=call.strings("tags"),
+        queues=_queue_ids(queues or []), capabilities=CLEARML_CAPABILITIES, tags=call.strings("tags"),
         kind=WorkerKind.CLEARML, cpus=0, agent_version="clearml-agent",
     )  # fmt: skip
     worker_services.worker_register(actor=call.caller, reg=reg)
+
+
+@endpoint("workers.register")
+def workers_register(call: Call) -> dict[str, Any]:
+    _register(call, call.text("worker"), call.strings("queues"))
     return {}
 
 
@@ -232,10 +235,15 @@ def _machine(stats: Any) -> dict[str, Any]:
     return out
 
 
-def _running_attempt(task_id: str) -> Attempt:
+def _task(task_id: str) -> Experiment:
     exp = Experiment.objects.select_related("current_attempt").filter(pk=task_id).first()
     if exp is None:
         raise ApiFailure(400, 101, f"Invalid task id (id={task_id})")
+    return exp
+
+
+def _running_attempt(task_id: str) -> Attempt:
+    exp = _task(task_id)
     attempt = exp.current_attempt
     if attempt is None or attempt.finished_at is not None:
         raise ApiFailure(400, 110, f"Task {task_id} is not running (status {exp.status})")
@@ -248,10 +256,7 @@ def workers_status_report(call: Call) -> dict[str, Any]:
     name = call.text("worker")
     actor = call.caller
     if not Worker.objects.filter(name=name).exists():  # unknown workers that report are registered
-        worker_services.worker_register(actor=actor, reg=worker_services.Registration(
-            name=name, hostname=_hostname(call), ip=call.request.META.get("REMOTE_ADDR"),
-            capabilities=CLEARML_CAPABILITIES, kind=WorkerKind.CLEARML, cpus=0, agent_version="clearml-agent",
-        ))  # fmt: skip
+        _register(call, name)
     running = []
     task_id = call.data.get("task")
     if isinstance(task_id, str) and task_id:
@@ -324,10 +329,6 @@ def workers_set_runtime_properties(call: Call) -> dict[str, Any]:
 # -- tasks -----------------------------------------------------------------------------------------
 
 
-def _experiments(ids: list[str]) -> list[Experiment]:
-    return list(Experiment.objects.select_related("current_attempt").filter(pk__in=ids).order_by("-created_at")[:500])
-
-
 @endpoint("tasks.get_all")
 @endpoint("tasks.get_all_ex")
 def tasks_get_all(call: Call) -> dict[str, Any]:
@@ -346,10 +347,7 @@ def tasks_get_all(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.get_by_id")
 def tasks_get_by_id(call: Call) -> dict[str, Any]:
-    found = _experiments([call.text("task")])
-    if not found:
-        raise ApiFailure(400, 101, f"Invalid task id (id={call.text('task')})")
-    return {"task": task_doc(found[0])}
+    return {"task": task_doc(_task(call.text("task")))}
 
 
 def _changed(exp_id: str) -> dict[str, Any]:
@@ -360,9 +358,6 @@ def _changed(exp_id: str) -> dict[str, Any]:
 @endpoint("tasks.started")
 def tasks_started(call: Call) -> dict[str, Any]:
     task_id = call.text("task")
-    exp = Experiment.objects.filter(pk=task_id).first()
-    if exp is None:
-        raise ApiFailure(400, 101, f"Invalid task id (id={task_id})")
     attempt = _running_attempt(task_id)
     exp_services.attempt_start(actor=call.caller, attempt_id=attempt.pk, token=attempt.lease_token)
     return _changed(task_id)
@@ -370,9 +365,7 @@ def tasks_started(call: Call) -> dict[str, Any]:
 
 def _finish(call: Call, outcome: Status) -> dict[str, Any]:
     task_id = call.text("task")
-    exp = Experiment.objects.filter(pk=task_id).first()
-    if exp is None:
-        raise ApiFailure(400, 101, f"Invalid task id (id={task_id})")
+    exp = _task(task_id)
     attempt = exp.current_attempt
     if attempt is None:
         raise ApiFailure(400, 110, f"Task {task_id} never ran")
@@ -423,9 +416,7 @@ def tasks_ping(call: Call) -> dict[str, Any]:
 @endpoint("tasks.dequeue")
 def tasks_dequeue(call: Call) -> dict[str, Any]:
     task_id = call.text("task")
-    exp = Experiment.objects.filter(pk=task_id).first()
-    if exp is None:
-        raise ApiFailure(400, 101, f"Invalid task id (id={task_id})")
+    exp = _task(task_id)
     if exp.status == Status.IN_PROGRESS and call.data.get("new_status") == Status.IN_PROGRESS:
         return {"updated": 0, "fields": {}}  # the agent's child after the pop: already running
     outcome = exp_services.experiment_dequeue(actor=call.caller, experiment_id=task_id)

@@ -7,7 +7,7 @@ turn a refused change (ServiceError) into a 4xx answer with a toast for HTMX to 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import wraps
 from typing import Any
 
@@ -42,6 +42,24 @@ def actor(request: HttpRequest) -> Actor:
 def span_of(request: HttpRequest) -> str:
     value = request.GET.get("span", "3h")
     return value if value in SPAN_VALUES else "3h"
+
+
+def sort_of(request: HttpRequest, keys: Collection[str], default: str = "name") -> tuple[str, bool]:
+    """`?sort=key` or `?sort=-key` (descending), limited to the table's keys."""
+    raw = request.GET.get("sort", default)
+    key = raw.lstrip("-")
+    return (key if key in keys else default), raw.startswith("-")
+
+
+def pager(request: HttpRequest, total: int) -> dict[str, Any]:
+    """Offset paging by PAGE_ROWS: where this page starts, and where the next and previous do."""
+    offset = min(max(0, int_param(request, "offset", 0) or 0), max(total - 1, 0))
+    return {
+        "total": total,
+        "offset": offset,
+        "next_offset": offset + PAGE_ROWS if offset + PAGE_ROWS < total else None,
+        "prev_offset": max(0, offset - PAGE_ROWS) if offset else None,
+    }
 
 
 def with_toast(response: HttpResponse, text: str, level: str = "ok", **events: Any) -> HttpResponse:

@@ -11,31 +11,22 @@ from django.urls import reverse
 
 from orchestration.actions import actions_for
 from orchestration.errors import InvalidInput, ServiceError
-from orchestration.pages import PAGE_ROWS, SPANS, actor, int_param, page_action, span_of, with_toast
+from orchestration.pages import PAGE_ROWS, SPANS, actor, int_param, page_action, pager, sort_of, span_of, with_toast
 from queues import selectors, services
 from queues.models import Queue
 
 
-def _sort(request: HttpRequest) -> tuple[str, bool]:
-    raw = request.GET.get("sort", "name")
-    key = raw.lstrip("-")
-    return (key if key in selectors.QUEUE_SORTS else "name"), raw.startswith("-")
-
-
 def _rows_context(request: HttpRequest) -> dict[str, Any]:
-    sort, descending = _sort(request)
-    offset = max(0, int_param(request, "offset", 0) or 0)
+    sort, descending = sort_of(request, selectors.QUEUE_SORTS)
+    page = pager(request, Queue.objects.count())
+    offset = page["offset"]
     rows = list(selectors.queue_table(sort, descending=descending)[offset : offset + PAGE_ROWS])
-    total = Queue.objects.count()
     for q in rows:
         q.busy_pct = round(100 * q.busy_count / q.worker_count) if q.worker_count else 0  # type: ignore[attr-defined]
     me = actor(request)
     return {
         "rows": rows,
-        "total": total,
-        "offset": offset,
-        "next_offset": offset + PAGE_ROWS if offset + PAGE_ROWS < total else None,
-        "prev_offset": max(0, offset - PAGE_ROWS) if offset else None,
+        **page,
         "sort": sort,
         "descending": descending,
         "selected": request.GET.get("queue", ""),

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from orchestration.actions import actions_for
 from orchestration.errors import NotFound
-from orchestration.pages import PAGE_ROWS, SPANS, actor, int_param, json_view, page_action, span_of, with_toast
+from orchestration.pages import PAGE_ROWS, SPANS, actor, json_view, page_action, pager, sort_of, span_of, with_toast
 from workers import selectors, services
 from workers.models import Worker
 from workers.timeseries import parse_span, series
@@ -154,13 +154,7 @@ def graph_queues(request: HttpRequest) -> JsonResponse:
 # -- the worker table and panel ---------------------------------------------------------------
 
 
-def _sort(request: HttpRequest) -> tuple[str, bool]:
-    raw = request.GET.get("sort", "name")
-    key = raw.lstrip("-")
-    return (key if key in WORKER_SORTS else "name"), raw.startswith("-")
-
-
-def worker_table(sort: str, descending: bool, offset: int) -> tuple[list[Worker], int]:
+def worker_table(sort: str, descending: bool, offset: int) -> list[Worker]:
     """One page of the worker table: each worker with its running attempts, runtime and iteration.
 
     The sort keys are correlated subqueries over running attempts only (a partial index), so
@@ -177,14 +171,13 @@ def worker_table(sort: str, descending: bool, offset: int) -> tuple[list[Worker]
     key = WORKER_SORTS[sort]
     expression: F | Lower = F(key) if isinstance(key, str) else key
     ordering = expression.desc(nulls_last=True) if descending else expression.asc(nulls_last=True)
-    rows = list(selectors.with_running(qs.order_by(ordering, "name")[offset : offset + PAGE_ROWS]))
-    return rows, Worker.objects.count()
+    return list(selectors.with_running(qs.order_by(ordering, "name")[offset : offset + PAGE_ROWS]))
 
 
 def _rows_context(request: HttpRequest) -> dict[str, Any]:
-    sort, descending = _sort(request)
-    offset = max(0, int_param(request, "offset", 0) or 0)
-    rows, total = worker_table(sort, descending, offset)
+    sort, descending = sort_of(request, WORKER_SORTS)
+    page = pager(request, Worker.objects.count())
+    rows = worker_table(sort, descending, page["offset"])
     now = timezone.now()
     for w in rows:
         w.live = selectors.worker_is_live(w)  # type: ignore[attr-defined]
@@ -192,10 +185,7 @@ def _rows_context(request: HttpRequest) -> dict[str, Any]:
     me = actor(request)
     return {
         "rows": rows,
-        "total": total,
-        "offset": offset,
-        "next_offset": offset + PAGE_ROWS if offset + PAGE_ROWS < total else None,
-        "prev_offset": max(0, offset - PAGE_ROWS) if offset else None,
+        **page,
         "sort": sort,
         "descending": descending,
         "is_admin": me.is_admin,
