@@ -85,7 +85,7 @@ def task_doc(exp: Experiment) -> dict[str, Any]:
         "container": {
             "image": exp.container_image, "arguments": " ".join(shlex.quote(a) for a in exp.container_args),
             "setup_shell_script": exp.setup_script,
-        } if exp.container_image else {},
+        } if exp.container_image else dict(exp.runtime.get("_container") or {}),
         "runtime": exp.runtime or {},
         "last_worker": attempt.worker_name if attempt else None,
         "hyperparams": {}, "configuration": {}, "models": {"input": [], "output": []},

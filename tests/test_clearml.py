@@ -143,6 +143,12 @@ def test_register_claim_bind_run_log_and_complete(agent: Agent, queue: Queue, en
     agent.call("tasks.dequeue", {"task": task, "new_status": "in_progress"}, version="")
     agent.call("tasks.edit", {"task": task, "force": True, "runtime": {"_exec_agent_hostname": "gpu-box"}}, version="")
     assert Experiment.objects.get(pk=task).runtime == {"_exec_agent_hostname": "gpu-box"}
+    image = {"image": "nvidia/cuda:12.4", "arguments": "", "setup_shell_script": ""}
+    agent.call("tasks.edit", {"task": task, "force": True, "container": image}, version="")  # docker mode's default
+    read = agent.call("tasks.get_all", {"id": [task], "only_fields": ["runtime", "container"]}, version="v2.15")[
+        "tasks"
+    ][0]
+    assert read["container"] == image and read["runtime"]["_exec_agent_hostname"] == "gpu-box"
     stats = {"cpu_usage": [42.5], "memory_used": 2048, "memory_free": 1024, "gpu_usage": [90, 80],
              "gpu_memory_used": [1000, 2000], "network_rx": 1.5, "network_tx": 0.5}  # fmt: skip
     agent.call("workers.status_report", {"worker": "gpu-box:0", "timestamp": int(timezone.now().timestamp()) * 1000,
