@@ -6,9 +6,11 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,15 @@ from tests.live import Stack
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """This module's live stack. Builds (git, uv, containers) take seconds of CPU on a 2-core box and
+    liveness is not under test here, so workers get a roomier timeout than the 2 s elsewhere."""
+    with live.stack(tmp_path_factory.mktemp("builds"), WORKER_TIMEOUT="15") as stack:
+        yield stack
+    live.drop_template()
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -82,6 +93,15 @@ def _muster(st: Stack, cwd: Path, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
+def _explain(st: Stack, r: subprocess.CompletedProcess[str]) -> str:
+    """What the server knows of the run the CLI made, for a failure's message."""
+    found = re.search(r"muster: ([0-9a-f]{32})", r.stderr)
+    if not found:
+        return ""
+    exp = st.experiment(found.group(1))
+    return f"\nstatus {exp['status']}: {exp['status_message']}; attempts {st.attempts(found.group(1))}"
+
+
 def _agent(st: Stack, name: str, queue: str, repo: dict[str, Path]) -> None:
     st.start_agent(name, [queue], "--cpu-only", "--find-links", str(repo["wheels"]), env={"UV_OFFLINE": "1"})
 
@@ -99,7 +119,7 @@ def test_an_uncommitted_change_reaches_the_worker_and_the_environment_is_reused(
                     "python", "train.py", "--lr", "${lr}")  # fmt: skip
     finally:
         _git(repo["work"], "checkout", "--", "src/train.py")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr + _explain(st, r)
     assert "version changed here" in r.stdout and "lr 0.5" in r.stdout and "from musterdemo 1.0" in r.stdout
     assert '"lr": 0.5' in r.stdout
     assert "applying the uncommitted changes" in r.stdout and "building the environment" in r.stdout

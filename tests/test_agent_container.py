@@ -5,14 +5,25 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import container
+from tests import live
 from tests.live import Stack, run_processes, wait_for
 
 IMAGE = os.environ.get("MUSTER_TEST_IMAGE", "")
+
+
+@pytest.fixture(scope="module")
+def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """This module's live stack. Builds (git, uv, containers) take seconds of CPU on a 2-core box and
+    liveness is not under test here, so workers get a roomier timeout than the 2 s elsewhere."""
+    with live.stack(tmp_path_factory.mktemp("builds"), WORKER_TIMEOUT="15") as stack:
+        yield stack
+    live.drop_template()
 
 
 def _spec(**kw: object) -> container.ContainerSpec:
