@@ -118,7 +118,8 @@ def queues_get_default(call: Call) -> dict[str, Any]:
 @endpoint("queues.create")
 def queues_create(call: Call) -> dict[str, Any]:
     queue = queue_services.queue_create(
-        actor=call.caller, name=call.text("name"), display_name=call.text("display_name", required=False),
+        actor=call.caller, name=call.text("name", max_len=100),
+        display_name=call.text("display_name", required=False, max_len=100),
         tags=call.strings("tags"), system_tags=call.strings("system_tags"),
     )  # fmt: skip
     return {"id": queue.pk}
@@ -292,7 +293,11 @@ def workers_get_all(call: Call) -> dict[str, Any]:
     pattern = call.data.get("worker_pattern")
     workers = list(qs[:5000])
     if isinstance(pattern, str) and pattern:
-        workers = [w for w in workers if re.search(pattern, w.name)]
+        try:
+            matcher = re.compile(pattern)
+        except re.error as e:
+            raise ApiFailure(400, 12, f"Validation error (worker_pattern is not a valid pattern: {e})") from None
+        workers = [w for w in workers if matcher.search(w.name)]
     running: dict[int, list[Any]] = {}
     for a in Attempt.objects.filter(worker__in=workers, finished_at__isnull=True).select_related("experiment"):
         running.setdefault(a.worker_id or 0, []).append(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import DataError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -48,7 +49,7 @@ class Call:
             raise ApiFailure(401, 20, "Unauthorized (missing credentials)")
         return self.actor
 
-    def text(self, name: str, *, required: bool = True, default: str = "") -> str:
+    def text(self, name: str, *, required: bool = True, default: str = "", max_len: int = 1000) -> str:
         value = self.data.get(name)
         if value is None or value == "":
             if required:
@@ -56,6 +57,8 @@ class Call:
             return default
         if not isinstance(value, str):
             raise ApiFailure(400, 12, f"Validation error ({name} must be a string)")
+        if len(value) > max_len or "\x00" in value:
+            raise ApiFailure(400, 12, f"Validation error ({name}: at most {max_len} characters, no NUL)")
         return value
 
     def strings(self, name: str) -> list[str]:
@@ -105,10 +108,10 @@ def _body(request: HttpRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if raw.strip():
         try:
             if "json-lines" in content_type or (b"\n" in raw.strip() and raw.lstrip()[:1] == b"{" and _many(raw)):
-                lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
+                lines = [json.loads(line, parse_constant=_no_constant) for line in raw.splitlines() if line.strip()]
             else:
                 try:
-                    parsed = json.loads(raw)  # JSON whatever the content type says, as ClearML reads it
+                    parsed = json.loads(raw, parse_constant=_no_constant)  # JSON whatever the content type says
                 except ValueError:
                     if "form" not in content_type:
                         raise
@@ -126,6 +129,10 @@ def _body(request: HttpRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if any(not isinstance(x, dict) for x in lines):
         raise ApiFailure(400, 12, "Validation error (each line must be a JSON object)")
     return data, lines
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _many(raw: bytes) -> bool:
@@ -208,6 +215,10 @@ def dispatch(request: HttpRequest, path: str) -> JsonResponse:
     except ApiFailure as e:
         return _envelope(
             call_id, name, version, code=e.code, subcode=e.subcode, message=e.message, data=None, error_data=e.data
+        )
+    except DataError as e:  # a value the database cannot hold (too long, out of range): the caller's input
+        return _envelope(
+            call_id, name, version, code=400, subcode=12, message=f"Validation error ({e})"[:500], data=None
         )
     except ServiceError as e:
         failure = _service_failure(e)

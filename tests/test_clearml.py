@@ -95,6 +95,9 @@ def test_the_envelope_paths_and_errors(agent: Agent, queue: Queue) -> None:
     assert missing.status_code == 400 and "Unable to find endpoint" in missing.json()["meta"]["result_msg"]
     bad = agent.raw("queues.get_by_id", body="{nope")
     assert bad.status_code == 400 and bad.json()["data"] == {}
+    assert agent.raw("queues.get_all", body='{"name": NaN}').status_code == 400
+    assert agent.raw("workers.get_all", {"worker_pattern": "(["}).status_code == 400
+    assert agent.raw("queues.get_by_id", {"queue": "x" * 5000}).status_code == 400
     nofield = agent.raw("queues.get_by_id", {})
     assert nofield.status_code == 400 and "missing required field: queue" in nofield.json()["meta"]["result_msg"]
 
