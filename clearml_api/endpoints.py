@@ -237,10 +237,20 @@ def _machine(stats: Any) -> dict[str, Any]:
 
 
 def _task(task_id: str) -> Experiment:
-    exp = Experiment.objects.select_related("current_attempt").filter(pk=task_id).first()
+    exp = Experiment.objects.select_related("current_attempt__worker").filter(pk=task_id).first()
     if exp is None:
         raise ApiFailure(400, 101, f"Invalid task id (id={task_id})")
     return exp
+
+
+def _fence(call: Call, attempt: Attempt) -> None:
+    """Once bound, an agent's writes must come from the bound worker's host (its X-ClearML-Worker header)."""
+    host = _hostname(call)
+    worker = attempt.worker
+    if call.caller.is_admin or worker is None or not host or not worker.hostname:
+        return
+    if host != worker.hostname:
+        raise ApiFailure(403, 0, f"task runs on worker {worker.name} (host {worker.hostname}), not on {host}")
 
 
 def _running_attempt(task_id: str) -> Attempt:
@@ -364,6 +374,7 @@ def _changed(exp_id: str) -> dict[str, Any]:
 def tasks_started(call: Call) -> dict[str, Any]:
     task_id = call.text("task")
     attempt = _running_attempt(task_id)
+    _fence(call, attempt)
     exp_services.attempt_start(actor=call.caller, attempt_id=attempt.pk, token=attempt.lease_token)
     return _changed(task_id)
 
@@ -374,6 +385,7 @@ def _finish(call: Call, outcome: Status) -> dict[str, Any]:
     attempt = exp.current_attempt
     if attempt is None:
         raise ApiFailure(400, 110, f"Task {task_id} never ran")
+    _fence(call, attempt)
     reason = call.text("status_reason", required=False)
     message = " ".join(x for x in (reason, call.text("status_message", required=False)) if x)[:500]
     exit_code = None
@@ -454,6 +466,7 @@ def tasks_edit(call: Call) -> dict[str, Any]:
 @endpoint("tasks.set_requirements")
 def tasks_set_requirements(call: Call) -> dict[str, Any]:
     attempt = _running_attempt(call.text("task"))
+    _fence(call, attempt)
     requirements = call.data.get("requirements") or {}
     text = requirements.get("pip", "") if isinstance(requirements, dict) else str(requirements)
     exp_services.attempt_set_requirements(actor=call.caller, attempt_id=attempt.pk, token=attempt.lease_token,
@@ -499,10 +512,11 @@ def events_add_batch(call: Call) -> dict[str, Any]:
         if isinstance(event.get("task"), str):
             by_task.setdefault(event["task"], []).append(event)
     for task_id, batch in by_task.items():
-        exp = Experiment.objects.select_related("current_attempt").filter(pk=task_id).first()
+        exp = Experiment.objects.select_related("current_attempt__worker").filter(pk=task_id).first()
         attempt = exp.current_attempt if exp else None
         if attempt is None or attempt.finished_at is not None:
             continue
+        _fence(call, attempt)
         text = "".join(
             str(e.get("msg", "")) + ("" if str(e.get("msg", "")).endswith("\n") else "\n")
             for e in batch if e.get("type") == "log"

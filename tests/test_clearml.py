@@ -29,6 +29,7 @@ class Agent:
 
     def __init__(self, key: NewKey, host: str = "gpu-box"):
         self.client = Client()
+        self.key = key
         access, secret = key.token.split(".", 1)
         self.basic = "Basic " + base64.b64encode(f"{access}:{secret}".encode()).decode()
         self.token = ""
@@ -50,8 +51,14 @@ class Agent:
         assert r.status_code == body["meta"]["result_code"] == 200, body["meta"]
         return body["data"]  # type: ignore[no-any-return]
 
+    key: NewKey
+
     def login(self) -> None:
         self.token = self.call("auth.login", version="", auth=self.basic)["token"]
+
+
+def agent_key_of(agent: Agent) -> NewKey:
+    return agent.key
 
 
 @pytest.fixture
@@ -201,6 +208,10 @@ def test_an_unbound_claim_is_retried_and_a_bound_one_is_fenced(
     other.login()
     refused = other.raw("tasks.completed", {"task": task})
     assert refused.status_code == 403 and Experiment.objects.get(pk=task).status == Status.IN_PROGRESS
+    same_key_elsewhere = Agent(agent_key_of(agent), host="another-box")
+    same_key_elsewhere.login()
+    fenced = same_key_elsewhere.raw("tasks.completed", {"task": task})
+    assert fenced.status_code == 403 and "runs on worker gpu-box:0" in fenced.json()["meta"]["result_msg"]
     stolen = other.raw("workers.status_report", {"worker": "thief:0", "task": task})
     assert stolen.status_code == 200 and Attempt.objects.get(experiment_id=task, number=2).worker_name == "gpu-box:0"
 
