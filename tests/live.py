@@ -120,7 +120,7 @@ class Stack:
             "MUSTER_VAR_DIR": str(self.var),
             "DEBUG": "false",
             "DB_POOL": "false",
-            "WORKER_TIMEOUT": "2",
+            "WORKER_TIMEOUT": "4",  # agents report every 0.5 s: 8 reports of slack on a loaded 2-core box
             "BEAT_TICK_S": "0.5",
             "CLAIM_WAIT_MAX_S": "5",
             "SERVER_BEAT_S": "0.5",
