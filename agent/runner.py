@@ -101,7 +101,9 @@ class Run:
         self.exit_code: int | None = None
         self.reader: threading.Thread | None = None
         self.result = Ending("failed")
-        self.building = False
+        # True until the process exists (or the build ended): the ticker, which may see the run
+        # before start() has spawned it, must not take "no process yet" for "its process ended".
+        self.building = True
         self.venv: Path | None = None
         self.container_name: str | None = None
         secrets = [str(v).encode() for v in (self.spec.get("secret_env") or {}).values()]
@@ -153,6 +155,14 @@ class Run:
         return env
 
     def start(self) -> None:
+        try:
+            self._start()
+        except Exception as e:  # never leave it "starting" forever: the ticker ends it as a failed build
+            log.exception("starting %s failed", self.id)
+            self.ending = self.ending or Ending("failed", "build", f"the agent could not start it: {e}")
+            self.building = False
+
+    def _start(self) -> None:
         self.ctx.spool.open_attempt(self.id, {"token": self.token, "experiment": self.spec["id"]})
         self.ctx.spool.put(self.id, "start", {"token": self.token})
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -164,7 +174,10 @@ class Run:
             return
         cwd = self.workdir / (self.spec.get("working_dir") or "")
         cwd.mkdir(parents=True, exist_ok=True)
-        self._spawn(cwd, self.environment())
+        try:
+            self._spawn(cwd, self.environment())
+        finally:
+            self.building = False
 
     def _build_then_spawn(self) -> None:
         from agent.build import Builder, BuildError
