@@ -79,6 +79,9 @@ class Agent:
         self.state.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(self.state / "spool")
         self.runs: dict[str, Run] = {}
+        # Claims received but not yet a Run (attempt id -> lease token): reported from the moment the
+        # answer arrives, since the server fences a claim a report leaves out after it was made.
+        self.claimed: dict[str, str] = {}
         self.runs_lock = threading.Lock()
         self.wake = threading.Event()
         self.server_back = threading.Event()
@@ -207,7 +210,14 @@ class Agent:
                 self.stop_event.wait(delay)
                 continue
             if answer and answer.get("attempt"):
-                self.start_run(answer)
+                attempt_id = answer["attempt"]["id"]
+                with self.runs_lock:
+                    self.claimed[attempt_id] = answer["attempt"]["token"]
+                try:
+                    self.start_run(answer)
+                finally:
+                    with self.runs_lock:
+                        self.claimed.pop(attempt_id, None)
 
     def start_run(self, claim: dict[str, Any]) -> None:
         spec = claim["experiment"]
@@ -234,6 +244,7 @@ class Agent:
         holder["run"] = run
         with self.runs_lock:
             self.runs[run.id] = run
+            self.claimed.pop(run.id, None)
         run.start()
 
     # -- the other threads ---------------------------------------------------------------
@@ -271,6 +282,9 @@ class Agent:
     def _running(self, runs: dict[str, Run]) -> list[dict[str, Any]]:
         """Live runs, and ended ones whose end is not delivered yet (the server must not retry those)."""
         out = [{"attempt": r.id, "token": r.token, "iteration": r.iteration} for r in runs.values()]
+        with self.runs_lock:
+            claimed = [(a, t) for a, t in self.claimed.items() if a not in runs]
+        out += [{"attempt": a, "token": t} for a, t in claimed]
         for attempt_id in self.spool.attempts():
             if attempt_id not in runs:
                 try:
