@@ -257,7 +257,20 @@
       });
     });
   }
-  window.musterBusy = () => window.musterMenuOpen() || !!document.querySelector("[data-dragging]");
+  // A press on a drag handle counts as dragging at once: a live refresh landing before SortableJS
+  // starts its drag would replace the rows under the pointer and lose the move.
+  let pressing = false;
+  document.addEventListener("pointerdown", (e) => { if (e.target.closest(".drag")) pressing = true; }, true);
+  document.addEventListener("pointerup", () => { setTimeout(() => { pressing = false; }, 300); }, true);
+  window.musterBusy = () => pressing || window.musterMenuOpen() || !!document.querySelector("[data-dragging]");
+  document.body.addEventListener("htmx:beforeSwap", (e) => {
+    // A refresh that was already on its way when the drag began must not land in the middle of it.
+    const target = e.detail.target;
+    if ((pressing || document.querySelector("[data-dragging]")) && target && target.querySelector("[data-sortable]")) {
+      const verb = (e.detail.requestConfig && e.detail.requestConfig.verb) || "get";
+      if (verb.toLowerCase() === "get") e.detail.shouldSwap = false;
+    }
+  });
 
   /* --- custom actions ---------------------------------------------------------------------------- */
   document.addEventListener("click", async (e) => {
