@@ -61,10 +61,21 @@ def _queue(ref: str) -> Queue:
 
 
 def _entries(queue_ids: list[str], limit: int) -> dict[str, list[Any]]:
+    """The first `limit` entries of each queue in claim order, in one query for all of them."""
+    from django.db.models import F, Window
+    from django.db.models.functions import RowNumber
+
+    order = [F("priority").desc(), F("position").asc(), F("id").asc()]
+    rows = (
+        QueueEntry.objects.filter(queue_id__in=queue_ids)
+        .annotate(rank=Window(RowNumber(), partition_by=[F("queue_id")], order_by=order))
+        .filter(rank__lte=limit)
+        .order_by("queue_id", "rank")
+        .values_list("queue_id", "experiment_id", "added_at")
+    )
     out: dict[str, list[Any]] = {q: [] for q in queue_ids}
-    for qid in queue_ids:
-        rows = QueueEntry.objects.filter(queue_id=qid).order_by("-priority", "position", "id")[:limit]
-        out[qid] = list(rows.values_list("experiment_id", "added_at"))
+    for queue_id, experiment_id, added_at in rows:
+        out[queue_id].append((experiment_id, added_at))
     return out
 
 

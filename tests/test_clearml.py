@@ -57,6 +57,12 @@ class Agent:
         self.token = self.call("auth.login", version="", auth=self.basic)["token"]
 
 
+def SYSTEM_USER() -> Any:  # noqa: N802 - reads as the constant it stands for
+    from orchestration.actor import actor_for_user
+
+    return actor_for_user(User.objects.filter(is_superuser=True).first())  # type: ignore[arg-type]
+
+
 def agent_key_of(agent: Agent) -> NewKey:
     return agent.key
 
@@ -130,6 +136,13 @@ def test_queue_names_tags_and_the_paused_queue(agent: Agent, make_queue: Callabl
     tags = agent.call("queues.get_all", {"id": [q.pk], "only_fields": ["id", "tags"]})["queues"][0]["tags"]
     assert tags == ["gpu", "force_workers:off"]
     assert agent.raw("queues.get_all", {"name": "(["}).status_code == 400
+    from experiments.services import experiment_create, experiment_enqueue
+
+    for i in range(3):
+        exp = experiment_create(actor=SYSTEM_USER(), spec={"name": f"e{i}", "script": SCRIPT})
+        experiment_enqueue(actor=SYSTEM_USER(), experiment_id=exp.pk, queue_id=q.pk, priority=i)
+    listed = agent.call("queues.get_all", {"id": [q.pk], "max_task_entries": 2})["queues"][0]["entries"]
+    assert [Experiment.objects.get(pk=e["task"]).name for e in listed] == ["e2", "e1"]  # claim order, capped
     assert agent.raw("queues.get_default").status_code == 400  # no queue carries the default system tag here
 
 
