@@ -30,6 +30,7 @@ from experiments.models import (
 from experiments.text import clean_text
 from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record, audit_record_many
+from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
 from queues import positions
 from queues.models import Queue, QueueEntry
@@ -74,6 +75,20 @@ def _locked(experiment_id: str) -> Experiment:
         return Experiment.objects.select_for_update().get(pk=experiment_id)
     except Experiment.DoesNotExist:
         raise NotFound(f"experiment {experiment_id} does not exist", field="experiment") from None
+
+
+def _locked_run(experiment_id: str) -> tuple[Experiment, Attempt | None]:
+    """The experiment and its current attempt, both locked, the attempt first (orchestration/db.py's
+    lock order, the one the agent's writes take), so a stop never deadlocks with a finish."""
+    for _ in range(5):
+        current = Experiment.objects.filter(pk=experiment_id).values_list("current_attempt_id", flat=True).first()
+        attempt = None
+        if current is not None:
+            attempt = Attempt.objects.select_for_update(of=("self",)).select_related("worker").get(pk=current)
+        exp = _locked(experiment_id)
+        if exp.current_attempt_id == current:
+            return exp, attempt
+    raise Conflict(f"experiment {experiment_id} keeps changing: try again", field="experiment")
 
 
 def _check_owner(actor: Actor, exp: Experiment) -> None:
@@ -180,7 +195,7 @@ def validate_spec(values: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------- experiments
 
 
-@transaction.atomic
+@atomic
 def experiment_create(*, actor: Actor, spec: Mapping[str, Any], group_id: int | None = None) -> Experiment:
     """Create an experiment in `created` from a validated spec."""
     if actor.is_agent or not actor.can_write or actor.user_id is None:
@@ -200,7 +215,7 @@ def experiment_create(*, actor: Actor, spec: Mapping[str, Any], group_id: int | 
     return exp
 
 
-@transaction.atomic
+@atomic
 def experiment_update(*, actor: Actor, experiment_id: str, changes: Mapping[str, Any]) -> Experiment:
     """Edit an experiment: labels at any time, what it runs only while it is `created`."""
     exp = _locked(experiment_id)
@@ -239,7 +254,7 @@ def _clone_values(exp: Experiment, overrides: Mapping[str, Any] | None) -> dict[
     return values
 
 
-@transaction.atomic
+@atomic
 def experiment_clone(
     *, actor: Actor, experiment_id: str, overrides: Mapping[str, Any] | None = None, name: str | None = None
 ) -> Experiment:
@@ -279,7 +294,7 @@ def _add_entry(exp: Experiment, queue: Queue, *, front: bool = False) -> QueueEn
     )
 
 
-@transaction.atomic
+@atomic
 def experiment_enqueue(
     *,
     actor: Actor,
@@ -359,7 +374,7 @@ def _return_from_queue(exp: Experiment) -> Status:
     return Status(back) if back in (Status.CREATED, *FINISHED) else Status.CREATED
 
 
-@transaction.atomic
+@atomic
 def experiment_dequeue(*, actor: Actor, experiment_id: str) -> Outcome:
     """Take a queued experiment out of its queue, back to the status it had before."""
     exp = _locked(experiment_id)
@@ -396,10 +411,10 @@ def experiments_dequeue_many(*, actor: Actor, entries: Iterable[QueueEntry], act
     return len(exps)
 
 
-@transaction.atomic
+@atomic
 def experiment_stop(*, actor: Actor, experiment_id: str, message: str = "") -> Outcome:
     """Stop: queued at once; running on a live worker, a request the agent carries out."""
-    exp = _locked(experiment_id)
+    exp, attempt = _locked_run(experiment_id)
     _check_owner(actor, exp)
     if exp.status == Status.STOPPED:
         return Outcome(exp, changed=False)
@@ -409,7 +424,6 @@ def experiment_stop(*, actor: Actor, experiment_id: str, message: str = "") -> O
         return Outcome(exp)
     if exp.status != Status.IN_PROGRESS:
         raise _illegal(exp, "stop")
-    attempt = exp.current_attempt
     from workers.selectors import worker_is_live
 
     if attempt is not None and attempt.worker is not None and worker_is_live(attempt.worker):
@@ -428,17 +442,17 @@ def experiment_stop(*, actor: Actor, experiment_id: str, message: str = "") -> O
     return Outcome(exp)
 
 
-@transaction.atomic
+@atomic
 def experiment_reset(*, actor: Actor, experiment_id: str) -> Outcome:
     """Back to `created`: from a finished status, or from a run (whose attempt is fenced)."""
-    exp = _locked(experiment_id)
+    exp, attempt = _locked_run(experiment_id)
     _check_owner(actor, exp)
     if exp.status == Status.CREATED:
         return Outcome(exp, changed=False)
     if exp.status == Status.QUEUED:
         raise Conflict(f"experiment {exp.pk} is queued: dequeue it first", field="status")
-    if exp.status == Status.IN_PROGRESS and exp.current_attempt is not None:
-        _end_attempt(exp.current_attempt, outcome=Status.STOPPED, failure_class=FailureClass.STOPPED, fenced=True)
+    if exp.status == Status.IN_PROGRESS and attempt is not None:
+        _end_attempt(attempt, outcome=Status.STOPPED, failure_class=FailureClass.STOPPED, fenced=True)
     _move(
         actor=actor,
         exp=exp,
@@ -458,7 +472,7 @@ def experiment_reset(*, actor: Actor, experiment_id: str) -> Outcome:
     return Outcome(exp)
 
 
-@transaction.atomic
+@atomic
 def experiment_rerun(
     *,
     actor: Actor,
@@ -510,7 +524,7 @@ def _key_serves(actor: Actor, queue_id: str | None) -> bool:
     return not allowed or queue_id in allowed
 
 
-@transaction.atomic
+@atomic
 def attempt_bind(*, actor: Actor, attempt_id: str, worker_name: str) -> Attempt:
     """Bind a claimed but unbound attempt to the worker that says it runs it; again is a no-op.
 
@@ -559,7 +573,7 @@ def attempts_unbound_expire(*, now: datetime | None = None) -> int:
     return len(stale)
 
 
-@transaction.atomic
+@atomic
 def experiment_set_runtime(*, actor: Actor, experiment_id: str, runtime: Mapping[str, Any]) -> Experiment:
     """Merge keys into the experiment's runtime properties (ClearML's `runtime`: the agent's notes)."""
     exp = _locked(experiment_id)
@@ -574,7 +588,7 @@ def experiment_set_runtime(*, actor: Actor, experiment_id: str, runtime: Mapping
     return exp
 
 
-@transaction.atomic
+@atomic
 def attempt_set_requirements(*, actor: Actor, attempt_id: str, token: str, requirements: str) -> Attempt:
     """Store the environment the agent actually built for this attempt (a re-run rebuilds it)."""
     attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
@@ -585,7 +599,7 @@ def attempt_set_requirements(*, actor: Actor, attempt_id: str, token: str, requi
     return attempt
 
 
-@transaction.atomic
+@atomic
 def attempt_start(*, actor: Actor, attempt_id: str, token: str) -> Attempt:
     """The agent started the run; a repeat is a no-op."""
     attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
@@ -606,7 +620,7 @@ def attempt_start(*, actor: Actor, attempt_id: str, token: str) -> Attempt:
     return attempt
 
 
-@transaction.atomic
+@atomic
 def attempt_progress(
     *, actor: Actor, attempt_id: str, token: str, iteration: int | None, metrics: Mapping[str, float]
 ) -> bool:
@@ -627,7 +641,7 @@ def attempt_progress(
     return exp.stop_requested_at is not None
 
 
-@transaction.atomic
+@atomic
 def attempt_append_logs(*, actor: Actor, attempt_id: str, token: str, chunks: Sequence[tuple[int, str]]) -> int:
     """Store sequenced log chunks; a chunk seen before is skipped; over the cap keep head and tail."""
     attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
@@ -769,7 +783,7 @@ def _settle_experiment(
     )
 
 
-@transaction.atomic
+@atomic
 def attempt_finish(
     *,
     actor: Actor,

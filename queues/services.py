@@ -13,6 +13,7 @@ from experiments.models import Experiment
 from experiments.services import _entries_to_queue, experiments_dequeue_many
 from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record
+from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound
 from queues import positions
 from queues.models import Queue, QueueEntry
@@ -142,7 +143,7 @@ def queue_set_paused(*, actor: Actor, queue_id: str, paused: bool) -> Queue:
     return queue
 
 
-@transaction.atomic
+@atomic
 def queue_clear(*, actor: Actor, queue_id: str) -> int:
     """Dequeue every pending experiment (each back to its enqueue_status)."""
     _admin(actor)
@@ -154,7 +155,7 @@ def queue_clear(*, actor: Actor, queue_id: str) -> int:
     return removed
 
 
-@transaction.atomic
+@atomic
 def queue_delete(*, actor: Actor, queue_id: str) -> int:
     """Delete a queue; its pending experiments are dequeued, its workers stop listening to it."""
     _admin(actor)
@@ -192,7 +193,7 @@ def _entries_for(actor: Actor, queue: Queue, experiment_ids: Sequence[str]) -> l
     return entries
 
 
-@transaction.atomic
+@atomic
 def queue_entries_move(
     *,
     actor: Actor,
@@ -253,7 +254,7 @@ def queue_entries_move(
     return entries
 
 
-@transaction.atomic
+@atomic
 def queue_entries_dequeue(*, actor: Actor, queue_id: str, experiment_ids: Sequence[str]) -> int:
     """Dequeue a selection of a queue's entries at once."""
     queue = _locked(queue_id)

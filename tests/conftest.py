@@ -163,6 +163,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failing test beside a live stack gets the errors its server, celery and agents logged."""
+    report = yield
+    if report.failed:
+        from tests import live
+
+        for stack in live.OPEN_STACKS:
+            excerpt = live.error_excerpts(stack.dir)
+            if excerpt:
+                report.sections.append((f"errors logged by {stack.dir.name}", excerpt))
+    return report
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 

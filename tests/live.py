@@ -28,6 +28,30 @@ from bench.common import spare_port
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 _TEMPLATE: dict[str, Any] = {}
+OPEN_STACKS: list[Stack] = []  # for the failure report (tests/conftest.py attaches their errors)
+
+
+def error_excerpts(stack_dir: Path, *, limit: int = 6000) -> str:
+    """The tracebacks and ERROR/CRITICAL lines a stack's processes logged, newest last, at most `limit` chars.
+
+    A failure in CI shows the test's side only; this puts the server's side of it beside it.
+    """
+    parts: list[str] = []
+    for log in sorted([*stack_dir.glob("*.log"), *stack_dir.glob("*/agent.log")]):
+        lines = log.read_text(errors="replace").splitlines()
+        picked: list[str] = []
+        in_traceback = False
+        for line in lines:
+            if line.startswith("Traceback"):
+                in_traceback = True
+            if in_traceback or " ERROR " in line or " CRITICAL " in line:
+                picked.append(line)
+            if in_traceback and line and not line[0].isspace() and not line.startswith("Traceback"):
+                in_traceback = False  # the exception line closes it
+        if picked:
+            parts.append(f"--- {log.name}\n" + "\n".join(picked[-80:]))
+    text = "\n".join(parts)
+    return text[-limit:]
 
 
 def wait_for(check: Callable[[], Any], *, timeout: float = 30, every: float = 0.1, what: str = "") -> Any:
@@ -268,12 +292,14 @@ def kill_runs_of(stack_dir: Path) -> None:
 @contextlib.contextmanager
 def stack(base_dir: Path, *, celery: bool = True, **settings: str) -> Iterator[Stack]:
     s = Stack(base_dir, **settings)
+    OPEN_STACKS.append(s)
     try:
         s.start_server()
         if celery:
             s.start_celery()
         yield s
     finally:
+        OPEN_STACKS.remove(s)
         s.stop()
 
 

@@ -6,6 +6,7 @@ between their queues, abort on our stop, report failures, send machine stats, ob
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,12 +30,24 @@ def cs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     live.drop_template()
 
 
-def start_clearml_agent(stack: Stack, version: str, name: str, queues: list[str], tmp: Path) -> subprocess.Popen[bytes]:
+@pytest.fixture(autouse=True)
+def _agents_end_with_their_test(cs: Stack) -> Iterator[None]:
+    """A test that fails half-way does not leave its agents serving the next test's queues."""
+    before = len(cs.agents)
+    yield
+    for proc in cs.agents[before:]:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def start_clearml_agent(stack: Stack, version: str, name: str, queues: list[str]) -> subprocess.Popen[bytes]:
     binary = ROOT / "var" / f"clearml-agent-{version}" / "bin" / "clearml-agent"
     if not binary.exists():
         pytest.fail(f"{binary} is missing: scripts/clearml-agents.sh installs it (make test runs it)")
     access, secret = stack.agent_key.split(".", 1)
-    home = tmp / f"agent-{name}"
+    home = stack.dir / f"clearml-{name}"  # beside the stack's logs: a failure report shows its errors
     home.mkdir()
     config = home / "clearml.conf"
     config.write_text(
@@ -82,10 +95,10 @@ def facade(stack: Stack, endpoint: str, data: dict[str, Any]) -> dict[str, Any]:
         return json.load(answer)["data"]  # type: ignore[no-any-return]
 
 
-def test_clearml_agent_3_serves_our_queues(cs: Stack, tmp_path: Path) -> None:
+def test_clearml_agent_3_serves_our_queues(cs: Stack) -> None:
     for q in ("cl-hi", "cl-lo"):
         cs.queue(q)
-    proc = start_clearml_agent(cs, "3.0.3", "cla3", ["cl-hi", "cl-lo"], tmp_path)
+    proc = start_clearml_agent(cs, "3.0.3", "cla3", ["cl-hi", "cl-lo"])
     worker = cs.worker("cla3:0")
     assert worker is not None and worker["kind"] == "clearml"
     # Enqueued through our API: runs to completion with its log.
@@ -136,9 +149,9 @@ def test_clearml_agent_3_serves_our_queues(cs: Stack, tmp_path: Path) -> None:
     wait_for(lambda: cs.worker("cla3:0") is None, timeout=30, what="the worker to unregister")
 
 
-def test_clearml_agent_1_9_2_runs_fails_and_stops(cs: Stack, tmp_path: Path) -> None:
+def test_clearml_agent_1_9_2_runs_fails_and_stops(cs: Stack) -> None:
     cs.queue("cl-old")
-    proc = start_clearml_agent(cs, "1.9.2", "cla1", ["cl-old"], tmp_path)
+    proc = start_clearml_agent(cs, "1.9.2", "cla1", ["cl-old"])
     ok = cs.enqueue("cl-old", name="old ok", script=script(3))
     bad = cs.enqueue("cl-old", name="old bad", script=script(1, exit_code=2))
     assert cs.wait_status(ok["id"], "completed", "failed", timeout=90)["status"] == "completed"
@@ -152,9 +165,9 @@ def test_clearml_agent_1_9_2_runs_fails_and_stops(cs: Stack, tmp_path: Path) -> 
     proc.wait(timeout=30)
 
 
-def test_a_native_and_a_clearml_agent_never_take_the_same_experiment(cs: Stack, tmp_path: Path) -> None:
+def test_a_native_and_a_clearml_agent_never_take_the_same_experiment(cs: Stack) -> None:
     cs.queue("cl-shared")
-    start_clearml_agent(cs, "3.0.3", "clshare", ["cl-shared"], tmp_path)
+    start_clearml_agent(cs, "3.0.3", "clshare", ["cl-shared"])
     cs.start_agent("native-share", ["cl-shared"], "--cpu-only")
     ids = [cs.enqueue("cl-shared", name=f"shared {i}", script=script(2))["id"] for i in range(8)]
     for exp_id in ids:

@@ -18,6 +18,7 @@ from experiments.models import Attempt, Experiment, FailureClass
 from experiments.services import attempt_fence
 from orchestration.actor import SYSTEM, Actor
 from orchestration.audit import Change, audit_record
+from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput
 from queues.models import Queue
 from workers.models import WORKER_NAME_RE, AttemptStat, Worker, WorkerKind, WorkerQueue, WorkerStat, WorkerStatus
@@ -194,7 +195,7 @@ def worker_unregister(*, actor: Actor, worker: Worker) -> None:
         audit_record(actor=actor, change=Change("worker", worker.name, "unregister", before, {}))
 
 
-@transaction.atomic
+@atomic
 def worker_update(
     *, actor: Actor, worker: Worker, queues: Sequence[str] | None = None, drain: bool | None = None, reason: str = ""
 ) -> Worker:
@@ -225,7 +226,7 @@ def worker_update(
     return worker
 
 
-@transaction.atomic
+@atomic
 def worker_set_runtime_properties(*, actor: Actor, worker: Worker, properties: Sequence[dict[str, Any]]) -> Worker:
     """Set ClearML runtime properties ({key, value, expiry?}) on a worker, by key (others kept)."""
     if not actor.can_write:
