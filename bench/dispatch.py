@@ -47,10 +47,10 @@ def prefill(db_url: str, n: int, tag: str) -> None:
               repository, branch, commit, diff, entry_point, snapshot, requirements, python_version,
               container_image, container_args, setup_script, env, secret_env, parameters, gpus, gpu_type, cpus,
               memory_mb, priority, retry_policy, stop_signal, stop_grace_s, status, status_reason, status_message,
-              enqueue_status, queue_id, retry_count, created_at, updated_at, queued_at, last_metrics)
+              enqueue_status, queue_id, retry_count, created_at, updated_at, queued_at, last_metrics, runtime)
             SELECT md5(%(tag)s || n), %(tag)s || n, 'bench', '[]', %(owner)s, '["true"]', '', '', '', '', '', '', '',
               '', '', '', '', '[]', '', '{}', '{}', '{}', 0, '', 1, 0, (n %% 3), '{}', 'SIGTERM', 60, 'queued',
-              '', '', 'created', (%(queues)s::text[])[1 + n %% 3], 0, now(), now(), now(), '{}'
+              '', '', 'created', (%(queues)s::text[])[1 + n %% 3], 0, now(), now(), now(), '{}', '{}'
             FROM generate_series(0, %(n)s - 1) AS n
             """,
             {"tag": tag, "owner": owner, "queues": ids, "n": n},

@@ -1,4 +1,6 @@
-"""WhiteNoise for static files without making every request synchronous.
+"""Middleware that keeps an ASGI request in the event loop: static files, and Django's own.
+
+WhiteNoise for static files without making every request synchronous.
 
 WhiteNoise's middleware is sync-only. Under ASGI, Django then runs the rest of the chain
 through async_to_sync inside a worker thread, so an async view (the long-poll claim)
@@ -14,7 +16,11 @@ from typing import Any, cast
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.middleware import clickjacking, common, csrf, security
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 
@@ -54,3 +60,87 @@ async def _read_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     read = sync_to_async(_next_chunk, thread_sensitive=False)
     while (chunk := await read(chunks)) is not None:
         yield chunk
+
+
+# -- Django's own middleware without a thread hop per method -------------------------------
+#
+# Under ASGI, MiddlewareMixin runs every process_request, process_view and process_response
+# through sync_to_async(thread_sensitive=True): with the stack in settings.MIDDLEWARE that is
+# about a dozen hops to one thread and back per request, most of a small request's cost.
+# These methods do no I/O (they read headers and cookies and set lazy objects), except the
+# session's and the messages' when a view used them, so they run in the event loop, and
+# only those two still hop, and only when there is something to save.
+
+
+class _Inline:
+    """Mixin for a MiddlewareMixin subclass: its methods run in the event loop unless `hop_*` says not."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        super().__init__(get_response)  # type: ignore[call-arg]
+        view = getattr(self, "process_view", None)
+        if getattr(self, "async_mode", False) and view is not None:
+            # The handler adapts a sync process_view with a hop; a coroutine function it calls directly.
+            async def process_view(request: HttpRequest, *args: Any) -> HttpResponseBase | None:
+                result: HttpResponseBase | None = view(request, *args)
+                return result
+
+            self.__dict__["process_view"] = process_view  # shadows the method for this instance
+
+    def hop_request(self, request: HttpRequest) -> bool:
+        return False
+
+    def hop_response(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        return False
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response: HttpResponseBase | None = None
+        before = getattr(self, "process_request", None)
+        if before is not None:
+            if self.hop_request(request):
+                response = await sync_to_async(before, thread_sensitive=True)(request)
+            else:
+                response = before(request)
+        response = response or await cast(Any, self).get_response(request)
+        after = getattr(self, "process_response", None)
+        if after is not None:
+            if self.hop_response(request, response):
+                response = await sync_to_async(after, thread_sensitive=True)(request, response)
+            else:
+                response = after(request, response)
+        return response
+
+
+class SecurityMiddleware(_Inline, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(_Inline, common.CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(_Inline, csrf.CsrfViewMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_Inline, auth_middleware.AuthenticationMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(_Inline, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class SessionMiddleware(_Inline, sessions.SessionMiddleware):
+    """Saving a session is a database write: that answer hops; an untouched session does not."""
+
+    def hop_response(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.accessed or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class MessageMiddleware(_Inline, messages.MessageMiddleware):
+    """Storing messages may load the session (a database read): only then it hops."""
+
+    def hop_response(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and bool(storage.used or storage.added_new)

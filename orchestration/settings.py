@@ -47,15 +47,17 @@ INSTALLED_APPS = [
     "clearml_api",
 ]
 
+# Django's middleware, subclassed to run in the event loop under ASGI instead of hopping to a
+# thread for every method (orchestration/middleware.py); the same behaviour otherwise.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "orchestration.middleware.SecurityMiddleware",
     "orchestration.middleware.StaticFilesMiddleware",  # WhiteNoise, async-capable (see there)
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "orchestration.middleware.SessionMiddleware",
+    "orchestration.middleware.CommonMiddleware",
+    "orchestration.middleware.CsrfViewMiddleware",
+    "orchestration.middleware.AuthenticationMiddleware",
+    "orchestration.middleware.MessageMiddleware",
+    "orchestration.middleware.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 

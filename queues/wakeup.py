@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import secrets
 import threading
@@ -77,7 +78,8 @@ class Hub:
             listener = self.listeners.get(loop)
             if listener is None or listener[0].done():
                 ready = asyncio.Event()
-                listener = (asyncio.create_task(self._listen(ready)), ready)
+                # Its own empty context: it outlives the request that happened to start it.
+                listener = (asyncio.create_task(self._listen(ready), context=contextvars.Context()), ready)
                 self.listeners = {lp: ls for lp, ls in self.listeners.items() if not lp.is_closed()}
                 self.listeners[loop] = listener
             # Subscribed before the caller checks the database, or nothing between is caught.
