@@ -684,6 +684,9 @@ def attempt_append_logs(*, actor: Actor, attempt_id: str, token: str, chunks: Se
     return len(rows)
 
 
+UNSTARTED_FREE_RETURNS = 3
+
+
 def _retry_allowed(exp: Experiment, failure_class: str) -> bool:
     policy = {**DEFAULT_RETRY_POLICY, **(exp.retry_policy or {})}
     return exp.stop_requested_at is None and exp.retry_count < int(policy.get(failure_class, 0))
@@ -751,8 +754,20 @@ def _end_attempt(
 def _settle_experiment(
     *, actor: Actor, exp: Experiment, attempt: Attempt, outcome: Status, failure_class: str, message: str
 ) -> None:
-    """After an attempt ended: retry at the front of its queue when the policy allows, else finish."""
-    if outcome != Status.COMPLETED and failure_class and _retry_allowed(exp, failure_class):
+    """After an attempt ended: retry at the front of its queue when the policy allows, else finish.
+
+    A claim that never started (its answer lost, or the agent stopped while it was on its
+    way) goes back to the front without using a retry: nothing of it ran. Only the first
+    UNSTARTED_FREE_RETURNS such returns are free, so a spec that kills every agent that
+    receives it still ends.
+    """
+    free = (
+        failure_class == FailureClass.WORKER_LOST
+        and attempt.started_at is None
+        and exp.stop_requested_at is None
+        and Attempt.objects.filter(experiment_id=exp.pk, started_at__isnull=True).count() <= UNSTARTED_FREE_RETURNS
+    )
+    if outcome != Status.COMPLETED and failure_class and (free or _retry_allowed(exp, failure_class)):
         queue = Queue.objects.filter(pk=attempt.queue_id or exp.queue_id).first()
         if queue is not None:
             _add_entry(exp, queue, front=True)
@@ -761,11 +776,15 @@ def _settle_experiment(
                 exp=exp,
                 to=Status.QUEUED,
                 action="retry",
-                message=f"retry {exp.retry_count + 1} after {failure_class}",
+                message=(
+                    f"back to the front: it never started on {attempt.worker_name or 'its worker'} ({message})"
+                    if free
+                    else f"retry {exp.retry_count + 1} after {failure_class}"
+                ),
                 enqueue_status=Status.CREATED,
                 queue=queue,
                 queued_at=timezone.now(),
-                retry_count=exp.retry_count + 1,
+                retry_count=exp.retry_count + (0 if free else 1),
                 status_reason=failure_class,
             )
             notify_queues([queue.pk])

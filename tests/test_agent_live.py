@@ -303,6 +303,10 @@ def test_sigterm_drains_and_a_second_sigterm_stops_the_runs(st: Stack) -> None:
     cpus = os.cpu_count() or 1
     first = st.enqueue(q, script="import time; time.sleep(3); print('finished')", cpus=cpus)
     st.wait_status(first["id"], "in_progress")
+    # In progress on the server is not yet running on the agent (the claim's answer may be on its
+    # way; a SIGTERM then gives the claim back unstarted, tested below): wait for the process.
+    first_attempt = wait_for(lambda: st.experiment(first["id"])["current_attempt"])
+    wait_for(lambda: run_processes(first_attempt), what="the first run's process")
     agent.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     second = st.enqueue(q, script="print('never here')", cpus=cpus)

@@ -213,7 +213,7 @@ def test_an_unbound_claim_is_retried_and_a_bound_one_is_fenced(
     later = timezone.now() + timezone.timedelta(seconds=600)
     assert attempts_unbound_expire(now=later) == 1
     exp = Experiment.objects.get(pk=task)
-    assert exp.status == Status.QUEUED and exp.retry_count == 1
+    assert exp.status == Status.QUEUED and exp.retry_count == 0  # it never started: no retry used
     agent.call("workers.register", {"worker": "gpu-box:0", "queues": [queue.pk]})
     agent.call("queues.get_next_task", {"queue": queue.pk})
     agent.call("workers.status_report", {"worker": "gpu-box:0", "task": task})

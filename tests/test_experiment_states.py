@@ -245,6 +245,7 @@ def test_a_worker_lost_run_is_retried_at_the_front_and_the_old_token_is_refused(
     queue: Queue,
 ) -> None:
     exp, attempt, _ = running
+    services.attempt_start(actor=agent_actor, attempt_id=attempt.pk, token=attempt.lease_token)
     waiting = make_experiment(queue=queue, name="waiting")
     services.attempt_fence(actor=agent_actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message="lost")
     exp.refresh_from_db()
@@ -269,12 +270,33 @@ def test_a_second_loss_fails_when_the_policy_allows_one_retry(
     running: tuple[Experiment, Attempt, Worker], agent_actor: Actor, make_worker: Callable[..., Worker], queue: Queue
 ) -> None:
     exp, attempt, _ = running
+    services.attempt_start(actor=agent_actor, attempt_id=attempt.pk, token=attempt.lease_token)
     services.attempt_fence(actor=agent_actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message="lost")
     claim = dispatch_claim(actor=agent_actor, worker=make_worker(name="h2", queues=[queue], instance_id="x"))
     assert claim is not None
+    services.attempt_start(actor=agent_actor, attempt_id=claim.attempt.pk, token=claim.attempt.lease_token)
     services.attempt_fence(
         actor=agent_actor, attempt=claim.attempt, failure_class=FailureClass.WORKER_LOST, message="lost"
     )
+    exp.refresh_from_db()
+    assert exp.status == Status.FAILED and exp.status_reason == FailureClass.WORKER_LOST
+
+
+def test_a_lost_claim_that_never_started_goes_back_without_using_a_retry_three_times(
+    running: tuple[Experiment, Attempt, Worker], agent_actor: Actor, queue: Queue
+) -> None:
+    exp, attempt, worker = running
+    Experiment.objects.filter(pk=exp.pk).update(retry_policy={"worker_lost": 0})  # no retries at all
+    for n in range(1, 4):
+        services.attempt_fence(actor=agent_actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message="m")
+        exp.refresh_from_db()
+        assert exp.status == Status.QUEUED and exp.retry_count == 0, n  # nothing of it ran
+        assert QueueEntry.objects.get(experiment=exp)
+        claim = dispatch_claim(actor=agent_actor, worker=worker)
+        assert claim is not None and claim.experiment.pk == exp.pk
+        attempt = claim.attempt
+    # The fourth unstarted loss is counted: a spec that kills every agent it reaches still ends.
+    services.attempt_fence(actor=agent_actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message="m")
     exp.refresh_from_db()
     assert exp.status == Status.FAILED and exp.status_reason == FailureClass.WORKER_LOST
 

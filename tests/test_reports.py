@@ -102,7 +102,7 @@ def test_a_claim_missing_from_the_next_report_is_retried(setup: Any, agent_actor
     Worker.objects.filter(pk=worker.pk).update(previous_report_at=timezone.now() + timedelta(seconds=1))
     worker_report(actor=agent_actor, name=worker.name, report=Report(running=[]))
     exp = Experiment.objects.get()
-    assert exp.status == Status.QUEUED and exp.retry_count == 1
+    assert exp.status == Status.QUEUED and exp.retry_count == 0  # it never started: no retry used
     claim.attempt.refresh_from_db()
     assert claim.attempt.failure_class == FailureClass.WORKER_LOST and claim.attempt.fenced
 
