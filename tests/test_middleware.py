@@ -25,6 +25,13 @@ from orchestration.services import apikey_create
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(autouse=True)
+async def _close_request_connections() -> Any:
+    """The views' sync steps ran on asgiref's shared thread: close what they opened there."""
+    yield
+    await sync_to_async(connections.close_all)()
+
+
 @pytest.fixture
 def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The middleware methods sent to a thread during the test (ours, and Django's MiddlewareMixin's)."""
