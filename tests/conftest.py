@@ -189,6 +189,4 @@ def st(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A live Muster for a test module (tests/live.py): server process, celery with beat; agents on demand."""
     from tests import live
 
-    with live.stack(tmp_path_factory.mktemp("live")) as stack:
-        yield stack
-    live.drop_template()
+    yield from live.module_stack(tmp_path_factory, "live")

@@ -303,6 +303,13 @@ def stack(base_dir: Path, *, celery: bool = True, **settings: str) -> Iterator[S
         s.stop()
 
 
+def module_stack(factory: Any, name: str, **settings: str) -> Iterator[Stack]:
+    """A test module's stack (a module-scoped fixture yields from it); the template goes with the last."""
+    with stack(factory.mktemp(name), **settings) as s:
+        yield s
+    drop_template()
+
+
 class DropProxy:
     """An HTTP proxy that forwards each request and, for chosen kinds, drops the answer after the
     server has acted on it (closes the connection instead): a network that fails at the worst time.

@@ -25,9 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def cs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with live.stack(tmp_path_factory.mktemp("clearml"), WORKER_TIMEOUT="10") as stack:
-        yield stack
-    live.drop_template()
+    yield from live.module_stack(tmp_path_factory, "clearml", WORKER_TIMEOUT="10")
 
 
 @pytest.fixture(autouse=True)
