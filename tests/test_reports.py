@@ -73,6 +73,10 @@ def test_a_report_stores_machine_and_attempt_stats_and_iterations(setup: Any, ag
     assert stat.gpus[0]["util"] == 91 and stat.cpu_per_core == [40.0, 45.0] and stat.running == 1
     assert AttemptStat.objects.get().cpu_percent == 180.0
     assert Experiment.objects.get().last_iteration == 17
+    # A report that arrives late with an older iteration never moves it back.
+    running = [RunningAttempt(claim.attempt.pk, claim.attempt.lease_token, 5)]
+    worker_report(actor=agent_actor, name=worker.name, report=Report(instance_id="i1", interval_s=5, running=running))
+    assert Experiment.objects.get().last_iteration == 17
 
 
 def test_runs_that_are_not_the_workers_any_more_are_to_be_killed(setup: Any, agent_actor: Actor) -> None:

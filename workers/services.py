@@ -345,7 +345,7 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
                 current_attempt_id__in=[r.attempt_id for r in valid], stop_requested_at__isnull=False
             ).values_list("current_attempt_id", flat=True)
         )
-        _advance_iterations({r.attempt_id: r.iteration for r in valid if r.iteration is not None})
+        iterations = {r.attempt_id: r.iteration for r in valid if r.iteration is not None}
         interval = max(report.interval_s, 0.0)
         timeout = worker.timeout_s or max(settings.WORKER_TIMEOUT_S, 3 * interval)
         status = worker.status
@@ -368,6 +368,9 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
             )
         _store_stats(worker, now, report, {r.attempt_id for r in valid})
         queues = list(WorkerQueue.objects.filter(worker=worker).order_by("order").values_list("queue__name", flat=True))
+    # After the worker's lock is gone: the lock order is attempt, experiment, worker
+    # (orchestration/db.py), so no experiment row is written while a worker row is held.
+    _advance_iterations(iterations)
     _fence_lost(actor, replaced, "the agent restarted (new instance id)")
     _fence_lost(actor, lost_claims, "the worker does not run it (the claim answer was lost)")
     if replaced or lost_claims:
@@ -460,18 +463,28 @@ def _report_reads(
 
 
 def _advance_iterations(iterations: dict[str, int]) -> None:
-    """Move experiments' last iteration forward, never back: one read, one bulk write."""
+    """Move experiments' last iteration forward, never back, in one statement (rows in attempt id order).
+
+    The comparison is in the UPDATE itself, so two writers at once cannot move it back.
+    """
     if not iterations:
         return
-    moved = []
-    for exp in Experiment.objects.filter(current_attempt_id__in=list(iterations)).only(
-        "id", "current_attempt_id", "last_iteration"
-    ):
-        iteration = iterations[exp.current_attempt_id or ""]
-        if exp.last_iteration is None or exp.last_iteration < iteration:
-            exp.last_iteration = iteration
-            moved.append(exp)
-    Experiment.objects.bulk_update(moved, ["last_iteration"])
+    table = Experiment._meta.db_table
+    items = sorted(iterations.items())
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            values = ", ".join(["(%s, %s::bigint)"] * len(items))
+            cur.execute(
+                f"UPDATE {table} AS x SET last_iteration = v.it FROM (VALUES {values}) AS v(attempt, it) "  # noqa: S608 - constants
+                "WHERE x.current_attempt_id = v.attempt AND (x.last_iteration IS NULL OR x.last_iteration < v.it)",
+                [p for item in items for p in item],
+            )
+            return
+        cur.executemany(
+            f"UPDATE {table} SET last_iteration = %s WHERE current_attempt_id = %s "  # noqa: S608 - constants
+            "AND (last_iteration IS NULL OR last_iteration < %s)",
+            [(it, attempt, it) for attempt, it in items],
+        )
 
 
 def _stat_rows(
