@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db import transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
@@ -850,19 +849,19 @@ def attempt_finish(
     return attempt
 
 
+@atomic
 def attempt_fence(*, actor: Actor, attempt: Attempt, failure_class: str, message: str) -> None:
     """End a run the server gave up on (worker lost or replaced): fence it, then retry or fail."""
-    with transaction.atomic():
-        attempt = Attempt.objects.select_for_update(of=("self",)).select_related("worker").get(pk=attempt.pk)
-        if attempt.finished_at is not None:
-            return
-        exp = _locked(attempt.experiment_id)
-        _end_attempt(attempt, outcome=Status.FAILED, failure_class=failure_class, message=message, fenced=True)
-        if exp.current_attempt_id == attempt.pk and exp.status == Status.IN_PROGRESS:
-            outcome = Status.STOPPED if exp.stop_requested_at is not None else Status.FAILED
-            _settle_experiment(
-                actor=actor, exp=exp, attempt=attempt, outcome=outcome, failure_class=failure_class, message=message
-            )
+    attempt = Attempt.objects.select_for_update(of=("self",)).select_related("worker").get(pk=attempt.pk)
+    if attempt.finished_at is not None:
+        return
+    exp = _locked(attempt.experiment_id)
+    _end_attempt(attempt, outcome=Status.FAILED, failure_class=failure_class, message=message, fenced=True)
+    if exp.current_attempt_id == attempt.pk and exp.status == Status.IN_PROGRESS:
+        outcome = Status.STOPPED if exp.stop_requested_at is not None else Status.FAILED
+        _settle_experiment(
+            actor=actor, exp=exp, attempt=attempt, outcome=outcome, failure_class=failure_class, message=message
+        )
 
 
 def new_lease_token() -> str:
