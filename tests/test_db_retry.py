@@ -131,7 +131,6 @@ def test_a_real_postgresql_deadlock_is_retried_and_both_sides_succeed(alice: Any
     b = Experiment.objects.create(name="b", owner=owner)
     both_hold_one = threading.Barrier(2, timeout=10)
     tries: list[str] = []
-    errors: list[BaseException] = []
 
     @atomic
     def lock_in_order(first: str, second: str, label: str) -> None:
@@ -141,22 +140,7 @@ def test_a_real_postgresql_deadlock_is_retried_and_both_sides_succeed(alice: Any
             both_hold_one.wait()  # the first try of each side: a guaranteed cycle
         Experiment.objects.filter(pk=second).update(status_message=label)
 
-    def run(first: str, second: str, label: str) -> None:
-        try:
-            lock_in_order(first, second, label)
-        except BaseException as e:
-            errors.append(e)
-        finally:
-            connections.close_all()
-
-    threads = [
-        threading.Thread(target=run, args=(a.pk, b.pk, "ab")),
-        threading.Thread(target=run, args=(b.pk, a.pk, "ba")),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    errors = race(partial(lock_in_order, a.pk, b.pk, "ab"), partial(lock_in_order, b.pk, a.pk, "ba"))
     assert errors == []
     assert sorted(tries) in (["ab", "ab", "ba"], ["ab", "ba", "ba"])  # exactly one side ran again
     assert {Experiment.objects.get(pk=a.pk).status_message, Experiment.objects.get(pk=b.pk).status_message} <= {
