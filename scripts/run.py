@@ -1,7 +1,10 @@
 """`make run`: migrate, first-run set-up, then the ASGI server, a celery worker with beat and a local agent.
 
-Every child runs in its own process group; Ctrl-C (or SIGTERM) stops all of them, and
-if one dies the others are stopped too, so nothing is left running behind the prompt.
+Every child runs in its own process group; Ctrl-C (or SIGTERM) stops all of them. If the
+server or celery dies the others are stopped too, so nothing is left running behind the
+prompt. The local agent is a worker like any other: if it dies (a crash, a `kill -9` to see
+fencing at work) it is started again, as systemd would, and the server retries its runs;
+after AGENT_RESTARTS deaths within a minute it is left down and the server keeps running.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ PY = sys.executable
 HOST = os.environ.get("MUSTER_HOST", "127.0.0.1")
 PORT = os.environ.get("MUSTER_PORT", "8000")
 VAR = Path(os.environ.get("MUSTER_VAR_DIR") or ROOT / "var")
+AGENT_RESTARTS = 5
 
 
 def manage(*args: str) -> str:
@@ -60,10 +64,14 @@ def main() -> int:
     state = json.loads(manage("bootstrap").strip().splitlines()[-1])
     print(manage("sync_actions").strip(), flush=True)
     children: list[subprocess.Popen[bytes]] = []
+    launch: dict[int, tuple[str, list[str], dict[str, str] | None]] = {}  # pid -> how to start it again
 
-    def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         print(f"starting {name}: {' '.join(argv)}", flush=True)
-        children.append(subprocess.Popen(argv, cwd=ROOT, start_new_session=True, env=env))
+        child = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, env=env)
+        children.append(child)
+        launch[child.pid] = (name, argv, env)
+        return child
 
     start(
         "server",
@@ -101,7 +109,7 @@ def main() -> int:
     url = f"http://{HOST}:{PORT}"
     wait_until_up(url)
     # The local agent: its key travels in the environment, never on the command line.
-    start(
+    agent: subprocess.Popen[bytes] | None = start(
         "local agent",
         [str(Path(PY).parent / "muster"), "agent", "run", "--server", url, "--queue", "default",
          "--name", "local", "--state-dir", str(VAR / "agent"), "--log-level", "warning"],
@@ -129,12 +137,28 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     code = 0
+    agent_deaths: list[float] = []
     while not stopping:
-        for child in children:
-            if child.poll() is not None:
-                print(f"a child exited with {child.returncode}; stopping the others", flush=True)
-                code = child.returncode or 1
-                stopping = True
+        for child in list(children):
+            if child.poll() is None:
+                continue
+            if child is agent:
+                children.remove(child)
+                now = time.monotonic()
+                agent_deaths = [t for t in agent_deaths if now - t < 60] + [now]
+                if len(agent_deaths) >= AGENT_RESTARTS:
+                    print(f"the local agent exited with {child.returncode} {len(agent_deaths)} times in a "
+                          "minute; leaving it down (the server keeps running)", flush=True)  # fmt: skip
+                    agent = None
+                    continue
+                print(f"the local agent exited with {child.returncode}; starting it again", flush=True)
+                time.sleep(1)
+                name, argv, env = launch[child.pid]
+                agent = start(name, argv, env)
+                continue
+            print(f"a child exited with {child.returncode}; stopping the others", flush=True)
+            code = child.returncode or 1
+            stopping = True
         time.sleep(0.3)
     for child in children:
         if child.poll() is None:

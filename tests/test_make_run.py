@@ -66,6 +66,26 @@ def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) ->
         assert logs.stdout.strip() == "hi"
         workers = subprocess.run([*muster, "workers"], env=cli_env, capture_output=True, text=True, timeout=60)
         assert "local" in workers.stdout
+
+        def agents() -> list[psutil.Process]:
+            return [p for p in _ours(var) if {"agent", "run", "local"} <= set(p.cmdline())]
+
+        # A user kills the local agent: make run starts it again and the server keeps serving.
+        (killed,) = agents()
+        killed.kill()
+        restarted = []
+        while time.monotonic() < deadline + 60 and not restarted:
+            line = run.stdout.readline()
+            restarted = [line] if "local agent exited with -9; starting it again" in line else []
+        assert restarted, "make run did not start the local agent again"
+        for _ in range(100):
+            if [p.pid for p in agents()] not in ([], [killed.pid]):
+                break
+            time.sleep(0.1)
+        assert [p.pid for p in agents()] != [killed.pid] and len(agents()) == 1
+        assert run.poll() is None
+        again = subprocess.run([*muster, "workers"], env=cli_env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "local" in again.stdout
         import urllib.request
 
         url = text.split("Muster is running at ")[1].split()[0].rstrip("/")
