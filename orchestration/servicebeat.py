@@ -27,12 +27,12 @@ def away_after() -> timedelta:
 
 
 def server_beat(now: datetime | None = None) -> None:
+    """Record a beat. Every server process starts by beating, so the first beats race:
+    the row is made with ON CONFLICT DO NOTHING and then locked, never inserted twice."""
     now = now or timezone.now()
     with transaction.atomic():
-        row = ServiceBeat.objects.select_for_update().filter(name=SERVER).first()
-        if row is None:
-            ServiceBeat.objects.create(name=SERVER, alive_at=now, up_since=now)
-            return
+        ServiceBeat.objects.bulk_create([ServiceBeat(name=SERVER, alive_at=now, up_since=now)], ignore_conflicts=True)
+        row = ServiceBeat.objects.select_for_update().get(name=SERVER)
         if now - row.alive_at > away_after():
             row.up_since = now
         row.alive_at = max(row.alive_at, now)

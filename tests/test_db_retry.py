@@ -8,13 +8,12 @@ deadlock, aborts one, and both calls still succeed. A stop racing a finish of th
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 import pytest
-from django.db import OperationalError, connection, connections, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from experiments.models import Experiment, Status
@@ -22,29 +21,8 @@ from experiments.services import attempt_finish, attempt_start, experiment_reset
 from orchestration.actor import SYSTEM
 from orchestration.db import atomic, is_transient
 from queues.dispatch import dispatch_claim
+from tests.race import race
 from workers.models import Worker
-
-
-def race(*calls: Callable[[], object]) -> list[BaseException]:
-    """Run the calls at once, each in its own thread (and connection); the errors they raised."""
-    go = threading.Barrier(len(calls), timeout=10)
-    errors: list[BaseException] = []
-
-    def run(call: Callable[[], object]) -> None:
-        try:
-            go.wait()
-            call()
-        except BaseException as e:
-            errors.append(e)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return errors
 
 
 class _Cause(Exception):
