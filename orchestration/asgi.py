@@ -87,8 +87,11 @@ async def _flush_reports() -> None:
     from workers.ingest import INGEST
 
     def flush() -> None:
+        from orchestration.counters import counters_flush
+
         try:
             INGEST.flush()
+            counters_flush()
         finally:
             connections.close_all()
 

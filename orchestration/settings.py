@@ -105,6 +105,9 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     # spends 50-100 ms doing it on queries that run in a few; an OLTP server never wants it.
     _db.setdefault("OPTIONS", {})["options"] = "-c jit=off"
 DATABASES = {"default": _db}
+# The claim's and the report's fixed statements are prepared on PostgreSQL (orchestration/db.py:
+# prepared_cursor): planned once per connection. Off for a pooler that cannot keep them.
+DB_PREPARE = envbool("DB_PREPARE", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = envstr("REDIS_URL", "")
@@ -236,6 +239,8 @@ CLAIM_CROSS_PROCESS_CHECK_S = envfloat("CLAIM_CROSS_PROCESS_CHECK_S", 1.0)
 WORKER_TIMEOUT_S = envint("WORKER_TIMEOUT", 30, minimum=1)
 # Reports are written in batches this often per server process (0: inline, as in tests).
 REPORT_FLUSH_S = envfloat("REPORT_FLUSH_S", 0.0 if TESTING else 1.0)
+# The claim and report counters (/metrics) go to Redis in one round trip this often per process (0: at once).
+COUNTER_FLUSH_S = envfloat("COUNTER_FLUSH_S", 0.0 if TESTING else 1.0)
 # Each server process records it is alive this often (liveness gives no verdicts while it is away).
 SERVER_BEAT_S = envfloat("SERVER_BEAT_S", 5.0)
 STOP_GRACE_DEFAULT_S = envint("STOP_GRACE_DEFAULT_S", 60, minimum=0)

@@ -8,6 +8,7 @@ eight keeps claimers of one queue from queueing up behind each other's latency.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -84,29 +85,33 @@ RUN_COLUMNS = (
 TAKE = TAKE_TEMPLATE.replace("{run_columns}", ", ".join(f"x.{c}" for c in RUN_COLUMNS))
 
 
-def _decoded(model: Any, columns: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
-    """Column values as model field values: JSON columns arrive as text on Django's connection."""
-    values = {}
-    for column, raw in zip(columns, row, strict=True):
-        field = model._meta.get_field(column.removesuffix("_id")) if column != "id" else None
-        is_json = field is not None and field.get_internal_type() == "JSONField" and isinstance(raw, str)
-        values[column] = json.loads(raw) if is_json else raw
-    return values
+@functools.cache
+def _json_columns(model: Any, columns: tuple[str, ...]) -> frozenset[str]:
+    """Which of these columns are JSON (they arrive as text on Django's connection)."""
+    fields = [model._meta.get_field(c.removesuffix("_id")) if c != "id" else None for c in columns]
+    return frozenset(c for c, f in zip(columns, fields, strict=True) if f and f.get_internal_type() == "JSONField")
+
+
+def _decoded(model: Any, columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
+    """Column values as model field values."""
+    json_columns = _json_columns(model, columns)
+    return {
+        column: json.loads(raw) if column in json_columns and isinstance(raw, str) else raw
+        for column, raw in zip(columns, row, strict=True)
+    }
 
 
 def take(params: dict[str, Any]) -> tuple[Experiment, int, datetime, datetime, float] | None:
     """Run the take for one queue; the experiment (as moved) and its attempt's facts, or None."""
-    from django.db import connection
-
     from experiments.models import Experiment
+    from orchestration.db import prepared_cursor
 
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(TAKE, params)
         row = cursor.fetchone()
         if row is None:
             return None
-        columns = [c.name for c in cursor.description]
-    values = _decoded(Experiment, columns[: len(RUN_COLUMNS)], row[: len(RUN_COLUMNS)])
+    values = _decoded(Experiment, RUN_COLUMNS, row[: len(RUN_COLUMNS)])
     number, claimed_at, queued_at, wait_s = row[len(RUN_COLUMNS) :]
     return Experiment(**values), number, claimed_at, queued_at, wait_s
 
@@ -133,18 +138,17 @@ def lock_worker(
     columns: tuple[str, ...], *, pk: int | None = None, name: str | None = None
 ) -> tuple[Worker, list[tuple[str, bool, int | None, str]]] | None:
     """Lock a worker row and read its queues (in its order) in one round trip."""
-    from django.db import connection
-
+    from orchestration.db import prepared_cursor
     from workers.models import Worker
 
     where, arg = ("w.id = %s", pk) if pk is not None else ("w.name = %s", name)
     sql = LOCK_WORKER.format(worker_columns=", ".join(f"w.{c}" for c in columns), where=where)
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, [arg])
         row = cursor.fetchone()
     if row is None:
         return None
-    values = _decoded(Worker, list(columns), row[:-1])
+    values = _decoded(Worker, columns, row[:-1])
     queues = [tuple(q) for q in json.loads(row[-1])]
     return Worker(**values), queues
 

@@ -149,6 +149,7 @@ class Stack:
             "CLAIM_WAIT_MAX_S": "5",
             "SERVER_BEAT_S": "0.5",
             "REPORT_FLUSH_S": "0.3",
+            "COUNTER_FLUSH_S": "0.3",
             "AUTH_CACHE_S": "0",
             "PYTHONPATH": str(ROOT),
             **settings,
