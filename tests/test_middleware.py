@@ -83,3 +83,21 @@ async def test_csrf_is_still_enforced_in_the_event_loop(hops: list[str]) -> None
     token = page.cookies["csrftoken"].value
     r = await client.post("/login/", {"username": "root", "password": "pw-admin-123", "csrfmiddlewaretoken": token})
     assert r.status_code == 302
+
+
+async def test_under_asgi_a_request_starts_without_a_thread_hop_and_still_closes_its_connections() -> None:
+    from django.core import signals
+    from django.core.handlers.asgi import ASGIHandler
+    from django.db import close_old_connections, reset_queries
+
+    from orchestration.asgi import start_requests_without_a_hop
+
+    start_requests_without_a_hop()  # (also done at import; Django's test client reconnects it per request)
+    try:
+        sync_receivers, _ = signals.request_started._live_receivers(ASGIHandler)  # type: ignore[attr-defined]
+        assert sync_receivers == []  # no sync receiver: asend makes no hop
+        finished, _ = signals.request_finished._live_receivers(ASGIHandler)  # type: ignore[attr-defined]
+        assert close_old_connections in finished  # the request's thread still gives its connections back
+    finally:
+        signals.request_started.connect(close_old_connections)  # as the rest of the test session had them
+        signals.request_started.connect(reset_queries)
