@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext
@@ -21,7 +22,56 @@ from django.db import close_old_connections, reset_queries
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
 get_asgi_application()  # django.setup()
 
+from django.conf import settings  # noqa: E402 - after setup
+
 IDLE_REQUEST_THREADS = 64
+
+
+class Gate:
+    """At most `limit` requests' synchronous steps run at once in this process; the rest wait their turn.
+
+    Under a backlog (a burst of reports, a thousand long-polls re-claiming at once) every
+    request in flight has its own thread, and a few hundred runnable threads contending for
+    one GIL cost more CPU in switching than the work itself: each report cost twice its
+    sequential CPU. Waiting threads sleep on the semaphore instead. A step that runs inside
+    another (async_to_sync back into the loop, then a sync step again) runs on the same
+    thread, which already holds its turn.
+
+    A step gives its database connections back (to the pool) when its turn ends, as Django
+    does at the end of a request with CONN_MAX_AGE = 0 (the only setting the pool allows):
+    otherwise a request waiting for its turn could hold the pooled connection that every
+    step holding a turn waits for.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.turns = threading.BoundedSemaphore(limit)
+        self.held = threading.local()
+
+    def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self.held, "turn", False):
+            return fn(*args, **kwargs)
+        with self.turns:
+            self.held.turn = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.held.turn = False
+                _give_back_connections()
+
+
+def _give_back_connections() -> None:
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block and conn.settings_dict["CONN_MAX_AGE"] == 0:
+            conn.close()
+
+
+class GatedExecutor(ThreadPoolExecutor):
+    """A request's single thread, whose work items wait for their turn at GATE."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(GATE.run, fn, *args, **kwargs)
 
 
 class RequestThreads:
@@ -42,7 +92,7 @@ class RequestThreads:
         with self.lock:
             if self.idle:
                 return self.idle.pop()
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+        return GatedExecutor(max_workers=1, thread_name_prefix="request")
 
     def give(self, executor: ThreadPoolExecutor) -> None:
         with self.lock:
@@ -52,6 +102,7 @@ class RequestThreads:
         executor.shutdown(wait=False)
 
 
+GATE = Gate(settings.REQUEST_STEPS_RUNNING)
 REQUEST_THREADS = RequestThreads()
 
 

@@ -241,6 +241,9 @@ WORKER_TIMEOUT_S = envint("WORKER_TIMEOUT", 30, minimum=1)
 REPORT_FLUSH_S = envfloat("REPORT_FLUSH_S", 0.0 if TESTING else 1.0)
 # The claim and report counters (/metrics) go to Redis in one round trip this often per process (0: at once).
 COUNTER_FLUSH_S = envfloat("COUNTER_FLUSH_S", 0.0 if TESTING else 1.0)
+# Under ASGI, how many requests' synchronous steps run at once per server process (the rest wait
+# without contending for the GIL; orchestration/asgi.py: Gate).
+REQUEST_STEPS_RUNNING = envint("REQUEST_STEPS_RUNNING", 8, minimum=1)
 # Each server process records it is alive this often (liveness gives no verdicts while it is away).
 SERVER_BEAT_S = envfloat("SERVER_BEAT_S", 5.0)
 STOP_GRACE_DEFAULT_S = envint("STOP_GRACE_DEFAULT_S", 60, minimum=0)
