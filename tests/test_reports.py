@@ -242,3 +242,23 @@ def test_a_batch_never_moves_a_heartbeat_backwards(
     write([Pending(worker_id=w.pk, at=old, live_until=old + timedelta(seconds=30), interval_s=5, stat=None)])
     w.refresh_from_db()
     assert w.last_seen_at == now
+
+
+def test_a_usual_report_is_answered_from_one_statement_on_postgresql(
+    setup: Any, agent_actor: Actor, alice_actor: Actor, monkeypatch: Any, settings: Any
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    worker, claim = setup
+    _queued_ingest(monkeypatch, settings)
+    running = [RunningAttempt(claim.attempt.pk, claim.attempt.lease_token, 3)]
+    worker_report(actor=agent_actor, name=worker.name, report=Report(instance_id="i1", running=running))
+    experiment_stop(actor=alice_actor, experiment_id=claim.experiment.pk)
+    with CaptureQueriesContext(connection) as ctx:
+        answer = worker_report(actor=agent_actor, name=worker.name, report=Report(instance_id="i1", running=running))
+    # The worker, its running attempts (with their stop flags and claim times) and its queues.
+    assert len(ctx.captured_queries) == (1 if connection.vendor == "postgresql" else 3), ctx.captured_queries
+    assert answer.stop == [claim.attempt.pk] and answer.kill == [] and answer.queues == ["default"]
+    exp = Experiment.objects.get()
+    assert exp.status == Status.IN_PROGRESS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from experiments.models import Attempt, Experiment, FailureClass
 from experiments.services import attempt_fence
 from orchestration.actor import SYSTEM, Actor
 from orchestration.audit import Change, audit_record
-from orchestration.db import atomic
+from orchestration.db import atomic, prepared_cursor
 from orchestration.errors import Conflict, Forbidden, InvalidInput
 from queues.models import Queue
 from workers.models import WORKER_NAME_RE, AttemptStat, Worker, WorkerKind, WorkerQueue, WorkerStat, WorkerStatus
@@ -439,26 +440,50 @@ REPORT_QUEUES_SQL = (
 )
 
 
+# PostgreSQL: the three reads in one prepared statement, one round trip.
+REPORT_ONE_SQL = (
+    "SELECT w.id, w.api_key_id, w.instance_id, w.status, w.draining, w.previous_report_at, w.timeout_s, "
+    "(SELECT COALESCE(json_agg(json_build_array(a.id, a.lease_token, a.claimed_at, e.stop_requested_at)), "
+    "'[]'::json)::text FROM experiments_attempt a JOIN experiments_experiment e ON e.id = a.experiment_id "
+    "WHERE a.worker_id = w.id AND a.finished_at IS NULL), "
+    "(SELECT COALESCE(json_agg(q.name ORDER BY wq.\"order\"), '[]'::json)::text "
+    "FROM workers_workerqueue wq JOIN queues_queue q ON q.id = wq.queue_id WHERE wq.worker_id = w.id) "
+    "FROM workers_worker w WHERE w.name = %s"
+)
+REPORT_WORKER_KEYS = ("id", "api_key_id", "instance_id", "status", "draining", "previous_report_at", "timeout_s")
+
+
 def _report_reads(
     name: str,
 ) -> tuple[dict[str, Any] | None, dict[str, tuple[str, datetime, datetime | None]], list[str]]:
-    """What a report's answer needs, in three plain statements (no ORM compilation on the hot path)."""
-    with connection.cursor() as cur:
-        cur.execute(REPORT_WORKER_SQL, [name])
-        row = cur.fetchone()
+    """What a report's answer needs: the worker, its running attempts with their stop flags, its queues.
+
+    Plain SQL (no ORM compilation on the hot path): on PostgreSQL one prepared statement,
+    elsewhere three.
+    """
+    if connection.vendor == "postgresql":
+        with prepared_cursor() as cur:
+            cur.execute(REPORT_ONE_SQL, [name])
+            row = cur.fetchone()
         if row is None:
             return None, {}, []
-        keys = ("id", "api_key_id", "instance_id", "status", "draining", "previous_report_at", "timeout_s")
-        w = dict(zip(keys, row, strict=True))
-        w["draining"] = bool(w["draining"])
-        w["previous_report_at"] = _when(w["previous_report_at"])
-        cur.execute(REPORT_ATTEMPTS_SQL, [w["id"]])
-        running = {
-            a_id: (token, _when(claimed) or timezone.now(), _when(stop))
-            for a_id, token, claimed, stop in cur.fetchall()
-        }
-        cur.execute(REPORT_QUEUES_SQL, [w["id"]])
-        queues = [q for (q,) in cur.fetchall()]
+        attempts = [tuple(a) for a in json.loads(row[-2])]
+        queues = list(json.loads(row[-1]))
+        row = row[:-2]
+    else:
+        with connection.cursor() as cur:
+            cur.execute(REPORT_WORKER_SQL, [name])
+            row = cur.fetchone()
+            if row is None:
+                return None, {}, []
+            cur.execute(REPORT_ATTEMPTS_SQL, [row[0]])
+            attempts = cur.fetchall()
+            cur.execute(REPORT_QUEUES_SQL, [row[0]])
+            queues = [q for (q,) in cur.fetchall()]
+    w = dict(zip(REPORT_WORKER_KEYS, row, strict=True))
+    w["draining"] = bool(w["draining"])
+    w["previous_report_at"] = _when(w["previous_report_at"])
+    running = {a_id: (token, _when(claimed) or timezone.now(), _when(stop)) for a_id, token, claimed, stop in attempts}
     return w, running, queues
 
 
