@@ -31,9 +31,10 @@ class Gate:
     """At most `limit` requests' synchronous steps run at once in this process; the rest wait their turn.
 
     Under a backlog (a burst of reports, a thousand long-polls re-claiming at once) every
-    request in flight has its own thread, and a few hundred runnable threads contending for
-    one GIL cost more CPU in switching than the work itself: each report cost twice its
-    sequential CPU. Waiting threads sleep on the semaphore instead. A step that runs inside
+    request in flight has its own thread, and runnable threads contending for one GIL
+    cost CPU in switching: with 32 clients a report cost 4.9 ms of server CPU against 3.7
+    to 4.1 ms one at a time, and more under a deeper backlog (bench/request_cpu.py,
+    docs/BENCHMARKS.md). Waiting threads sleep on the semaphore instead. A step that runs inside
     another (async_to_sync back into the loop, then a sync step again) runs on the same
     thread, which already holds its turn.
 
