@@ -77,13 +77,25 @@ def prepared_cursor() -> Any:
 @functools.cache
 def _preparing_cursor_class() -> type:
     from django.db.backends.postgresql import base
+    from psycopg.errors import FeatureNotSupported
+    from psycopg.pq import TransactionStatus
 
     server_binding: Any = base.ServerBindingCursor  # Django's cursor class when server_side_binding is on
 
     class PreparingCursor(server_binding):  # type: ignore[misc]
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             kwargs["prepare"] = True
-            return super().execute(query, params, **kwargs)
+            try:
+                return super().execute(query, params, **kwargs)
+            except FeatureNotSupported:
+                # "cached plan must not change result type": a migration changed a column under
+                # a statement this connection prepared (a rolling deploy). In a transaction, the
+                # rollback makes psycopg forget its plans, so the next try works; outside one,
+                # forget them here and run the statement once more.
+                if self.connection.info.transaction_status != TransactionStatus.IDLE:
+                    raise
+                self.connection.execute("DEALLOCATE ALL")  # psycopg clears its own record of them too
+                return super().execute(query, params, **kwargs)
 
         def _convert_query(self, query: Any, params: Any = None) -> Any:
             converted = super()._convert_query(query, params)

@@ -158,3 +158,32 @@ def test_a_stop_racing_the_agents_finish_ends_in_one_outcome(
         if exp.status == Status.IN_PROGRESS:  # a stop request the agent never carried out: end it for the next round
             experiment_reset(actor=SYSTEM, experiment_id=exp.pk)
     assert connection.vendor == "postgresql"
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_prepared_statement_survives_a_migration_that_changes_a_column_type() -> None:
+    import psycopg
+
+    from orchestration.db import prepared_cursor
+
+    with connection.cursor() as cur:
+        cur.execute("CREATE TABLE prep_probe (id int PRIMARY KEY, v int)")
+        cur.execute("INSERT INTO prep_probe VALUES (1, 2)")
+    try:
+        for _ in range(2):
+            with prepared_cursor() as cur:
+                cur.execute("SELECT id, v FROM prep_probe WHERE id = %s", [1])
+                assert cur.fetchone() == (1, 2)
+        # Another process migrates meanwhile: this connection's plan no longer fits the table.
+        db = connection.settings_dict
+        with psycopg.connect(
+            host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"], autocommit=True
+        ) as other:
+            other.execute("ALTER TABLE prep_probe ALTER COLUMN v TYPE bigint")
+        with prepared_cursor() as cur:  # outside a transaction: forgotten and run again at once
+            cur.execute("SELECT id, v FROM prep_probe WHERE id = %s", [1])
+            assert cur.fetchone() == (1, 2)
+    finally:
+        with connection.cursor() as cur:
+            cur.execute("DROP TABLE prep_probe")
