@@ -1,7 +1,8 @@
 """ASGI entry point (gunicorn with uvicorn workers, or uvicorn).
 
-Django's handler serves HTTP; this wrapper also answers ASGI lifespan events and runs the
-server heartbeat (orchestration/servicebeat.py) in each server process.
+Django's handler serves HTTP, except the agents' claims and reports, which go straight to
+their functions (orchestration/fastpath.py); this wrapper also answers ASGI lifespan
+events and runs the server heartbeat (orchestration/servicebeat.py) in each server process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
 get_asgi_application()  # django.setup()
 
 from django.conf import settings  # noqa: E402 - after setup
+
+from orchestration.fastpath import route, serve  # noqa: E402 - after setup
 
 IDLE_REQUEST_THREADS = 64
 
@@ -64,8 +67,12 @@ def _give_back_connections() -> None:
     from django.db import connections
 
     for conn in connections.all(initialized_only=True):
-        if not conn.in_atomic_block and conn.settings_dict["CONN_MAX_AGE"] == 0:
+        if conn.in_atomic_block:
+            continue
+        if conn.settings_dict["CONN_MAX_AGE"] == 0:
             conn.close()
+        else:  # what request_finished's close_old_connections does
+            conn.close_if_unusable_or_obsolete()
 
 
 class GatedExecutor(ThreadPoolExecutor):
@@ -215,4 +222,8 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     _start_beat()  # servers that send no lifespan events
+    fast = route(scope)
+    if fast is not None:  # an agent's claim or report (orchestration/fastpath.py)
+        await serve(*fast, scope, receive, send)
+        return
     await django_application(scope, receive, send)

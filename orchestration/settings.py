@@ -241,6 +241,8 @@ WORKER_TIMEOUT_S = envint("WORKER_TIMEOUT", 30, minimum=1)
 REPORT_FLUSH_S = envfloat("REPORT_FLUSH_S", 0.0 if TESTING else 1.0)
 # The claim and report counters (/metrics) go to Redis in one round trip this often per process (0: at once).
 COUNTER_FLUSH_S = envfloat("COUNTER_FLUSH_S", 0.0 if TESTING else 1.0)
+# The agents' claims and reports served straight from the ASGI entry point (orchestration/fastpath.py).
+FAST_PATH = envbool("FAST_PATH", True)
 # Under ASGI, how many requests' synchronous steps run at once per server process (the rest wait
 # without contending for the GIL; orchestration/asgi.py: Gate).
 REQUEST_STEPS_RUNNING = envint("REQUEST_STEPS_RUNNING", 8, minimum=1)

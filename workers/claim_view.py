@@ -120,21 +120,21 @@ def _wait_seconds(raw: str | None) -> int:
     return min(wait, settings.CLAIM_WAIT_MAX_S)
 
 
-@csrf_exempt
-async def claim_view(request: HttpRequest, name: str) -> HttpResponse:
-    """Claim the next experiment this worker can run, waiting up to `wait` seconds for one."""
-    if request.method != "POST":
-        return _error(405, "method_not_allowed", f'method "{request.method}" not allowed')
+async def claim(authorization: str, name: str, wait_raw: str | None) -> tuple[int, dict[str, Any]]:
+    """The claim, whatever serves it: the status and the answer's body.
+
+    Served by claim_view under Django and, in the production server, straight from the
+    ASGI entry point (orchestration/fastpath.py); both answer the same for the same request.
+    """
     try:
-        wait = _wait_seconds(request.GET.get("wait"))
+        wait = _wait_seconds(wait_raw)
     except ValueError as exc:
-        return _error(400, "invalid", str(exc), "wait")
+        return 400, error_body("invalid", str(exc), "wait")
     if wait == 0:  # the common polling path: one step, one thread hop
-        status, body = await sync_to_async(_claim_now)(request.headers.get("Authorization", ""), name)
-        return JsonResponse(body, status=status, encoder=DjangoJSONEncoder)
-    status, error, actor, queue_ids = await sync_to_async(_prepare)(request.headers.get("Authorization", ""), name)
+        return await sync_to_async(_claim_now)(authorization, name)
+    status, error, actor, queue_ids = await sync_to_async(_prepare)(authorization, name)
     if actor is None:
-        return JsonResponse(error, status=status)
+        return status, error
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     try:
@@ -143,7 +143,7 @@ async def claim_view(request: HttpRequest, name: str) -> HttpResponse:
                 payload = await sync_to_async(_claim_once)(actor, name)
                 remaining = deadline - loop.time()
                 if payload["attempt"] is not None or remaining <= 0:
-                    return JsonResponse(payload, encoder=DjangoJSONEncoder)
+                    return 200, payload
                 if waiter.message_id:  # woken, but the work did not fit here: offer it on
                     await sync_to_async(pass_on)(queue_ids, waiter.message_id)
                 HUB.rearm(waiter)
@@ -154,10 +154,19 @@ async def claim_view(request: HttpRequest, name: str) -> HttpResponse:
                     if settings.REDIS_URL:
                         if HUB.listening(loop):
                             # Subscribed before the first look: no wake-up was missed, nothing to re-check.
-                            return JsonResponse({"attempt": None, "experiment": None})
+                            return 200, {"attempt": None, "experiment": None}
                         deadline = loop.time()  # the listener failed: one last look, then answer empty
     except ServiceError as exc:
-        return JsonResponse(error_body(exc.code, exc.message, exc.field, **exc.extra), status=exc.status)
+        return exc.status, error_body(exc.code, exc.message, exc.field, **exc.extra)
+
+
+@csrf_exempt
+async def claim_view(request: HttpRequest, name: str) -> HttpResponse:
+    """Claim the next experiment this worker can run, waiting up to `wait` seconds for one."""
+    if request.method != "POST":
+        return _error(405, "method_not_allowed", f'method "{request.method}" not allowed')
+    status, body = await claim(request.headers.get("Authorization", ""), name, request.GET.get("wait"))
+    return JsonResponse(body, status=status, encoder=DjangoJSONEncoder)
 
 
 claim_view.http_methods = ["POST"]  # type: ignore[attr-defined]  # read by the role-matrix test

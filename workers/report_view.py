@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -133,32 +135,49 @@ def parse_report(data: Any) -> services.Report:
     )
 
 
-def _answer(status: int, body: dict[str, Any]) -> JsonResponse:
-    return JsonResponse(body, status=status)
+def report(authorization: str, name: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """The report, whatever serves it: the status and the answer's body, in one synchronous step.
+
+    Served by report_view under Django and, in the production server, straight from the
+    ASGI entry point (orchestration/fastpath.py); both answer the same for the same request.
+    """
+    actor = _authenticate(authorization, release=False)
+    if actor is None:
+        return 401, error_body("not_authenticated", "a valid API key is required")
+    if not (actor.is_agent or actor.is_admin):
+        return 403, error_body("permission_denied", "only agent keys may call this endpoint")
+    if not re.fullmatch(WORKER_NAME_RE, name):
+        return 400, error_body("invalid", "worker names use only A-Z a-z 0-9 _ . , : @ -", "name")
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return 400, error_body("parse_error", "the body is not valid JSON")
+    try:
+        answer = services.worker_report(actor=actor, name=name, report=parse_report(data))
+    except ServiceError as exc:
+        return exc.status, error_body(exc.code, exc.message, exc.field, **exc.extra)
+    counter_incr("reports")
+    return 200, asdict(answer)
+
+
+def too_large() -> tuple[int, dict[str, Any]]:
+    """The answer to a body over DATA_UPLOAD_MAX_MEMORY_SIZE (MAX_REQUEST_BYTES)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return 413, error_body("too_large", f"the body is over the limit of {limit} bytes (MAX_REQUEST_BYTES)")
 
 
 @csrf_exempt
 def report_view(request: HttpRequest, name: str) -> HttpResponse:
     """The heartbeat: what runs and what the machine uses; the answer says what to kill or stop."""
     if request.method != "POST":
-        return _answer(405, error_body("method_not_allowed", f'method "{request.method}" not allowed'))
-    actor = _authenticate(request.headers.get("Authorization", ""), release=False)
-    if actor is None:
-        return _answer(401, error_body("not_authenticated", "a valid API key is required"))
-    if not (actor.is_agent or actor.is_admin):
-        return _answer(403, error_body("permission_denied", "only agent keys may call this endpoint"))
-    if not re.fullmatch(WORKER_NAME_RE, name):
-        return _answer(400, error_body("invalid", "worker names use only A-Z a-z 0-9 _ . , : @ -", "name"))
+        return JsonResponse(error_body("method_not_allowed", f'method "{request.method}" not allowed'), status=405)
     try:
-        data = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return _answer(400, error_body("parse_error", "the body is not valid JSON"))
-    try:
-        answer = services.worker_report(actor=actor, name=name, report=parse_report(data))
-    except ServiceError as exc:
-        return _answer(exc.status, error_body(exc.code, exc.message, exc.field, **exc.extra))
-    counter_incr("reports")
-    return _answer(200, asdict(answer))
+        body = request.body
+    except RequestDataTooBig:
+        status, answer = too_large()
+    else:
+        status, answer = report(request.headers.get("Authorization", ""), name, body)
+    return JsonResponse(answer, status=status)
 
 
 report_view.http_methods = ["POST"]  # type: ignore[attr-defined]  # read by the role-matrix test
