@@ -4,6 +4,19 @@ Semantically the same as the ORM path in dispatch.py (which SQLite and claims wi
 policies use): data-modifying CTEs run in the caller's transaction, the pick locks with
 SKIP LOCKED, and the experiment moves only from `queued`. One round trip instead of
 eight keeps claimers of one queue from queueing up behind each other's latency.
+
+The fit test (capacity, capabilities, GPU model) sits inside a CASE on purpose. The take
+is a prepared statement, and PostgreSQL soon plans it once for any parameters (a generic
+plan). Written as plain conditions, their default estimates (a third for each `<=` on a
+parameter, half a percent for the `needs` mask) multiply to "about one entry fits", and
+the planner then prefers to read every entry of the queue and sort them, over walking
+entry_order_idx until the first fit: every claim cost O(queue length), 35 ms a take at
+2,000 entries under 32 claimers (docs/BENCHMARKS.md). A CASE is one opaque condition
+(estimated at one half), so the ordered index walk wins whatever the statistics say.
+The experiment's `queued` check is a CASE for the same reason: with statistics from when
+few experiments were queued, the planner read every queued experiment through the status
+index and matched ids (O(queued experiments) per claim) instead of one primary-key probe.
+tests/test_dispatch.py checks both in the generic plan.
 """
 
 from __future__ import annotations
@@ -22,9 +35,10 @@ WITH picked AS (
     SELECT e.id, e.experiment_id, e.queue_id, e.added_at, e.gpus, e.cpus, e.memory_mb
     FROM queues_queueentry e
     WHERE e.queue_id = %(queue)s
-      AND e.gpus <= %(gpus)s AND e.cpus <= %(cpus)s AND e.memory_mb <= %(memory)s
-      AND (e.needs & %(missing)s) = 0
-      AND (%(any_model)s OR e.gpu_type = '' OR e.gpu_type = ANY(%(models)s))
+      AND CASE WHEN e.gpus <= %(gpus)s AND e.cpus <= %(cpus)s AND e.memory_mb <= %(memory)s
+                    AND (e.needs & %(missing)s) = 0
+                    AND (%(any_model)s OR e.gpu_type = '' OR e.gpu_type = ANY(%(models)s))
+               THEN true ELSE false END
     ORDER BY e.priority DESC, e.position, e.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -50,7 +64,7 @@ WITH picked AS (
     UPDATE experiments_experiment x
     SET status = 'in_progress', current_attempt_id = attempt.id, status_message = '', updated_at = %(now)s
     FROM attempt
-    WHERE x.id = attempt.experiment_id AND x.status = 'queued'
+    WHERE x.id = attempt.experiment_id AND CASE WHEN x.status = 'queued' THEN true ELSE false END
     RETURNING {run_columns}
 ), audited AS (
     INSERT INTO orchestration_auditevent (at, actor_id, actor_label, object_type, object_id, action, before, after, message)

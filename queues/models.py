@@ -51,8 +51,10 @@ class QueueEntry(models.Model):
     class Meta:
         ordering = ["queue_id", "-priority", "position"]
         indexes = [
-            # The claim and every ordered read of a queue: priority first, then position.
-            models.Index(fields=["queue", "-priority", "position"], name="entry_order_idx"),
+            # The claim and every ordered read of a queue: priority first, then position, then id
+            # (the tie-break every such read names), so the claim reads the index in order and
+            # stops at the first entry that fits, with no sort.
+            models.Index(fields=["queue", "-priority", "position", "id"], name="entry_order_idx"),
             # "Last updated" on the queue table: the newest entry of each queue, one index probe.
             models.Index(fields=["queue", "-added_at"], name="entry_added_idx"),
         ]

@@ -181,3 +181,55 @@ def test_the_claim_writes_no_queue_row(
     assert not any('UPDATE "queues_queue"' in s for s in sql)
     assert not any('"queues_queue"' in s and "FOR UPDATE" in s for s in sql)
     assert len(sql) <= 14
+
+
+# The take's parameters and their types as psycopg sends them (queues/claim_sql.py: TAKE).
+TAKE_TYPES = {
+    "queue": "text", "gpus": "float8", "cpus": "float8", "memory": "int8", "missing": "int4", "any_model": "bool",
+    "models": "text[]", "attempt": "text", "worker": "int8", "worker_name": "text", "token": "text",
+    "now": "timestamptz", "actor": "int4", "actor_label": "text",
+}  # fmt: skip
+
+
+@pytest.mark.postgres_only
+def test_the_takes_generic_plan_walks_the_queue_in_order_and_probes_one_experiment(
+    make_experiment: MakeExp, queue: Queue
+) -> None:
+    """Prepared, the take soon runs one plan for any parameters: it must not grow with the queue.
+
+    The experiments' statistics are taken while one is queued and then 300 more arrive (a
+    sweep enqueued at once, before autovacuum looks again); the entries' are up to date.
+    The old take's generic plan read every entry of the queue and sorted them (its fit test's
+    default estimates said about one entry fits), and read every queued experiment through
+    the status index: both O(queue length) per claim.
+    """
+    import re
+
+    from queues.claim_sql import TAKE
+
+    make_experiment(queue=queue)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE experiments_experiment")  # one queued experiment
+    for _ in range(300):
+        make_experiment(queue=queue)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE queues_queueentry")  # the entries as they are
+    names: list[str] = []
+
+    def numbered(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    sql = re.sub(r"%\((\w+)\)s", numbered, TAKE)
+    with connection.cursor() as cursor:
+        cursor.execute(f"PREPARE take_plan ({', '.join(TAKE_TYPES[n] for n in names)}) AS {sql}")
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"EXPLAIN EXECUTE take_plan ({', '.join('NULL' for _ in names)})")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE take_plan")
+    assert "$1" in plan  # the generic plan, not one made for these values
+    assert "Index Scan using entry_order_idx" in plan, plan
+    assert "Sort" not in plan and "Bitmap" not in plan, plan
+    assert "experiment_status_idx" not in plan, plan
+    assert "Index Cond: ((id)::text = (attempt_1.experiment_id)::text)" in plan, plan  # one probe by id
