@@ -79,11 +79,11 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 @contextlib.contextmanager
 def production_server(env: dict[str, str], *, workers: int) -> Iterator[str]:
-    """gunicorn with uvicorn workers, production settings (DEBUG off), on a spare port."""
+    """gunicorn with uvicorn workers as in production (orchestration/gunicorn_conf.py, DEBUG off), on a spare port."""
     port = spare_port()
     argv = [
-        str(Path(PY).parent / "gunicorn"), "orchestration.asgi:application",
-        "-k", "uvicorn.workers.UvicornWorker", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+        str(Path(PY).parent / "gunicorn"), "-c", "python:orchestration.gunicorn_conf", "orchestration.asgi:application",
+        "-w", str(workers), "-b", f"127.0.0.1:{port}",
         "--log-level", "warning", "--graceful-timeout", "5",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env, "DEBUG": "false"}, start_new_session=True)

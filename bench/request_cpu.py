@@ -37,7 +37,7 @@ KINDS = {  # name: (method, path with {i} for the worker, body)
 def server_cpu_s() -> float:
     total = 0.0
     for proc in psutil.process_iter(["cmdline", "cpu_times"]):
-        if "UvicornWorker" in " ".join(proc.info["cmdline"] or []):
+        if "orchestration.asgi:application" in " ".join(proc.info["cmdline"] or []):
             total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
     return total
 

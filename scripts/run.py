@@ -86,6 +86,8 @@ def main() -> int:
             PORT,
             "--log-level",
             "warning",
+            "--timeout-keep-alive",  # agents keep their connection between reports (orchestration/gunicorn_conf.py)
+            "50",
         ],
     )
     start(
