@@ -79,7 +79,7 @@ async def setup(url: str, admin_key: str, agent_key: str, pollers: int, reporter
 
 async def fleet_phase(  # noqa: PLR0917
     url: str, admin_key: str, agent_key: str, pollers: int, reporters: int, seconds: float, warmup: float
-):  # type: ignore[no-untyped-def]
+) -> tuple[list[float], list[float], dict[str, int], float, list[float]]:
     auth = {"Authorization": f"Bearer {agent_key}"}
     stop = asyncio.Event()
     report_ms: list[float] = []
