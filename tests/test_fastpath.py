@@ -239,3 +239,20 @@ def alice_key(alice: Any) -> NewKey:
     from orchestration.services import apikey_create
 
     return apikey_create(actor=SYSTEM, user=alice, role=Role.USER)
+
+
+def test_a_long_poll_for_another_keys_worker_or_an_unknown_one_is_refused(
+    worker: Worker, agent_key: NewKey, admin_user: Any
+) -> None:
+    from orchestration.actor import SYSTEM
+    from orchestration.models import Role
+    from orchestration.services import apikey_create
+
+    other = apikey_create(actor=SYSTEM, user=admin_user, role=Role.AGENT, name="other agent")
+    for token, path, status in (
+        (other.token, "/api/v1/workers/fast-0/claim/", 403),
+        (agent_key.token, "/api/v1/workers/nobody/claim/", 404),
+    ):
+        django, fast = both("POST", path, token, query="wait=1")
+        _same(django, fast)
+        assert fast[0] == status, fast

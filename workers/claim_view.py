@@ -27,7 +27,7 @@ from orchestration.services import apikey_check
 from queues.dispatch import dispatch_claim
 from queues.wakeup import HUB, pass_on
 from workers.api import claim_payload
-from workers.selectors import worker_for_actor
+from workers.selectors import worker_queue_ids_for_actor
 
 # Claim checks made by this process (tests read it to prove there is no thundering herd).
 STATS = {"checks": 0}
@@ -64,8 +64,7 @@ def _authenticate(header: str, *, release: bool = True) -> Actor | None:
 
 def _listened_queues(actor: Actor, name: str) -> list[str]:
     try:
-        worker = worker_for_actor(actor=actor, name=name, write=True)
-        return list(worker.queue_links.values_list("queue_id", flat=True))
+        return worker_queue_ids_for_actor(actor=actor, name=name)
     finally:
         _release_connection()
 
