@@ -19,6 +19,8 @@ Host) goes to Django as before. FAST_PATH=false sends everything to Django.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http
 import json
 import logging
@@ -39,6 +41,7 @@ ROUTE = re.compile(r"^/api/v1/workers/(?P<name>[^/]+)/(?P<endpoint>claim|report)
 logger = logging.getLogger("django.request")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+Answer = tuple[int, dict[str, Any]]
 
 
 class Disconnected(Exception):
@@ -156,9 +159,12 @@ async def serve(endpoint: str, name: str, scope: dict[str, Any], receive: Receiv
             async with ThreadSensitiveContext(executor=executor):
                 if endpoint == "claim":
                     query = dict(_query(scope))
-                    status, answer = await claim(authorization, name, query.get("wait"))
+                    answered = await _unless_gone(claim(authorization, name, query.get("wait")), receive)
                 else:
-                    status, answer = await sync_to_async(report)(authorization, name, body)
+                    answered = await _unless_gone(sync_to_async(report)(authorization, name, body), receive)
+            if answered is None:
+                return  # the agent went away: a dead agent's long-poll neither waits nor claims on
+            status, answer = answered
         except Exception:
             logger.exception("Internal Server Error: %s", scope["path"])
             status, answer = 500, error_body("server_error", "internal server error")
@@ -169,6 +175,27 @@ async def serve(endpoint: str, name: str, scope: dict[str, Any], receive: Receiv
     content = json.dumps(answer, cls=DjangoJSONEncoder).encode()
     await send({"type": "http.response.start", "status": status, "headers": _headers(scope, content)})
     await send({"type": "http.response.body", "body": content})
+
+
+async def _unless_gone(work: Awaitable[Answer], receive: Receive) -> Answer | None:
+    """The work's answer, or None once the client disconnects (the work is cancelled, as Django does)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _query(scope: dict[str, Any]) -> list[tuple[str, str]]:

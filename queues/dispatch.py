@@ -169,11 +169,14 @@ def dispatch_claim(
     worker_name: str | None = None,
     queue_ids: Sequence[str] | None = None,
     capacity: Capacity | None = None,
+    heard: bool = True,
 ) -> Claim | None:
     """Claim the next runnable experiment for a worker (or for a caller naming queues only).
 
     Name the worker by instance or by name; by name, the ownership check rides on the
-    same query that locks the row.
+    same query that locks the row. `heard`: the agent itself asked just now, so the claim
+    counts as a sign of life; a long-poll's later checks (the server's own, while the agent
+    waits) pass False, or a dead agent's wait would keep it alive until the wait ends.
     """
     if not (actor.is_agent or actor.is_admin) or not actor.can_write:
         raise Forbidden("only agent keys claim work")
@@ -185,7 +188,8 @@ def dispatch_claim(
             worker, queue_rows = _lock_worker(worker.pk if worker is not None else None, worker_name)
             if not actor.is_admin and (actor.key is None or worker.api_key_id != actor.key.pk):
                 raise Forbidden(f"worker {worker.name!r} was registered with another key")
-            _touch(worker)
+            if heard:
+                _touch(worker)
             if worker.draining or worker.status == WorkerStatus.LOST:
                 return None
             capacity = _free_capacity(worker)

@@ -156,6 +156,7 @@ class Stack:
         }
         self.server: subprocess.Popen[bytes] | None = None
         self.celery: subprocess.Popen[bytes] | None = None
+        self.celery_started = 0.0  # time.monotonic() when celery (and its liveness checker) was started
         self.agents: list[subprocess.Popen[bytes]] = []
         self.admin = Client(self.url, self.admin_key, timeout=30)
         self.agent_client = Client(self.url, self.agent_key, timeout=30)
@@ -177,6 +178,7 @@ class Stack:
         self.server.wait()
 
     def start_celery(self) -> None:
+        self.celery_started = time.monotonic()
         log = open(self.dir / "celery.log", "ab")  # noqa: SIM115
         self.celery = subprocess.Popen(
             [PY, "-m", "celery", "-A", "orchestration", "worker", "--beat", "--loglevel", "WARNING",

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import override_settings
 
 from experiments.models import Status
@@ -256,3 +258,67 @@ def test_a_long_poll_for_another_keys_worker_or_an_unknown_one_is_refused(
         django, fast = both("POST", path, token, query="wait=1")
         _same(django, fast)
         assert fast[0] == status, fast
+
+
+def test_a_long_poll_whose_agent_goes_away_stops_at_once(
+    worker: Worker, agent_key: NewKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Django cancels a view when its client disconnects; the fast path must too, or a dead agent's wait
+    would go on checking (and could claim work for nobody) until it times out."""
+    from workers import claim_view
+
+    monkeypatch.setattr(settings, "REDIS_URL", "")
+    monkeypatch.setattr(settings, "CLAIM_CROSS_PROCESS_CHECK_S", 0.1)  # without Redis: a check every 0.1 s
+    scope = _scope("POST", "/api/v1/workers/fast-0/claim/", agent_key.token, query="wait=2")
+    target = fastpath.route(scope)
+    assert target is not None
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> float:
+        state = {"body": False}
+
+        async def receive() -> dict[str, Any]:
+            if not state["body"]:
+                state["body"] = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.sleep(0.5)  # the agent is killed half a second into its wait
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        started = asyncio.get_running_loop().time()
+        await fastpath.serve(*target, scope, receive, send)
+        return asyncio.get_running_loop().time() - started
+
+    claim_view.STATS["checks"] = 0
+    took = asyncio.run(run())
+    checks = claim_view.STATS["checks"]
+    assert took < 1.5 and sent == []  # no answer to nobody, and not the whole 2 s
+    time.sleep(0.5)
+    assert claim_view.STATS["checks"] == checks  # nothing checks on its behalf any more
+
+
+def test_only_the_agents_own_request_counts_as_a_sign_of_life(
+    worker: Worker, agent_key: NewKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-poll's later checks are the server's, not the agent's: they must not move last_seen_at."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workers import claim_view
+
+    monkeypatch.setattr(settings, "REDIS_URL", "")
+    monkeypatch.setattr(settings, "CLAIM_CROSS_PROCESS_CHECK_S", 0.1)
+    long_ago = timezone.now() - timedelta(seconds=3)
+    Worker.objects.filter(pk=worker.pk).update(last_seen_at=long_ago)
+    claim_view.STATS["checks"] = 0
+    status, _headers, _body = asyncio.run(
+        _fast(_scope("POST", "/api/v1/workers/fast-0/claim/", agent_key.token, query="wait=2"), b"")
+    )
+    assert status == 200 and claim_view.STATS["checks"] >= 10
+    worker.refresh_from_db()
+    first_check = worker.last_seen_at
+    assert first_check > long_ago  # the request itself counted
+    assert first_check < long_ago + timedelta(seconds=3) + timedelta(seconds=0.5)  # the later checks did not

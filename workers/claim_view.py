@@ -84,10 +84,10 @@ def _prepare(header: str, name: str) -> tuple[int, dict[str, Any], Actor | None,
         return exc.status, error_body(exc.code, exc.message, exc.field, **exc.extra), None, []
 
 
-def _claim_once(actor: Actor, name: str) -> dict[str, Any]:
+def _claim_once(actor: Actor, name: str, heard: bool = True) -> dict[str, Any]:
     STATS["checks"] += 1
     try:
-        claim = dispatch_claim(actor=actor, worker_name=name)
+        claim = dispatch_claim(actor=actor, worker_name=name, heard=heard)
         counter_incr("claim_checks", *(["claims"] if claim is not None else []))
         return claim_payload(claim)
     finally:
@@ -138,8 +138,10 @@ async def claim(authorization: str, name: str, wait_raw: str | None) -> tuple[in
     deadline = loop.time() + wait
     try:
         async with HUB.waiting(queue_ids) as waiter:
+            heard = True  # the first check answers the agent's request; later ones are the server's own
             while True:
-                payload = await sync_to_async(_claim_once)(actor, name)
+                payload = await sync_to_async(_claim_once)(actor, name, heard)
+                heard = False
                 remaining = deadline - loop.time()
                 if payload["attempt"] is not None or remaining <= 0:
                     return 200, payload
