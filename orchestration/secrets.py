@@ -70,14 +70,19 @@ def secret_delete(*, actor: Actor, name: str, owner: User | None = None) -> None
 _SECRETS_SQL = f"SELECT name, ciphertext FROM {UserSecret._meta.db_table} WHERE owner_id = %s ORDER BY name"  # noqa: S608
 
 
-def secrets_for_run(owner_id: int) -> dict[str, str]:
-    """The owner's secrets in clear, for a claim's run spec only."""
+def secrets_for_run(owner_id: int, rows: list[tuple[str, str]] | None = None) -> dict[str, str]:
+    """The owner's secrets in clear, for a claim's run spec only.
+
+    `rows`: the owner's (name, ciphertext) pairs when the caller already read them (the
+    claim's one-statement take on PostgreSQL does).
+    """
     out: dict[str, str] = {}
     fernet = None
-    # Plain SQL: this runs on every claim, and the ORM's query compilation cost more than the query.
-    with connection.cursor() as cur:
-        cur.execute(_SECRETS_SQL, [owner_id])
-        rows = cur.fetchall()
+    if rows is None:
+        # Plain SQL: this runs on every claim, and the ORM's query compilation cost more than the query.
+        with connection.cursor() as cur:
+            cur.execute(_SECRETS_SQL, [owner_id])
+            rows = cur.fetchall()
     for name, ciphertext in rows:
         fernet = fernet or _fernet()
         try:

@@ -83,7 +83,9 @@ WITH picked AS (
     WHERE w.id = %(worker)s
 )
 SELECT moved.*, attempt.number AS attempt_number, attempt.claimed_at AS attempt_claimed_at,
-       attempt.queued_at AS attempt_queued_at, attempt.wait_s AS attempt_wait_s
+       attempt.queued_at AS attempt_queued_at, attempt.wait_s AS attempt_wait_s,
+       (SELECT COALESCE(json_agg(json_build_array(s.name, s.ciphertext) ORDER BY s.name), '[]'::json)::text
+        FROM orchestration_usersecret s WHERE s.owner_id = moved.owner_id) AS owner_secrets
 FROM moved, attempt
 """
 
@@ -115,8 +117,11 @@ def _decoded(model: Any, columns: tuple[str, ...], row: tuple[Any, ...]) -> dict
     }
 
 
-def take(params: dict[str, Any]) -> tuple[Experiment, int, datetime, datetime, float] | None:
-    """Run the take for one queue; the experiment (as moved) and its attempt's facts, or None."""
+def take(
+    params: dict[str, Any],
+) -> tuple[Experiment, int, datetime, datetime, float, list[tuple[str, str]]] | None:
+    """Run the take for one queue; the experiment (as moved), its attempt's facts and its owner's
+    secrets (name, ciphertext: the claim's answer needs them, so they ride on the same round trip), or None."""
     from experiments.models import Experiment
     from orchestration.db import prepared_cursor
 
@@ -126,8 +131,9 @@ def take(params: dict[str, Any]) -> tuple[Experiment, int, datetime, datetime, f
         if row is None:
             return None
     values = _decoded(Experiment, RUN_COLUMNS, row[: len(RUN_COLUMNS)])
-    number, claimed_at, queued_at, wait_s = row[len(RUN_COLUMNS) :]
-    return Experiment(**values), number, claimed_at, queued_at, wait_s
+    number, claimed_at, queued_at, wait_s, secrets = row[len(RUN_COLUMNS) :]
+    owner_secrets = [(name, ciphertext) for name, ciphertext in json.loads(secrets)]
+    return Experiment(**values), number, claimed_at, queued_at, wait_s, owner_secrets
 
 
 # The worker columns a claim reads (its capacity, usage, order and owner).

@@ -60,6 +60,8 @@ class Claim:
     attempt: Attempt
     experiment: Experiment
     queue: Queue
+    # The owner's secrets (name, ciphertext) when the claim already read them (the one-statement take).
+    owner_secrets: list[tuple[str, str]] | None = None
 
 
 QueueRow = tuple[str, bool, "int | None", str]
@@ -244,7 +246,7 @@ def _take_in_one_statement(
     )
     if taken is None:
         return None
-    experiment, number, claimed_at, queued_at, wait_s = taken
+    experiment, number, claimed_at, queued_at, wait_s, owner_secrets = taken
     attempt = Attempt(
         id=attempt_id,
         experiment=experiment,
@@ -260,7 +262,7 @@ def _take_in_one_statement(
         claimed_at=claimed_at,
         wait_s=wait_s,
     )
-    return Claim(attempt=attempt, experiment=experiment, queue=queue)
+    return Claim(attempt=attempt, experiment=experiment, queue=queue, owner_secrets=owner_secrets)
 
 
 def _take(*, actor: Actor, entry: QueueEntry, worker: Worker | None) -> Claim:

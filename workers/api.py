@@ -167,7 +167,7 @@ def claim_payload(claim: Any) -> dict[str, Any]:
     """What the agent needs to run a claim: the spec with secrets (run time only) and the lease."""
     if claim is None:
         return {"attempt": None, "experiment": None}
-    exp = run_spec(claim.experiment)
+    exp = run_spec(claim.experiment, owner_secrets=claim.owner_secrets)
     return {
         "attempt": {
             "id": claim.attempt.pk,
