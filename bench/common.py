@@ -67,6 +67,7 @@ def prepared_database(svc: dict[str, str], name: str, **extra: str) -> tuple[dic
         **extra,
     }
     manage(env, "migrate", "--no-input", "-v", "0")
+    manage(env, "collectstatic", "--no-input", "-v", "0")  # as a deployment has them (DEBUG off serves these)
     boot = json.loads(manage(env, "bootstrap").strip().splitlines()[-1])
     return env, boot
 

@@ -79,11 +79,12 @@ async def setup(url: str, admin_key: str, agent_key: str, pollers: int, reporter
 
 async def fleet_phase(  # noqa: PLR0917
     url: str, admin_key: str, agent_key: str, pollers: int, reporters: int, seconds: float, warmup: float
-) -> tuple[list[float], list[float], dict[str, int], float, list[float]]:
+) -> tuple[list[float], list[float], dict[str, int], float, list[float], list[float]]:
     auth = {"Authorization": f"Bearer {agent_key}"}
     stop = asyncio.Event()
     report_ms: list[float] = []
     claim_ms: list[float] = []
+    enqueue_ms: list[float] = []  # the enqueue request's own answer, printed apart (part of claim_ms)
     errors = {"report": 0, "claim": 0}
 
     async def poller(i: int) -> None:
@@ -143,6 +144,7 @@ async def fleet_phase(  # noqa: PLR0917
         await admin.request(
             "POST", "/api/v1/experiments/", {"name": "probe", "command": ["true"], "queue": "fleet-probe"}
         )
+        enqueue_ms.append((time.perf_counter() - sent) * 1000)
         try:
             claim_ms.append((await asyncio.wait_for(got.get(), timeout=30) - sent) * 1000)
         except TimeoutError:
@@ -154,7 +156,7 @@ async def fleet_phase(  # noqa: PLR0917
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return report_ms, claim_ms, errors, measured_reports / seconds, start_ms
+    return report_ms, claim_ms, errors, measured_reports / seconds, start_ms, enqueue_ms
 
 
 async def saturate(url: str, agent_key: str, seconds: float, *, trivial: bool) -> float:
@@ -197,7 +199,7 @@ def main() -> None:
         )
         with production_server(env, workers=args.server_workers) as url:
             asyncio.run(setup(url, boot["api_key"], boot["agent_key"], args.pollers, args.reporters))
-            report_ms, claim_ms, errors, fleet_rate, start_ms = asyncio.run(
+            report_ms, claim_ms, errors, fleet_rate, start_ms, enqueue_ms = asyncio.run(
                 fleet_phase(
                     url, boot["api_key"], boot["agent_key"], args.pollers, args.reporters, args.seconds, args.warmup
                 )
@@ -210,7 +212,8 @@ def main() -> None:
     )
     print(
         f"fleet phase: {len(report_ms)} reports ({fleet_rate:.0f}/s), report p50 {percentile(report_ms, 50):.1f} ms; "
-        f"{len(claim_ms)} probe claims; errors {errors}"
+        f"{len(claim_ms)} probe claims, their enqueue request's own answer p50 {percentile(enqueue_ms, 50):.1f} ms; "
+        f"errors {errors}"
     )
     print(
         f"RESULT fleet report_p99_ms={percentile(report_ms, 99):.1f} claim_p50_ms={percentile(claim_ms, 50):.1f} "

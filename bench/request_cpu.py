@@ -1,10 +1,11 @@
-"""Server CPU per request: a trivial view, an empty claim and a report, one at a time and 32 at once.
+"""Server CPU per request: a trivial view, an empty claim, a report and a submit, one at a time and 32 at once.
 
 Starts the production server (gunicorn + uvicorn) on PostgreSQL and Redis and reads the
 server processes' CPU time (user + system, from /proc through psutil) around each run, so
 the figure is the server's own cost per request, whatever else the machine runs. One at a
 time: one server worker, one keep-alive client, 1,000 requests. At once: two server
-workers, 32 clients for 8 s (the load where thread contention shows).
+workers, 32 clients for 8 s (the load where thread contention shows). A submit is a
+user's create-and-enqueue (`muster enqueue`), into a queue no worker listens to.
 
     .venv/bin/python bench/request_cpu.py
 """
@@ -27,11 +28,13 @@ from bench.fleet import report_body
 from bench.httpclient import Connection
 
 CLIENTS = 32
-KINDS = {  # name: (method, path with {i} for the worker, body)
+KINDS: dict[str, tuple[str, str, Any]] = {  # name: (method, path with {i} for the worker, body)
     "healthz": ("GET", "/healthz", None),
     "claim": ("POST", "/api/v1/workers/cpu-{i}/claim/", None),
     "report": ("POST", "/api/v1/workers/cpu-{i}/report/", report_body(0)),
+    "submit": ("POST", "/api/v1/experiments/", {"name": "cpu", "command": ["true"], "queue": "unserved"}),
 }
+BY_USER = {"submit"}  # sent with the user's key; the rest with the agent's
 
 
 def server_cpu_s() -> float:
@@ -42,8 +45,11 @@ def server_cpu_s() -> float:
     return total
 
 
-async def run(url: str, key: str, kind: str, clients: int, *, count: int = 0, seconds: float = 0) -> dict[str, Any]:
+async def run(
+    url: str, keys: dict[str, str], kind: str, clients: int, *, count: int = 0, seconds: float = 0
+) -> dict[str, Any]:
     method, path, body = KINDS[kind]
+    key = keys["api_key" if kind in BY_USER else "agent_key"]
     done, latencies = 0, []
     deadline = time.monotonic() + seconds
 
@@ -56,7 +62,7 @@ async def run(url: str, key: str, kind: str, clients: int, *, count: int = 0, se
         while (done < count) if count else (time.monotonic() < deadline):
             started = time.perf_counter()
             status, answer = await conn.request(method, path.format(i=i), body)
-            assert status == 200, answer
+            assert status in (200, 201), answer
             latencies.append((time.perf_counter() - started) * 1000)
             done += 1
         await conn.close()
@@ -77,7 +83,11 @@ async def run(url: str, key: str, kind: str, clients: int, *, count: int = 0, se
     }
 
 
-def register(url: str, agent_key: str) -> None:
+def register(url: str, boot: dict[str, str]) -> None:
+    httpx.post(
+        url + "/api/v1/queues/", json={"name": "unserved"}, headers={"Authorization": f"Bearer {boot['api_key']}"}
+    ).raise_for_status()
+    agent_key = boot["agent_key"]
     for i in range(CLIENTS):
         httpx.post(
             url + "/api/v1/workers/",
@@ -96,12 +106,12 @@ def main() -> None:
             f"config: one at a time: 1 server worker, 1 client, 1000 requests; at once: 2 workers, {CLIENTS} clients, 8 s"
         )
         with production_server(env, workers=1) as url:
-            register(url, boot["agent_key"])
+            register(url, boot)
             for kind in KINDS:
-                results[f"{kind}_one"] = asyncio.run(run(url, boot["agent_key"], kind, 1, count=1000))
+                results[f"{kind}_one"] = asyncio.run(run(url, boot, kind, 1, count=1000))
         with production_server(env, workers=2) as url:
             for kind in KINDS:
-                results[f"{kind}_32"] = asyncio.run(run(url, boot["agent_key"], kind, CLIENTS, seconds=8))
+                results[f"{kind}_32"] = asyncio.run(run(url, boot, kind, CLIENTS, seconds=8))
     for name, r in results.items():
         print(
             f"{name:12s} server cpu {r['cpu_ms']:.2f} ms/request  {r['per_s']:.0f}/s  p50 {r['p50']:.1f} ms  p99 {r['p99']:.1f} ms"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -36,8 +37,9 @@ from orchestration.api import NewestFirstCursor
 from orchestration.permissions import IsAgent, IsHumanUser, actor_of
 
 
-def _outcome(outcome: services.Outcome) -> Response:
-    exp = selectors.experiment_get(outcome.experiment.pk)
+def _outcome(outcome: services.Outcome, *, fresh: bool = False) -> Response:
+    """The experiment as it is after the change: read again, unless the service's copy is whole (`fresh`)."""
+    exp = outcome.experiment if fresh else selectors.experiment_get(outcome.experiment.pk)
     data = {"experiment": ExperimentSerializer(exp).data, "changed": outcome.changed, "warnings": outcome.warnings}
     return Response(data)
 
@@ -96,12 +98,9 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         data = _valid(ExperimentCreateSerializer, request)
         group = data.pop("group", None)
         queue = data.pop("queue", None)
-        actor = actor_of(request)
-        exp = services.experiment_create(actor=actor, spec=data, group_id=group)
-        outcome = services.Outcome(exp, changed=True)
-        if queue:
-            outcome = services.experiment_enqueue(actor=actor, experiment_id=exp.pk, queue_name=queue)
-        response = _outcome(outcome)
+        outcome = services.experiment_submit(actor=actor_of(request), spec=data, group_id=group, queue_name=queue)
+        outcome.experiment.owner = cast("User", request.user)  # the submitter owns it; its queue is attached
+        response = _outcome(outcome, fresh=True)
         response.status_code = status.HTTP_201_CREATED
         return response
 

@@ -307,9 +307,7 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
         spec.pop("group", None)
         queue = spec.pop("queue", None)
         me = actor(request)
-        exp = services.experiment_create(actor=me, spec=spec)
-        if queue:
-            services.experiment_enqueue(actor=me, experiment_id=exp.pk, queue_name=queue)
+        exp = services.experiment_submit(actor=me, spec=spec, queue_name=queue).experiment
     except ServiceError as e:
         context["errors"] = {e.field or "form": e.message}
         return render(request, "experiments/new.html", context, status=e.status)

@@ -194,9 +194,8 @@ def validate_spec(values: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------- experiments
 
 
-@atomic
-def experiment_create(*, actor: Actor, spec: Mapping[str, Any], group_id: int | None = None) -> Experiment:
-    """Create an experiment in `created` from a validated spec."""
+def _new_values(*, actor: Actor, spec: Mapping[str, Any], group_id: int | None) -> dict[str, Any]:
+    """The checked column values of a new experiment (its owner and group included)."""
     if actor.is_agent or not actor.can_write or actor.user_id is None:
         raise Forbidden("only users and admins create experiments")
     unknown = set(spec) - set(SPEC_FIELDS)
@@ -209,9 +208,48 @@ def experiment_create(*, actor: Actor, spec: Mapping[str, Any], group_id: int | 
         raise Forbidden("you are not in that group", field="group")
     if group_id is not None and not Group.objects.filter(pk=group_id).exists():
         raise InvalidInput(f"unknown group {group_id}", field="group")
-    exp = Experiment.objects.create(owner_id=actor.user_id, group_id=group_id, **values)
+    return {"owner_id": actor.user_id, "group_id": group_id, **values}
+
+
+@atomic
+def experiment_create(*, actor: Actor, spec: Mapping[str, Any], group_id: int | None = None) -> Experiment:
+    """Create an experiment in `created` from a validated spec."""
+    exp = Experiment.objects.create(**_new_values(actor=actor, spec=spec, group_id=group_id))
     audit_record(actor=actor, change=Change("experiment", exp.pk, "create", {}, _snapshot(exp)))
     return exp
+
+
+@atomic
+def experiment_submit(
+    *, actor: Actor, spec: Mapping[str, Any], group_id: int | None = None, queue_name: str | None = None
+) -> Outcome:
+    """Create an experiment and, when a queue is named, put it there, in one transaction.
+
+    An enqueue that is refused (an unknown queue, one the user may not submit to) leaves no
+    experiment behind. The new row is written once, already queued: nobody else can see it
+    before the commit, so there is nothing to lock or compare. The audit keeps both steps.
+    """
+    if not queue_name:
+        return Outcome(experiment_create(actor=actor, spec=spec, group_id=group_id))
+    values = _new_values(actor=actor, spec=spec, group_id=group_id)
+    queue = resolve_queue(actor=actor, queue_name=queue_name)
+    if not _may_submit(actor, queue):
+        raise Forbidden(f"you may not submit to queue {queue.name}", field="queue")
+    warnings = [] if _live_listener_exists(queue) else [f"no live worker listens to queue {queue.name}"]
+    exp = Experiment.objects.create(
+        **values, status=Status.QUEUED, enqueue_status=Status.CREATED, queue=queue, queued_at=timezone.now()
+    )
+    _add_entry(exp, queue)
+    created = {**_snapshot(exp), "status": Status.CREATED, "queue": None}
+    audit_record_many(
+        actor=actor,
+        changes=[
+            Change("experiment", exp.pk, "create", {}, created),
+            Change("experiment", exp.pk, "enqueue", created, _snapshot(exp), f"queue {queue.name}"),
+        ],
+    )
+    notify_queues([queue.pk])
+    return Outcome(exp, warnings=warnings)
 
 
 @atomic

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from experiments.models import Experiment, Status
 from orchestration.actor import SYSTEM
-from orchestration.models import ApiKey, KeyScope, Role
+from orchestration.models import ApiKey, AuditEvent, KeyScope, Role
 from orchestration.services import apikey_check, apikey_create, key_digest
 from queues.models import Queue, QueueEntry
 from tests.conftest import client_for
@@ -37,6 +40,48 @@ def test_create_and_enqueue_in_one_call_with_a_warning(alice_api: APIClient, que
     body = r.json()
     assert body["experiment"]["status"] == "queued"
     assert body["warnings"] == ["no live worker listens to queue default"]
+
+
+def test_create_and_enqueue_is_one_transaction_audited_as_two_steps(alice_api: APIClient, queue: Queue) -> None:
+    alice_api.post("/api/v1/experiments/", {"name": "warm", "command": ["x"]}, format="json")
+    with CaptureQueriesContext(connection) as ctx:
+        r = alice_api.post(
+            "/api/v1/experiments/", {"name": "train", "command": ["python"], "queue": "DEFAULT"}, format="json"
+        )
+    assert r.status_code == 201, r.content
+    sql = [q["sql"] for q in ctx.captured_queries]  # before the next request clears the log
+    exp = Experiment.objects.get(pk=r.json()["experiment"]["id"])
+    assert r.json()["experiment"] == alice_api.get(f"/api/v1/experiments/{exp.pk}/").json()  # answered unread
+    assert (exp.status, exp.enqueue_status, exp.queue_id) == (Status.QUEUED, Status.CREATED, queue.pk)
+    assert exp.queued_at is not None and QueueEntry.objects.filter(experiment=exp, queue=queue).count() == 1
+    events = AuditEvent.objects.filter(object_id=exp.pk).order_by("id")
+    assert [(e.action, e.before.get("status"), e.after["status"]) for e in events] == [
+        ("create", None, "created"),
+        ("enqueue", "created", "queued"),
+    ]
+    assert events[1].message == "queue default" and events[1].after["queue"] == queue.pk
+    # one transaction (one savepoint under the test's own), the experiment written once
+    assert sum(s.startswith("SAVEPOINT") for s in sql) == 1, sql
+    assert sum(s.startswith('INSERT INTO "experiments_experiment"') for s in sql) == 1
+    assert not any(s.startswith('UPDATE "experiments_experiment"') for s in sql), sql
+
+
+@pytest.mark.parametrize(
+    ("queue_name", "status"),
+    [("nowhere", 404), ("private", 403)],
+)
+def test_a_refused_enqueue_on_create_leaves_nothing(
+    alice_api: APIClient, queue: Queue, queue_name: str, status: int
+) -> None:
+    private = Queue.objects.create(name="private")
+    private.groups.add(Group.objects.create(name="other-team"))
+    r = alice_api.post(
+        "/api/v1/experiments/", {"name": "train", "command": ["python"], "queue": queue_name}, format="json"
+    )
+    assert r.status_code == status, r.content
+    assert error(r)["field"] == "queue"
+    assert not Experiment.objects.exists()
+    assert not AuditEvent.objects.filter(object_type="experiment").exists()
 
 
 @pytest.mark.parametrize(

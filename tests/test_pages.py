@@ -338,6 +338,9 @@ def test_the_create_form_validates_inline_and_enqueues(web: Client, queue: Queue
     assert bad.status_code == 400 and b"gpus must be 0, a fraction below 1, or a whole number" in bad.content
     bad = web.post("/experiments/new/", {"name": "x", "command": "python 't.py"})
     assert bad.status_code == 400 and b"command:" in bad.content
+    bad = web.post("/experiments/new/", {"name": "x", "command": "python t.py", "queue": "nowhere"})
+    assert bad.status_code == 404 and b"queue &#x27;nowhere&#x27; does not exist" in bad.content
+    assert not Experiment.objects.exists()
     ok = web.post(
         "/experiments/new/",
         {
