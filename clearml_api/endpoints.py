@@ -21,7 +21,7 @@ from clearml_api.mapping import iso, project, queue_doc, script_changes, task_do
 from clearml_api.tokens import token_issue
 from clearml_api.transport import ApiFailure, Call, endpoint
 from experiments import services as exp_services
-from experiments.models import Attempt, Capability, Experiment, LogChunk, Status
+from experiments.models import Attempt, Capability, Experiment, Status
 from queues import services as queue_services
 from queues.models import Queue, QueueEntry
 from workers import selectors as worker_selectors
@@ -533,9 +533,8 @@ def events_add_batch(call: Call) -> dict[str, Any]:
             for e in batch if e.get("type") == "log"
         )  # fmt: skip
         if text:
-            top = LogChunk.objects.filter(attempt=attempt).order_by("-seq").values_list("seq", flat=True).first()
-            exp_services.attempt_append_logs(actor=call.caller, attempt_id=attempt.pk, token=attempt.lease_token,
-                                             chunks=[((top or 0) + 1, text)])  # fmt: skip
+            exp_services.attempt_append_text(actor=call.caller, attempt_id=attempt.pk, token=attempt.lease_token,
+                                             text=text)  # fmt: skip
         iterations = [
             e["iter"] for e in batch if e.get("type") == "training_stats_scalar" and isinstance(e.get("iter"), int)
         ]

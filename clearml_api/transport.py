@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from clearml_api.tokens import API_VERSION, token_read
 from orchestration.actor import Actor, actor_for_user
+from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 
 PATH = re.compile(r"^/?(v(?P<version>\d+\.?\d+)/)?(?P<endpoint>[a-zA-Z_]\w+\.[a-zA-Z_]\w+)/?$")
@@ -211,7 +212,9 @@ def dispatch(request: HttpRequest, path: str) -> JsonResponse:
         actor, access = _authenticate(request)
         if needs_auth and actor is None:
             raise ApiFailure(401, 20, "Unauthorized (missing credentials)")
-        answer = handler(Call(request, name, version, data, actor, access, lines))
+        # One transaction per call: a call that fails half-way (tasks.edit's second change,
+        # tasks.enqueue's new queue before a refused enqueue) leaves nothing written.
+        answer = atomic(handler)(Call(request, name, version, data, actor, access, lines))
     except ApiFailure as e:
         return _envelope(
             call_id, name, version, code=e.code, subcode=e.subcode, message=e.message, data=None, error_data=e.data

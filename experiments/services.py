@@ -721,6 +721,19 @@ def attempt_append_logs(*, actor: Actor, attempt_id: str, token: str, chunks: Se
     return len(rows)
 
 
+@atomic
+def attempt_append_text(*, actor: Actor, attempt_id: str, token: str, text: str) -> int:
+    """Append text after the attempt's last chunk, for writers that send no sequence (ClearML's events).
+
+    The next sequence number is read under the attempt's lock, so two writers at once (the
+    agent and the SDK in the task both send console lines) never take the same number,
+    which would have made the second chunk look like a repeat of the first and dropped it.
+    """
+    _leased(actor=actor, attempt_id=attempt_id, token=token)
+    top = LogChunk.objects.filter(attempt_id=attempt_id).aggregate(top=Max("seq"))["top"]
+    return attempt_append_logs(actor=actor, attempt_id=attempt_id, token=token, chunks=[((top or 0) + 1, text)])
+
+
 UNSTARTED_FREE_RETURNS = 3
 
 

@@ -257,6 +257,21 @@ def test_tasks_enqueue_by_queue_name_and_verify_watched(agent: Agent, admin_user
     assert admin.call("tasks.dequeue", {"task": exp.pk})["fields"]["status"] == "created"
 
 
+def test_a_call_refused_half_way_writes_nothing(admin_user: User, queue: Queue) -> None:
+    admin = Agent(apikey_create(actor=SYSTEM, user=admin_user, role=Role.ADMIN, name="sdk"))
+    admin.login()
+    exp = Experiment.objects.create(name="queued", owner=admin_user, script=SCRIPT, status=Status.QUEUED, queue=queue)
+    edit = {"task": exp.pk, "runtime": {"note": "x"}, "script": {"entry_point": "other.py"}}
+    r = admin.raw("tasks.edit", edit, version="")
+    # the script of a queued task cannot change, so its runtime does not either
+    assert r.status_code == 400 and "only a created experiment" in r.json()["meta"]["result_msg"], r.json()
+    assert Experiment.objects.get(pk=exp.pk).runtime == {}
+    running = Experiment.objects.create(name="running", owner=admin_user, script=SCRIPT, status=Status.IN_PROGRESS)
+    r = admin.raw("tasks.enqueue", {"task": running.pk, "queue_name": "new queue"}, version="")
+    assert r.status_code == 400 and "cannot enqueue" in r.json()["meta"]["result_msg"], r.json()
+    assert not Queue.objects.filter(name="new queue").exists()  # the queue it named is not left behind
+
+
 def test_agent_keys_do_what_an_agent_needs_and_nothing_more(
     agent: Agent, queue: Queue, enqueue: Callable[..., str]
 ) -> None:

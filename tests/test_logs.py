@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from django.test import override_settings
@@ -14,6 +15,7 @@ from orchestration.actor import Actor
 from orchestration.errors import StaleLease
 from queues.dispatch import Claim, dispatch_claim
 from queues.models import Queue
+from tests.race import race
 from workers.models import Worker
 
 pytestmark = pytest.mark.django_db
@@ -70,3 +72,19 @@ def test_a_stale_token_cannot_write_logs(claim: Claim, agent_actor: Actor) -> No
     with pytest.raises(StaleLease):
         services.attempt_append_logs(actor=agent_actor, attempt_id=claim.attempt.pk, token="nope", chunks=[(0, "x")])
     assert not LogChunk.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writers_without_sequence_numbers_at_once_lose_no_line(claim: Claim, agent_actor: Actor) -> None:
+    """ClearML's events carry no sequence, and the agent and the SDK in the task send them at once."""
+    attempt = claim.attempt
+
+    def write(i: int) -> None:
+        services.attempt_append_text(actor=agent_actor, attempt_id=attempt.pk, token=attempt.lease_token,
+                                     text=f"writer {i}\n")  # fmt: skip
+
+    for round_ in range(3):
+        assert race(*(partial(write, round_ * 8 + i) for i in range(8))) == []
+    lines = sorted(text_of(claim).splitlines())
+    assert lines == sorted(f"writer {i}" for i in range(24))
+    assert sorted(LogChunk.objects.filter(attempt=attempt).values_list("seq", flat=True)) == list(range(1, 25))
