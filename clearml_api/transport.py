@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import DataError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -23,7 +25,6 @@ from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 
 PATH = re.compile(r"^/?(v(?P<version>\d+\.?\d+)/)?(?P<endpoint>[a-zA-Z_]\w+\.[a-zA-Z_]\w+)/?$")
-MAX_BODY = 16 * 1024 * 1024
 
 
 class ApiFailure(Exception):
@@ -100,9 +101,11 @@ def _envelope(call_id: str, endpoint_name: str, version: str, *, code: int, subc
 
 
 def _body(request: HttpRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    raw = request.body
-    if len(raw) > MAX_BODY:
-        raise ApiFailure(413, 0, "Request body too large")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raise ApiFailure(413, 0, f"Request body too large (over {limit} bytes, MAX_REQUEST_BYTES)") from None
     data: dict[str, Any] = {}
     lines: list[dict[str, Any]] = []
     content_type = request.content_type or ""

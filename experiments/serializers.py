@@ -106,6 +106,8 @@ class ExperimentSerializer(serializers.ModelSerializer[Experiment]):
     current_attempt = serializers.CharField(source="current_attempt_id", read_only=True, allow_null=True)
     secret_env = serializers.SerializerMethodField()
     parent_id = serializers.CharField(read_only=True, allow_null=True)
+    # "" until it is first enqueued (the status a dequeue returns it to)
+    enqueue_status = serializers.ChoiceField(choices=Status.choices, allow_blank=True, read_only=True)
 
     class Meta:
         model = Experiment

@@ -7,7 +7,8 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q
 from django.http import Http404
@@ -29,6 +30,12 @@ def error_body(code: str, message: str, field: str | None = None, **extra: Any) 
     return {"error": body}
 
 
+def too_large() -> tuple[int, dict[str, Any]]:
+    """The answer to a body over DATA_UPLOAD_MAX_MEMORY_SIZE (MAX_REQUEST_BYTES)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return 413, error_body("too_large", f"the body is over the limit of {limit} bytes (MAX_REQUEST_BYTES)")
+
+
 def _first_message(detail: Any) -> tuple[str | None, str]:
     """The first field and message in a DRF error detail tree."""
     if isinstance(detail, dict):
@@ -47,6 +54,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """Every error is JSON `{"error": {code, message, field?, fields?}}` with a 4xx status."""
     if isinstance(exc, ServiceError):
         return Response(error_body(exc.code, exc.message, exc.field, **exc.extra), status=exc.status)
+    if isinstance(exc, RequestDataTooBig):  # else Django's HTML 400
+        status_code, body = too_large()
+        return Response(body, status=status_code)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     if isinstance(exc, Http404):
@@ -104,6 +114,13 @@ class NewestFirstCursor(pagination.CursorPagination):
     page_size = 50
     page_size_query_param = "limit"
     max_page_size = 500
+
+    def decode_cursor(self, request: Request) -> Any:
+        """A cursor that is not one we wrote is bad input (400 naming `cursor`), not DRF's 404."""
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise exceptions.ValidationError({"cursor": ["invalid cursor"]}) from None
 
 
 class KeysetPagination(pagination.BasePagination):

@@ -33,9 +33,9 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http.request import split_domain_port, validate_host
 
-from orchestration.api import error_body
+from orchestration.api import error_body, too_large
 from workers.claim_view import claim
-from workers.report_view import report, too_large
+from workers.report_view import report
 
 ROUTE = re.compile(r"^/api/v1/workers/(?P<name>[^/]+)/(?P<endpoint>claim|report)/$")
 logger = logging.getLogger("django.request")

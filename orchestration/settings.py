@@ -196,10 +196,11 @@ SPECTACULAR_SETTINGS = {
         "KeyRoleEnum": "orchestration.models.Role",
         "KeyScopeEnum": "orchestration.models.KeyScope",
     },
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {"ApiKey": {"type": "http", "scheme": "bearer", "description": "ACCESS_KEY.SECRET"}}
-    },
-    "SECURITY": [{"ApiKey": []}],
+    # The ApiKey scheme comes from orchestration/schema.py: ApiKeyScheme, named on every operation that needs it.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "orchestration.schema.error_responses",
+    ],
 }
 
 # Celery: Redis when configured, otherwise kombu's filesystem broker (no services needed).

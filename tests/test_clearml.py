@@ -113,6 +113,8 @@ def test_the_envelope_paths_and_errors(agent: Agent, queue: Queue) -> None:
     assert agent.raw("queues.get_by_id", {"queue": "x" * 5000}).status_code == 400
     nofield = agent.raw("queues.get_by_id", {})
     assert nofield.status_code == 400 and "missing required field: queue" in nofield.json()["meta"]["result_msg"]
+    huge = agent.raw("events.add_batch", method="post", body='{"task": "' + "x" * 5_000_000 + '"}', version="")
+    assert huge.status_code == 413 and "MAX_REQUEST_BYTES" in huge.json()["meta"]["result_msg"]  # the envelope
 
 
 def test_login_tokens_are_checked_and_revocation_ends_them(agent: Agent, agent_key: NewKey) -> None:

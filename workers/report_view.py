@@ -14,12 +14,11 @@ import re
 from dataclasses import asdict
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from orchestration.api import error_body
+from orchestration.api import error_body, too_large
 from orchestration.counters import counter_incr
 from orchestration.errors import InvalidInput, ServiceError
 from workers import services
@@ -158,12 +157,6 @@ def report(authorization: str, name: str, body: bytes) -> tuple[int, dict[str, A
         return exc.status, error_body(exc.code, exc.message, exc.field, **exc.extra)
     counter_incr("reports")
     return 200, asdict(answer)
-
-
-def too_large() -> tuple[int, dict[str, Any]]:
-    """The answer to a body over DATA_UPLOAD_MAX_MEMORY_SIZE (MAX_REQUEST_BYTES)."""
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return 413, error_body("too_large", f"the body is over the limit of {limit} bytes (MAX_REQUEST_BYTES)")
 
 
 @csrf_exempt
