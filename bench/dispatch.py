@@ -113,7 +113,7 @@ def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple
             while True:
                 with conn.transaction():
                     locked = conn.execute(lock_sql, [worker_id]).fetchone()
-                    queues = json.loads(locked[-1]) if locked else []  # type: ignore[index]
+                    queues = json.loads(locked[-1]) if locked else []
                     got = None
                     for queue_id, _, _, _ in queues:
                         params = {

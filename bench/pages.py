@@ -122,7 +122,7 @@ def seed(database_url: str) -> dict[str, int]:
             sql = sql.replace("{" + name + "}", str(value))
         for statement in sql.split(";\n"):
             if statement.strip():
-                conn.execute(statement)  # type: ignore[call-overload]
+                conn.execute(statement)
         counts = {}
         for table in ("workers_worker", "queues_queue", "queues_queueentry", "experiments_experiment",
                       "workers_rollup", "workers_workerstat"):  # fmt: skip
@@ -154,11 +154,11 @@ def measure(rounds: int) -> list[tuple[str, float, float, int]]:
     client.force_login(User.objects.get(username="admin"))
     busiest = connection.cursor()
     busiest.execute("SELECT queue_id FROM queues_queueentry GROUP BY queue_id ORDER BY count(*) DESC LIMIT 1")
-    queue_id = busiest.fetchone()[0]  # type: ignore[index]
+    queue_id = busiest.fetchone()[0]
     busiest.execute(
         "SELECT experiment_id FROM queues_queueentry WHERE queue_id = %s ORDER BY position DESC LIMIT 1", [queue_id]
     )
-    deep = busiest.fetchone()[0]  # type: ignore[index]
+    deep = busiest.fetchone()[0]
     running = hashlib.md5(b"r1").hexdigest()  # noqa: S324 - the seed's ids, not security
     worker = "gpu-node-0001"
     urls = {

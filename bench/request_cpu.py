@@ -50,7 +50,7 @@ async def run(
 ) -> dict[str, Any]:
     method, path, body = KINDS[kind]
     key = keys["api_key" if kind in BY_USER else "agent_key"]
-    done, latencies = 0, []
+    done, latencies = 0, list[float]()
     deadline = time.monotonic() + seconds
 
     async def client(i: int) -> None:
