@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,27 @@ def test_graphs_answer_plotly_traces_for_each_metric_and_gpu(
     sample = web.get("/orchestration/graphs/workers/?span=3h").json()
     assert sample["traces"][0]["y"] == [1]
     assert Rollup.objects.filter(kind="fleet").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/orchestration/graphs/workers/?span=3h",
+        "/orchestration/graphs/workers/?span=3h&worker=g:0&metric=memory",
+        "/orchestration/graphs/queues/?span=3h&metric=wait",
+        "/orchestration/graphs/queues/?span=3h&metric=length",
+    ],
+)
+def test_every_graph_shows_the_whole_span_asked_for(
+    web: Client, queue: Queue, make_worker: Callable[..., Worker], url: str
+) -> None:
+    """A single point must not zoom the time axis to a millisecond: the axis is the span."""
+    make_worker("g:0", [queue])
+    _report("g:0", 0, cpu_percent=20.0, memory_used_mb=1024.0)
+    stats_sample()
+    start, end = (datetime.fromisoformat(x) for x in web.get(url).json()["x_range"])
+    assert timedelta(hours=3) - timedelta(seconds=5) < end - start <= timedelta(hours=3)
+    assert abs(end - timezone.now()) < timedelta(seconds=30)
 
 
 # -- experiments --------------------------------------------------------------------------------

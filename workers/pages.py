@@ -146,8 +146,9 @@ def graph_workers(request: HttpRequest) -> JsonResponse:
 
 @json_view
 def graph_queues(request: HttpRequest) -> JsonResponse:
+    span_s = parse_span(span_of(request))
     return JsonResponse(
-        queue_graph(request.GET.get("queue") or None, request.GET.get("metric", "wait"), parse_span(span_of(request)))
+        graph_window(queue_graph(request.GET.get("queue") or None, request.GET.get("metric", "wait"), span_s), span_s)
     )
 
 

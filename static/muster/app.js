@@ -190,6 +190,7 @@
     };
     const traces = data.traces.map((t) => ({
       type: "scatter", mode: t.x.length > 60 ? "lines" : "lines+markers", name: t.name, x: t.x, y: t.y,
+      cliponaxis: false,  // the newest point sits on the span's right edge: draw it whole
       line: { width: 1.8, shape: data.shape || "linear" }, marker: { size: 4 },
       hovertemplate: "%{y:" + (data.hover_format || ".3~s") + "}" + (data.y_suffix || "") + "<extra>" + t.name + "</extra>",
     }));
