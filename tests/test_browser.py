@@ -218,10 +218,15 @@ def test_a_worker_shows_its_resource_graph_and_the_span_redraws(page: Page, ws: 
     ws.start_agent("web-agent", ["default"], "--cpu-only")
     wait_for(lambda: ws.admin.request("GET", "workers/web-agent/stats/", params={"span": "3h"})["points"],
              timeout=30, what="stored reports")  # fmt: skip
+    wait_for(lambda: ws.admin.request("GET", "stats/fleet/", params={"span": "3h"})["points"],
+             timeout=30, what="a fleet sample")  # fmt: skip
     login(page, ws)
     page.goto(ws.url + "/orchestration/workers/")
     graph = page.locator("#graph-workers")
     expect(page.locator(".graphbar h2").first).to_have_text("Workers Utilization")
+    expect(graph.locator(".legendtext").first).to_have_text("Total Workers")
+    ticks = graph.locator(".ytick text").all_text_contents()
+    assert ticks and all(t.replace(",", "").isdigit() for t in ticks), ticks  # worker counts: no 0.2 ticks
     page.locator("#worker-table tr[data-name='web-agent'] td").first.click()
     expect(page.locator(".graphbar h2").first).to_have_text("web-agent")
     expect(page.locator("#panel h2")).to_have_text("web-agent")

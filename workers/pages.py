@@ -104,7 +104,7 @@ def fleet_graph(span_s: int) -> dict[str, Any]:
         _trace("Total Workers", points, lambda p: p.get("workers_total")),
         _trace("Active Workers", points, lambda p: p.get("workers_active")),
     ]
-    return {"traces": traces, "y_title": "Count", "hover_format": ".0f", "shape": "hv"}
+    return {"traces": traces, "y_title": "Count", "hover_format": ".0f", "shape": "hv", "integer": True}
 
 
 def queue_graph(queue_id: str | None, metric: str, span_s: int) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def queue_graph(queue_id: str | None, metric: str, span_s: int) -> dict[str, Any
     if metric == "length":
         key = "length" if queue_id else "queued"
         traces = [_trace("In queue", points, _scaled(key))]
-        return {"traces": traces, "y_title": "Experiments", "hover_format": ".0f", "shape": "hv"}
+        return {"traces": traces, "y_title": "Experiments", "hover_format": ".0f", "shape": "hv", "integer": True}
     traces = [
         _trace("Average wait", points, _scaled("wait_avg_s")),
         _trace("Longest wait", points, _scaled("wait_max_s")),

@@ -188,6 +188,11 @@
       yaxis: { title: { text: data.y_title }, gridcolor: grid, linecolor: grid, zeroline: false, rangemode: "tozero",
                ticksuffix: data.y_suffix || "", tickformat: data.y_format || "" },
     };
+    if (data.integer) {  // counts: whole-number ticks, not 0.2, 0.4 … for a fleet of one
+      const top = Math.max(0, ...data.traces.flatMap((t) => t.y.filter((v) => v !== null)));
+      layout.yaxis.tickformat = ",d";
+      if (top < 5) layout.yaxis.dtick = 1;
+    }
     const traces = data.traces.map((t) => ({
       type: "scatter", mode: t.x.length > 60 ? "lines" : "lines+markers", name: t.name, x: t.x, y: t.y,
       cliponaxis: false,  // the newest point sits on the span's right edge: draw it whole
