@@ -681,7 +681,11 @@ def attempt_progress(
 @atomic
 def attempt_append_logs(*, actor: Actor, attempt_id: str, token: str, chunks: Sequence[tuple[int, str]]) -> int:
     """Store sequenced log chunks; a chunk seen before is skipped; over the cap keep head and tail."""
-    attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
+    return _store_chunks(_leased(actor=actor, attempt_id=attempt_id, token=token), chunks)
+
+
+def _store_chunks(attempt: Attempt, chunks: Sequence[tuple[int, str]]) -> int:
+    """attempt_append_logs' work on the attempt it has locked."""
     seqs = [seq for seq, _ in chunks]
     seen = set(LogChunk.objects.filter(attempt=attempt, seq__in=seqs).values_list("seq", flat=True))
     fresh: dict[int, str] = {}
@@ -729,9 +733,9 @@ def attempt_append_text(*, actor: Actor, attempt_id: str, token: str, text: str)
     agent and the SDK in the task both send console lines) never take the same number,
     which would have made the second chunk look like a repeat of the first and dropped it.
     """
-    _leased(actor=actor, attempt_id=attempt_id, token=token)
-    top = LogChunk.objects.filter(attempt_id=attempt_id).aggregate(top=Max("seq"))["top"]
-    return attempt_append_logs(actor=actor, attempt_id=attempt_id, token=token, chunks=[((top or 0) + 1, text)])
+    attempt = _leased(actor=actor, attempt_id=attempt_id, token=token)
+    top = LogChunk.objects.filter(attempt=attempt).aggregate(top=Max("seq"))["top"]
+    return _store_chunks(attempt, [((top or 0) + 1, text)])
 
 
 UNSTARTED_FREE_RETURNS = 3
