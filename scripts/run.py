@@ -53,7 +53,24 @@ def login_cli(url: str, key: str) -> str:
     return f"logged in as the admin ({config_path()})"
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens there (another `make run`, say)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
 def main() -> int:
+    if port_taken(HOST, int(PORT)):
+        print(
+            f"something already listens on {HOST}:{PORT} (another `make run`?): stop it, "
+            "or choose another port with MUSTER_PORT=8001 make run",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
     os.environ.setdefault("DEBUG", "true")
     os.environ.setdefault("SITE_URL", f"http://{HOST}:{PORT}")

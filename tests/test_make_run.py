@@ -105,3 +105,20 @@ def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) ->
     while _ours(var) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _ours(var) == [], "make run left processes behind"
+
+
+def test_make_run_refuses_a_port_already_in_use(tmp_path: Path) -> None:
+    """A second `make run` must not print the first one's URL as its own and then fail to bind."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSTER_") and k != "DATABASE_URL"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env.update({"MUSTER_VAR_DIR": str(tmp_path / "var"), "MUSTER_PORT": str(taken.getsockname()[1])})
+        done = subprocess.run(
+            [sys.executable, "scripts/run.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1
+    assert "already listens on 127.0.0.1:" in done.stderr and "MUSTER_PORT" in done.stderr
+    assert "Muster is running" not in done.stdout and not (tmp_path / "var").exists()  # nothing started or written
