@@ -23,6 +23,7 @@ from clearml_api.transport import ApiFailure, Call, endpoint
 from experiments import services as exp_services
 from experiments.models import Attempt, Capability, Experiment, Status
 from queues import services as queue_services
+from queues.access import actor_servable_queue_ids
 from queues.models import Queue, QueueEntry
 from workers import selectors as worker_selectors
 from workers import services as worker_services
@@ -149,6 +150,8 @@ def queues_get_next_task(call: Call) -> dict[str, Any]:
     from queues.dispatch import Capacity, dispatch_claim
 
     queue = _queue(call.text("queue"))
+    if not actor_servable_queue_ids(call.caller, [queue.pk]):
+        raise ApiFailure(403, 0, f"this key may not serve queue {queue.name}")
     if queue.paused:
         return {}
     claim = dispatch_claim(

@@ -83,7 +83,8 @@ class Experiment(models.Model):
     container_args = models.JSONField(default=list, blank=True)
     setup_script = models.TextField(blank=True)
     env = models.JSONField(default=dict, blank=True)
-    secret_env = models.JSONField(default=dict, blank=True)  # write-only, masked when read
+    # {name: Fernet ciphertext} (orchestration/secrets.py): write-only, names shown, values never.
+    secret_env = models.JSONField(default=dict, blank=True)
     parameters = models.JSONField(default=dict, blank=True)
 
     # Resource request: unset means 0 GPUs and 1 CPU.

@@ -92,11 +92,11 @@ def run_spec(experiment: Experiment, owner_secrets: list[tuple[str, str]] | None
     query, only for the claim's answer, unless the claim's take already read them: `owner_secrets`); a re-run of code from a repository or snapshot
     gets the frozen requirements of its last attempt, so it rebuilds the same set.
     """
-    from orchestration.secrets import secrets_for_run
+    from orchestration.secrets import secret_env_decrypt, secrets_for_run
 
     spec: dict[str, object] = {name: getattr(experiment, name) for name in RUN_FIELDS}
-    if experiment.owner_id is not None:
-        spec["secret_env"] = {**secrets_for_run(experiment.owner_id, owner_secrets), **(experiment.secret_env or {})}
+    own = secret_env_decrypt(experiment.secret_env or {})
+    spec["secret_env"] = {**secrets_for_run(experiment.owner_id, owner_secrets), **own} if experiment.owner_id else own
     if experiment.repository or experiment.snapshot:
         # A re-run rebuilds the set that ran before (the frozen list of the last attempt that has one).
         frozen = (

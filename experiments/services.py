@@ -31,7 +31,9 @@ from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record, audit_record_many
 from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
+from orchestration.secrets import secret_env_encrypt
 from queues import positions
+from queues.access import may_enqueue
 from queues.models import Queue, QueueEntry
 from queues.wakeup import notify_queues
 
@@ -127,13 +129,6 @@ def _illegal(exp: Experiment, verb: str) -> Conflict:
     return Conflict(f"cannot {verb} experiment {exp.pk}: it is {exp.status}", field="status")
 
 
-def _may_submit(actor: Actor, queue: Queue) -> bool:
-    if actor.is_admin:
-        return True
-    allowed = list(queue.groups.values_list("id", flat=True))
-    return not allowed or bool(actor.group_ids.intersection(allowed))
-
-
 def resolve_queue(*, actor: Actor, queue_id: str | None = None, queue_name: str | None = None) -> Queue:
     """The queue named by id or name (case-insensitive); only admins may name unknown queues."""
     try:
@@ -208,6 +203,8 @@ def _new_values(*, actor: Actor, spec: Mapping[str, Any], group_id: int | None) 
         raise Forbidden("you are not in that group", field="group")
     if group_id is not None and not Group.objects.filter(pk=group_id).exists():
         raise InvalidInput(f"unknown group {group_id}", field="group")
+    if "secret_env" in values:
+        values["secret_env"] = secret_env_encrypt(values["secret_env"] or {})
     return {"owner_id": actor.user_id, "group_id": group_id, **values}
 
 
@@ -233,7 +230,7 @@ def experiment_submit(
         return Outcome(experiment_create(actor=actor, spec=spec, group_id=group_id))
     values = _new_values(actor=actor, spec=spec, group_id=group_id)
     queue = resolve_queue(actor=actor, queue_name=queue_name)
-    if not _may_submit(actor, queue):
+    if not may_enqueue(actor, queue):
         raise Forbidden(f"you may not submit to queue {queue.name}", field="queue")
     warnings = [] if _live_listener_exists(queue) else [f"no live worker listens to queue {queue.name}"]
     exp = Experiment.objects.create(
@@ -271,7 +268,7 @@ def experiment_update(*, actor: Actor, experiment_id: str, changes: Mapping[str,
         return exp
     before = {k: getattr(exp, k) for k in changes if k != "secret_env"}
     for key, value in changes.items():
-        setattr(exp, key, value)
+        setattr(exp, key, secret_env_encrypt(value or {}) if key == "secret_env" else value)
     exp.save(update_fields=[*changes, "updated_at"])
     after = {k: getattr(exp, k) for k in changes if k != "secret_env"}
     audit_record(actor=actor, change=Change("experiment", exp.pk, "edit", before, after))
@@ -305,6 +302,11 @@ def experiment_clone(
     values = _clone_values(source, overrides)
     values["name"] = name or source.name
     validate_spec(values)
+    if overrides and "secret_env" in overrides:
+        values["secret_env"] = secret_env_encrypt(overrides["secret_env"] or {})
+    elif source.owner_id != actor.user_id:
+        # Secrets belong to their owner: another user's clone (an admin's too) runs without them.
+        values["secret_env"] = {}
     exp = Experiment.objects.create(
         owner_id=actor.user_id, group_id=source.group_id, parent=source, queue=source.queue, **values
     )
@@ -346,7 +348,7 @@ def experiment_enqueue(
     if not queue_id and not queue_name and exp.queue_id:
         queue_id = exp.queue_id
     queue = resolve_queue(actor=actor, queue_id=queue_id, queue_name=queue_name)
-    if not _may_submit(actor, queue):
+    if not may_enqueue(actor, queue):
         raise Forbidden(f"you may not submit to queue {queue.name}", field="queue")
     if priority is not None and priority != exp.priority:
         Experiment.objects.filter(pk=exp.pk).update(priority=priority)

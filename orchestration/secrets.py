@@ -1,8 +1,10 @@
-"""Per-user secrets: encrypted at rest (Fernet), written through these services only, never read back.
+"""Secrets: per-user ones and experiments' own secret_env, encrypted at rest (Fernet), never read back.
 
 The key is SECRETS_KEY (any string; SHA-256 makes the Fernet key), or SECRET_KEY when it is
 not set. Values leave the server only in a claim's run spec, to the agent that runs one of
-the owner's experiments (the experiment's own secret_env wins on a name clash).
+the owner's experiments (the experiment's own secret_env wins on a name clash), claimed by a
+worker allowed to serve its queue (queues/access.py). An experiment's secret_env is stored as
+{name: ciphertext}: secret_env_encrypt at every write, secret_env_decrypt only for a run spec.
 """
 
 from __future__ import annotations
@@ -28,6 +30,24 @@ MAX_VALUE = 64 * 1024
 def _fernet() -> Fernet:
     secret = settings.SECRETS_KEY or settings.SECRET_KEY
     return Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()))
+
+
+def secret_env_encrypt(values: dict[str, str]) -> dict[str, str]:
+    """An experiment's secret_env as stored: each value encrypted, the names in clear (pages list them)."""
+    fernet = _fernet()
+    return {str(name): fernet.encrypt(str(value).encode()).decode() for name, value in values.items()}
+
+
+def secret_env_decrypt(stored: dict[str, str]) -> dict[str, str]:
+    """An experiment's stored secret_env in clear, for a claim's run spec only."""
+    fernet = _fernet()
+    out: dict[str, str] = {}
+    for name, ciphertext in stored.items():
+        try:
+            out[name] = fernet.decrypt(str(ciphertext).encode()).decode()
+        except InvalidToken:
+            continue  # encrypted with another key (SECRETS_KEY changed): skipped, not leaked as garbage
+    return out
 
 
 def _owner(actor: Actor, owner: User | None) -> int:

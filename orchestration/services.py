@@ -96,12 +96,17 @@ def apikey_create(
         worker_prefix=worker_prefix,
     )
     if allowed_queue_ids:
+        from queues.access import servable_queue_ids
         from queues.models import Queue
 
         found = set(Queue.objects.filter(pk__in=allowed_queue_ids).values_list("id", flat=True))
         missing = [q for q in allowed_queue_ids if q not in found]
         if missing:
             raise InvalidInput(f"unknown queue {missing[0]}", field="allowed_queues")
+        # A key never lets its worker serve more than its owner may enqueue to (the claim checks it again).
+        refused = found - servable_queue_ids(owner_id=user.pk, key_id=None, queue_ids=found)
+        if refused:
+            raise Forbidden(f"{user.get_username()} may not enqueue to queue {min(refused)}", field="allowed_queues")
         key.allowed_queues.set(Queue.objects.filter(pk__in=found))
     audit_record(actor=actor, change=Change("apikey", key.access_key, "create", {}, _snapshot(key), name))
     return NewKey(key=key, secret=secret)

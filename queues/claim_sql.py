@@ -26,6 +26,8 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from queues.access import servable_sql
+
 if TYPE_CHECKING:
     from experiments.models import Experiment
     from workers.models import Worker
@@ -140,6 +142,7 @@ def take(
 CLAIM_FIELDS = (
     "id", "name", "status", "draining", "gpus", "cpus", "memory_mb", "used_gpus", "used_cpus", "used_memory_mb",
     "capabilities", "gpu_models", "order_fairness", "last_queue_id", "last_seen_at", "timeout_s", "api_key_id",
+    "owner_id",
 )  # fmt: skip
 
 LOCK_WORKER = """
@@ -147,7 +150,7 @@ SELECT {worker_columns},
        (SELECT COALESCE(json_agg(json_build_array(q.id, q.paused, q.concurrency_limit, q.name)
                                  ORDER BY wq."order"), '[]'::json)::text
         FROM workers_workerqueue wq JOIN queues_queue q ON q.id = wq.queue_id
-        WHERE wq.worker_id = w.id) AS queue_rows
+        WHERE wq.worker_id = w.id AND {servable}) AS queue_rows
 FROM workers_worker w
 WHERE {where}
 FOR UPDATE OF w
@@ -157,12 +160,20 @@ FOR UPDATE OF w
 def lock_worker(
     columns: tuple[str, ...], *, pk: int | None = None, name: str | None = None
 ) -> tuple[Worker, list[tuple[str, bool, int | None, str]]] | None:
-    """Lock a worker row and read its queues (in its order) in one round trip."""
+    """Lock a worker row and read the queues it may serve (in its order) in one round trip.
+
+    A queue the worker lists but may no longer serve (its owner left the queue's groups, the
+    queue's groups changed) is left out here, inside the claim (queues/access.py).
+    """
     from orchestration.db import prepared_cursor
     from workers.models import Worker
 
     where, arg = ("w.id = %s", pk) if pk is not None else ("w.name = %s", name)
-    sql = LOCK_WORKER.format(worker_columns=", ".join(f"w.{c}" for c in columns), where=where)
+    sql = LOCK_WORKER.format(
+        worker_columns=", ".join(f"w.{c}" for c in columns),
+        where=where,
+        servable=servable_sql(queue="q.id", owner="w.owner_id", key="w.api_key_id"),
+    )
     with prepared_cursor() as cursor:
         cursor.execute(sql, [arg])
         row = cursor.fetchone()

@@ -26,6 +26,7 @@ from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record
 from orchestration.errors import Conflict, Forbidden, NotFound
 from queues import claim_sql
+from queues.access import actor_servable_queue_ids, servable_queue_ids
 from queues.claim_sql import CLAIM_FIELDS
 from queues.models import Queue, QueueEntry
 from workers.models import Worker, WorkerQueue, WorkerStatus
@@ -105,9 +106,13 @@ def _fits(capacity: Capacity) -> Q:
 
 
 def _queue_order(
-    worker: Worker | None, queue_ids: Sequence[str] | None, rows: list[QueueRow] | None = None
+    actor: Actor, worker: Worker | None, queue_ids: Sequence[str] | None, rows: list[QueueRow] | None = None
 ) -> list[QueueRow]:
-    """(id, paused, concurrency limit, name) of the queues to walk, in the order to walk them."""
+    """(id, paused, concurrency limit, name) of the queues to walk, in the order to walk them.
+
+    Only queues the worker (or, naming no worker, the caller's key) may serve: on PostgreSQL
+    the worker's `rows` come filtered from its lock; here the same rule (queues/access.py).
+    """
     if worker is not None:
         if rows is None:
             rows = list(
@@ -115,15 +120,19 @@ def _queue_order(
                 .order_by("order")
                 .values_list("queue_id", "queue__paused", "queue__concurrency_limit", "queue__name")
             )
+            servable = servable_queue_ids(
+                owner_id=worker.owner_id, key_id=worker.api_key_id, queue_ids=[r[0] for r in rows]
+            )
+            rows = [r for r in rows if r[0] in servable]
         if worker.order_fairness and worker.last_queue_id:
             ids = [r[0] for r in rows]
             if worker.last_queue_id in ids:
                 start = ids.index(worker.last_queue_id) + 1
                 rows = rows[start:] + rows[:start]
         return rows
+    servable = actor_servable_queue_ids(actor, queue_ids or [])
     by_id = {
-        q[0]: q
-        for q in Queue.objects.filter(pk__in=queue_ids or []).values_list("id", "paused", "concurrency_limit", "name")
+        q[0]: q for q in Queue.objects.filter(pk__in=servable).values_list("id", "paused", "concurrency_limit", "name")
     }
     return [by_id[q] for q in (queue_ids or []) if q in by_id]
 
@@ -198,7 +207,7 @@ def dispatch_claim(
         capacity = capacity or Capacity()
         fits = _fits(capacity)
         missing_caps = ALL_CAPABILITIES & ~capacity.capabilities
-        for queue_id, paused, limit, queue_name in _queue_order(worker, queue_ids, queue_rows):
+        for queue_id, paused, limit, queue_name in _queue_order(actor, worker, queue_ids, queue_rows):
             if paused:
                 continue
             if limit is not None and not _under_limit(queue_id, limit):

@@ -16,6 +16,7 @@ from orchestration.audit import Change, audit_record
 from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound
 from queues import positions
+from queues.access import may_enqueue
 from queues.models import Queue, QueueEntry
 from queues.wakeup import notify_queues
 
@@ -211,17 +212,13 @@ def queue_entries_move(
     if to == "queue":
         if not target_queue:
             raise InvalidInput("name the queue to move to", field="value")
-        from experiments.services import _may_submit, resolve_queue
-
+        # Never created here: a typo in a move must not make a queue (admins create them explicitly).
         target = (
             Queue.objects.filter(pk=target_queue).first() or Queue.objects.filter(name__iexact=target_queue).first()
         )
         if target is None:
-            if not actor.is_admin:
-                raise NotFound(f"queue {target_queue!r} does not exist", field="value")
-            target = queue_create(actor=actor, name=target_queue)
-        target = resolve_queue(actor=actor, queue_id=target.pk)
-        if not _may_submit(actor, target):
+            raise NotFound(f"queue {target_queue!r} does not exist", field="value")
+        if not may_enqueue(actor, target):
             raise Forbidden(f"you may not submit to queue {target.name}", field="value")
         exps = list(Experiment.objects.select_for_update().filter(pk__in=[e.experiment_id for e in entries]))
         by_id = {e.pk: e for e in exps}

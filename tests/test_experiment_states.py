@@ -9,9 +9,10 @@ import pytest
 
 from experiments import services
 from experiments.models import Attempt, Experiment, FailureClass, Status, UsageRecord
-from orchestration.actor import Actor
+from orchestration.actor import Actor, actor_for_user
 from orchestration.errors import Conflict, Forbidden, InvalidInput, StaleLease
 from orchestration.models import AuditEvent
+from orchestration.secrets import secret_env_decrypt
 from queues.dispatch import dispatch_claim
 from queues.models import Queue, QueueEntry
 from workers.models import Worker
@@ -405,7 +406,18 @@ def test_clone_copies_the_spec_into_a_new_created_experiment(
     exp = make_experiment(parameters={"a": 1}, gpus=0.5, secret_env={"TOKEN": "s"})
     clone = services.experiment_clone(actor=alice_actor, experiment_id=exp.pk, overrides={"gpus": 1})
     assert clone.status == Status.CREATED and clone.parent == exp
-    assert clone.gpus == 1 and clone.parameters == {"a": 1} and clone.secret_env == {"TOKEN": "s"}
+    assert clone.gpus == 1 and clone.parameters == {"a": 1}
+    assert secret_env_decrypt(clone.secret_env) == {"TOKEN": "s"}, "the owner's own clone keeps its secrets"
+
+
+def test_another_users_clone_carries_no_secrets(
+    make_experiment: Callable[..., Experiment], bob: Any, admin_actor: Actor
+) -> None:
+    exp = make_experiment(secret_env={"TOKEN": "alice-only"})
+    for actor in (actor_for_user(bob), admin_actor):
+        clone = services.experiment_clone(actor=actor, experiment_id=exp.pk)
+        assert clone.secret_env == {}, actor
+    assert secret_env_decrypt(Experiment.objects.get(pk=exp.pk).secret_env) == {"TOKEN": "alice-only"}
 
 
 def test_someone_else_cannot_change_my_experiment(

@@ -158,6 +158,10 @@ def test_queue_panel_orders_moves_reorders_and_dequeues(
     bad = web.post(url, {"experiments": exps["b"].pk, "to": "position", "value": "two"})
     assert bad.status_code == 400 and "whole number" in toast(bad)["text"]
     assert web.post(url, {"to": "top"}).status_code == 400
+    typo = web.post(url, {"experiments": exps["c"].pk, "to": "queue", "value": "brand-nwe"})
+    assert typo.status_code == 404 and "does not exist" in toast(typo)["text"]
+    assert not Queue.objects.filter(name="brand-nwe").exists()
+    make_queue("brand-new")
     r = web.post(url, {"experiments": f"{exps['c'].pk},{exps['d'].pk}", "to": "queue", "value": "brand-new"})
     assert r.status_code == 200 and toast(r)["text"] == "Moved 2 to brand-new"
     assert order(Queue.objects.get(name="brand-new")) == ["c", "d"]

@@ -144,7 +144,7 @@ def test_moving_past_another_priority_takes_that_priority(
     assert order(queue) == ["hi", "lo"]
 
 
-def test_move_to_another_queue_and_to_a_new_one(
+def test_move_to_another_queue_by_id_or_name_and_never_to_a_typo(
     admin_actor: Actor, queue: Queue, filled: list[Experiment], make_queue: Callable[..., Queue]
 ) -> None:
     other = make_queue("other")
@@ -153,10 +153,15 @@ def test_move_to_another_queue_and_to_a_new_one(
     )
     assert order(other) == ["b", "d"] and order(queue) == ["a", "c", "e"]
     services.queue_entries_move(
-        actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "a"), to="queue", target_queue="brand new"
+        actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "a"), to="queue", target_queue="OTHER"
     )
-    assert order(Queue.objects.get(name="brand new")) == ["a"]
-    assert Experiment.objects.get(name="a").queue.name == "brand new"
+    assert order(other) == ["b", "d", "a"]
+    with pytest.raises(NotFound, match="'othre' does not exist"):
+        services.queue_entries_move(
+            actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "c"), to="queue", target_queue="othre"
+        )
+    assert not Queue.objects.filter(name="othre").exists(), "an admin's typo made no queue"
+    assert order(queue) == ["c", "e"]
 
 
 def test_users_move_only_their_own_and_cannot_create_queues(

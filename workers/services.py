@@ -21,6 +21,7 @@ from orchestration.actor import SYSTEM, Actor
 from orchestration.audit import Change, audit_record
 from orchestration.db import atomic, prepared_cursor
 from orchestration.errors import Conflict, Forbidden, InvalidInput
+from queues.access import actor_servable_queue_ids, servable_queue_ids
 from queues.models import Queue
 from workers.models import WORKER_NAME_RE, AttemptStat, Worker, WorkerKind, WorkerQueue, WorkerStat, WorkerStatus
 from workers.selectors import worker_is_live
@@ -59,8 +60,15 @@ def _snapshot(w: Worker) -> dict[str, Any]:
     }
 
 
-def resolve_queues(*, actor: Actor, refs: Sequence[str]) -> list[Queue]:
-    """Queues by id or name (case-insensitive), in the given order; unknown ones are a 400."""
+def resolve_queues(
+    *, actor: Actor, refs: Sequence[str], owner_id: int | None = None, key_id: int | None = None
+) -> list[Queue]:
+    """Queues by id or name (case-insensitive), in the given order, that a worker may serve.
+
+    Unknown ones are a 400; one the worker may not serve (queues/access.py: its key's owner may
+    not enqueue there, or the key is limited to other queues) is a 403. The worker is the
+    actor's own (registration) unless `owner_id`/`key_id` name another's (a queue edit).
+    """
     if len(refs) > MAX_QUEUES:
         raise InvalidInput(f"at most {MAX_QUEUES} queues", field="queues")
     found = {q.pk: q for q in Queue.objects.filter(pk__in=refs)}
@@ -80,13 +88,17 @@ def resolve_queues(*, actor: Actor, refs: Sequence[str]) -> list[Queue]:
         q = found.get(ref) or by_name[ref.lower()]
         if q not in queues:
             queues.append(q)
-    key = actor.key
-    if actor.is_agent and key is not None:
-        allowed = set(key.allowed_queues.values_list("id", flat=True))
-        if allowed:
-            refused = [q.name for q in queues if q.pk not in allowed]
-            if refused:
-                raise Forbidden(f"this key may not serve queue {refused[0]!r}", field="queues")
+    if owner_id is None and key_id is None:
+        servable = actor_servable_queue_ids(actor, [q.pk for q in queues])
+    else:
+        servable = servable_queue_ids(owner_id=owner_id, key_id=key_id, queue_ids=[q.pk for q in queues])
+    refused = [q.name for q in queues if q.pk not in servable]
+    if refused:
+        raise Forbidden(
+            f"this worker may not serve queue {refused[0]!r}: its key's owner may not enqueue there, "
+            "or the key is limited to other queues",
+            field="queues",
+        )
     return queues
 
 
@@ -207,7 +219,7 @@ def worker_update(
     before = _snapshot(worker)
     changed = False
     if queues is not None:
-        resolved = resolve_queues(actor=actor, refs=list(queues))
+        resolved = resolve_queues(actor=actor, refs=list(queues), owner_id=worker.owner_id, key_id=worker.api_key_id)
         if [q.pk for q in resolved] != before["queues"]:
             _set_queues(worker, resolved)
             changed = True

@@ -1,0 +1,168 @@
+"""Tenant isolation: a worker serves only queues its key's owner may enqueue to, and secrets stay with their owner.
+
+The serving rule (queues/access.py) is one SQL condition used by the claim's lock on
+PostgreSQL, by the ORM claim and by key creation, registration and queue edits; these tests
+check it against may_enqueue and drive each way in (issue 13, point 1, 3 and 5).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+from rest_framework.test import APIClient
+
+from experiments.models import Experiment, Status
+from experiments.services import experiment_clone, experiment_create, experiment_enqueue
+from orchestration.actor import SYSTEM, Actor, actor_for_user
+from orchestration.errors import Forbidden
+from orchestration.models import Role
+from orchestration.secrets import secret_env_decrypt
+from orchestration.services import NewKey, apikey_create
+from queues.access import may_enqueue, servable_queue_ids
+from queues.dispatch import Capacity, dispatch_claim
+from queues.models import Queue
+from queues.services import queue_create
+from workers.api import claim_payload
+from workers.models import Worker
+from workers.services import Registration, worker_register, worker_update
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def groups(alice: User, bob: User) -> tuple[Group, Group]:
+    a, b = Group.objects.create(name="team-a"), Group.objects.create(name="team-b")
+    alice.groups.add(a)
+    bob.groups.add(b)
+    return a, b
+
+
+@pytest.fixture
+def queues(groups: tuple[Group, Group]) -> dict[str, Queue]:
+    a, b = groups
+    return {
+        "a": queue_create(actor=SYSTEM, name="queue-a", group_ids=[a.pk]),
+        "b": queue_create(actor=SYSTEM, name="queue-b", group_ids=[b.pk]),
+        "open": queue_create(actor=SYSTEM, name="open"),
+    }
+
+
+def _agent(user: User, **kw: Any) -> tuple[NewKey, Actor]:
+    key = apikey_create(actor=SYSTEM, user=user, role=Role.AGENT, **kw)
+    return key, actor_for_user(user, key.key)
+
+
+def _bob_secret_experiment(bob: User, queue: Queue) -> Experiment:
+    owner = actor_for_user(bob)
+    exp = experiment_create(actor=owner, spec={"name": "b", "command": ["true"], "secret_env": {"B_TOKEN": "bee"}})
+    experiment_enqueue(actor=owner, experiment_id=exp.pk, queue_id=queue.pk)
+    return exp
+
+
+def test_the_sql_rule_agrees_with_may_enqueue_for_every_owner_and_key(
+    alice: User, bob: User, admin_user: User, queues: dict[str, Queue]
+) -> None:
+    for user in (alice, bob, admin_user):
+        owner = actor_for_user(user)
+        expected = {q.pk for q in queues.values() if may_enqueue(owner, q)}
+        ids = [q.pk for q in queues.values()]
+        assert servable_queue_ids(owner_id=user.pk, key_id=None, queue_ids=ids) == expected, user
+        unlimited, _ = _agent(user)
+        assert servable_queue_ids(owner_id=user.pk, key_id=unlimited.key.pk, queue_ids=ids) == expected, user
+        limited, _ = _agent(user, allowed_queue_ids=[queues["open"].pk])
+        assert servable_queue_ids(owner_id=user.pk, key_id=limited.key.pk, queue_ids=ids) == {queues["open"].pk}
+    assert servable_queue_ids(owner_id=alice.pk, key_id=None, queue_ids=[]) == set()
+
+
+def test_a_key_is_never_limited_to_a_queue_its_owner_may_not_use(alice: User, queues: dict[str, Queue]) -> None:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {apikey_create(actor=SYSTEM, user=alice).token}")
+    r = api.post("/api/v1/keys/", {"role": "agent", "allowed_queues": [queues["b"].pk]}, format="json")
+    assert r.status_code == 403 and r.json()["error"]["field"] == "allowed_queues", r.content
+    assert not alice.api_keys.filter(role=Role.AGENT).exists()
+    r = api.post("/api/v1/keys/", {"role": "agent", "allowed_queues": [queues["a"].pk]}, format="json")
+    assert r.status_code == 201
+
+
+def test_an_agent_key_registers_only_for_queues_its_owner_may_use(alice: User, queues: dict[str, Queue]) -> None:
+    key, _ = _agent(alice)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key.token}")
+    r = api.post("/api/v1/workers/", {"name": "w", "queues": ["queue-b"]}, format="json")
+    assert r.status_code == 403 and "queue-b" in r.json()["error"]["message"], r.content
+    assert not Worker.objects.filter(name="w").exists()
+    assert api.post("/api/v1/workers/", {"name": "w", "queues": ["queue-a", "open"]}, format="json").status_code == 201
+    # A queue edit, by the agent or an admin, is held to the worker's owner, not to the editor.
+    r = api.patch("/api/v1/workers/w/", {"queues": ["queue-b"]}, format="json")
+    assert r.status_code == 403
+    with pytest.raises(Forbidden):
+        worker_update(actor=SYSTEM, worker=Worker.objects.get(name="w"), queues=[queues["b"].pk])
+
+
+@pytest.mark.parametrize("wait", ["0", "1"])
+def test_a_claim_never_hands_another_groups_experiment_or_secrets(
+    alice: User, bob: User, queues: dict[str, Queue], wait: str
+) -> None:
+    """Issue 13's first way in: a worker that lists a queue it may no longer serve takes nothing from it."""
+    key, agent = _agent(alice)
+    worker_register(actor=agent, reg=Registration(name="w", queues=[queues["a"].pk], cpus=8, capabilities=31))
+    # The worker listed queue-b while alice was in team-b; she has left it since.
+    bob_group = Group.objects.get(name="team-b")
+    alice.groups.add(bob_group)
+    worker_update(actor=agent, worker=Worker.objects.get(name="w"), queues=[queues["a"].pk, queues["b"].pk])
+    alice.groups.remove(bob_group)
+    exp = _bob_secret_experiment(bob, queues["b"])
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key.token}")
+    r = api.post(f"/api/v1/workers/w/claim/?wait={wait}")
+    assert r.status_code == 200 and r.json() == {"attempt": None, "experiment": None}, r.content
+    assert Experiment.objects.get(pk=exp.pk).status == Status.QUEUED
+    # Bob's own agent takes it, with his secret.
+    _, bobs = _agent(bob)
+    worker_register(actor=bobs, reg=Registration(name="bw", queues=[queues["b"].pk], cpus=8, capabilities=31))
+    claim = dispatch_claim(actor=bobs, worker_name="bw")
+    assert claim is not None and claim.experiment.pk == exp.pk
+    assert claim_payload(claim)["experiment"]["secret_env"] == {"B_TOKEN": "bee"}
+
+
+def test_an_agent_key_limited_to_one_queue_claims_nothing_elsewhere(
+    admin_user: User, bob: User, queues: dict[str, Queue]
+) -> None:
+    _, agent = _agent(admin_user, allowed_queue_ids=[queues["open"].pk])
+    exp = _bob_secret_experiment(bob, queues["b"])
+    assert dispatch_claim(actor=agent, queue_ids=[queues["b"].pk], capacity=Capacity()) is None
+    assert Experiment.objects.get(pk=exp.pk).status == Status.QUEUED
+
+
+def test_clearml_get_next_task_refuses_a_queue_the_key_may_not_serve(
+    alice: User, bob: User, queues: dict[str, Queue]
+) -> None:
+    """Issue 13's fifth way in: ClearML's pop named another group's queue and took its task."""
+    key, _ = _agent(alice, allowed_queue_ids=[queues["a"].pk])
+    exp = _bob_secret_experiment(bob, queues["b"])
+    access, secret = key.token.split(".", 1)
+    client = Client()
+    r = client.post(
+        "/clearml/queues.get_next_task",
+        data={"queue": queues["b"].pk},
+        content_type="application/json",
+        HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"{access}:{secret}".encode()).decode(),
+    )
+    assert r.status_code == 403, r.content
+    assert Experiment.objects.get(pk=exp.pk).status == Status.QUEUED
+
+
+def test_secrets_are_encrypted_at_rest_and_a_stranger_clone_has_none(
+    alice: User, bob: User, queues: dict[str, Queue], make_queue: Callable[..., Queue]
+) -> None:
+    exp = _bob_secret_experiment(bob, queues["open"])
+    stored = Experiment.objects.get(pk=exp.pk).secret_env
+    assert set(stored) == {"B_TOKEN"} and "bee" not in str(stored)
+    assert secret_env_decrypt(stored) == {"B_TOKEN": "bee"}
+    clone = experiment_clone(actor=actor_for_user(alice), experiment_id=exp.pk)
+    assert clone.secret_env == {}
