@@ -18,10 +18,12 @@ from typing import Any
 from django.db.models import Count
 
 from clearml_api.mapping import iso, project, queue_doc, script_changes, task_doc, worker_doc
+from clearml_api.patterns import name_matcher
 from clearml_api.tokens import token_issue
 from clearml_api.transport import ApiFailure, Call, endpoint
 from experiments import services as exp_services
 from experiments.models import Attempt, Capability, Experiment, Status
+from orchestration.actor import Actor
 from queues import services as queue_services
 from queues.access import actor_servable_queue_ids
 from queues.models import Queue, QueueEntry
@@ -31,6 +33,7 @@ from workers.models import Worker, WorkerKind, WorkerQueue
 
 CLEARML_CAPABILITIES = Capability.SCRIPT | Capability.GIT  # literal scripts and git; no argv, no snapshots
 MAX_ENTRIES = 1000
+NAME_SCAN = 20_000  # tasks.get_all with a name pattern looks at this many of the newest tasks
 MB = 1024 * 1024
 
 # -- auth ------------------------------------------------------------------------------------------
@@ -99,13 +102,8 @@ def queues_get_all(call: Call) -> dict[str, Any]:
     queues = list(qs)
     name = call.data.get("name")
     if name:
-        if not isinstance(name, str):
-            raise ApiFailure(400, 12, "Validation error (name must be a string pattern)")
-        try:
-            pattern = re.compile(name, re.IGNORECASE)
-        except re.error as e:
-            raise ApiFailure(400, 12, f"Validation error (name is not a valid pattern: {e})") from None
-        queues = [q for q in queues if pattern.search(q.name)]
+        matches = name_matcher(name, field="name", ignore_case=True)
+        queues = [q for q in queues if matches(q.name)]
     for tag in call.strings("tags"):  # "-tag" excludes
         if tag.startswith("-"):
             queues = [q for q in queues if tag[1:] not in queue_doc(q)["tags"]]
@@ -250,10 +248,18 @@ def _machine(stats: Any) -> dict[str, Any]:
     return out
 
 
-def _task(task_id: str) -> Experiment:
+def _served_queue_ids(actor: Actor) -> set[str]:
+    """The queues an agent key serves (queues/access.py): an agent reads only the tasks of these."""
+    return actor_servable_queue_ids(actor, Queue.objects.values_list("pk", flat=True))
+
+
+def _task(call: Call, task_id: str) -> Experiment:
     exp = Experiment.objects.select_related("current_attempt__worker").filter(pk=task_id).first()
     if exp is None:
         raise ApiFailure(400, 101, f"Invalid task id (id={task_id})")
+    actor = call.caller
+    if actor.is_agent and exp.queue_id not in _served_queue_ids(actor):
+        raise ApiFailure(403, 0, f"this key does not serve the queue of task {task_id}")
     return exp
 
 
@@ -267,8 +273,8 @@ def _fence(call: Call, attempt: Attempt) -> None:
         raise ApiFailure(403, 0, f"task runs on worker {worker.name} (host {worker.hostname}), not on {host}")
 
 
-def _running_attempt(task_id: str) -> Attempt:
-    exp = _task(task_id)
+def _running_attempt(call: Call, task_id: str) -> Attempt:
+    exp = _task(call, task_id)
     attempt = exp.current_attempt
     if attempt is None or attempt.finished_at is not None:
         raise ApiFailure(400, 110, f"Task {task_id} is not running (status {exp.status})")
@@ -316,12 +322,9 @@ def workers_get_all(call: Call) -> dict[str, Any]:
         qs = qs.filter(last_seen_at__gte=timezone.now() - timedelta(seconds=last_seen))
     pattern = call.data.get("worker_pattern")
     workers = list(qs[:5000])
-    if isinstance(pattern, str) and pattern:
-        try:
-            matcher = re.compile(pattern)
-        except re.error as e:
-            raise ApiFailure(400, 12, f"Validation error (worker_pattern is not a valid pattern: {e})") from None
-        workers = [w for w in workers if matcher.search(w.name)]
+    if pattern:
+        matches = name_matcher(pattern, field="worker_pattern", ignore_case=False)
+        workers = [w for w in workers if matches(w.name)]
     running: dict[int, list[Any]] = {}
     for a in Attempt.objects.filter(worker__in=workers, finished_at__isnull=True).select_related("experiment"):
         running.setdefault(a.worker_id or 0, []).append(
@@ -363,6 +366,8 @@ def workers_set_runtime_properties(call: Call) -> dict[str, Any]:
 def tasks_get_all(call: Call) -> dict[str, Any]:
     ids = call.strings("id")
     qs = Experiment.objects.select_related("current_attempt").order_by("-created_at")
+    if call.caller.is_agent:
+        qs = qs.filter(queue_id__in=_served_queue_ids(call.caller))
     if ids:
         qs = qs.filter(pk__in=ids)
     statuses = call.strings("status")
@@ -371,12 +376,19 @@ def tasks_get_all(call: Call) -> dict[str, Any]:
     size = call.data.get("page_size")
     limit = min(int(size), 500) if isinstance(size, int) and size > 0 else 500
     only = call.strings("only_fields")
-    return {"tasks": [project(task_doc(e), only) for e in qs[:limit]]}
+    name = call.data.get("name")
+    if not name:
+        return {"tasks": [project(task_doc(e), only) for e in qs[:limit]]}
+    # Matched here (RE2, linear time) over the newest NAME_SCAN names, not in the database's own regex dialect.
+    matches = name_matcher(name, field="name", ignore_case=True)
+    ids = [pk for pk, text in qs.values_list("pk", "name")[:NAME_SCAN] if matches(text)][:limit]
+    by_id = {e.pk: e for e in qs.filter(pk__in=ids)}
+    return {"tasks": [project(task_doc(by_id[pk]), only) for pk in ids if pk in by_id]}
 
 
 @endpoint("tasks.get_by_id")
 def tasks_get_by_id(call: Call) -> dict[str, Any]:
-    return {"task": task_doc(_task(call.text("task")))}
+    return {"task": task_doc(_task(call, call.text("task")))}
 
 
 def _changed(exp_id: str) -> dict[str, Any]:
@@ -387,7 +399,7 @@ def _changed(exp_id: str) -> dict[str, Any]:
 @endpoint("tasks.started")
 def tasks_started(call: Call) -> dict[str, Any]:
     task_id = call.text("task")
-    attempt = _running_attempt(task_id)
+    attempt = _running_attempt(call, task_id)
     _fence(call, attempt)
     exp_services.attempt_start(actor=call.caller, attempt_id=attempt.pk, token=attempt.lease_token)
     return _changed(task_id)
@@ -395,7 +407,7 @@ def tasks_started(call: Call) -> dict[str, Any]:
 
 def _finish(call: Call, outcome: Status) -> dict[str, Any]:
     task_id = call.text("task")
-    exp = _task(task_id)
+    exp = _task(call, task_id)
     attempt = exp.current_attempt
     if attempt is None:
         raise ApiFailure(400, 110, f"Task {task_id} never ran")
@@ -447,7 +459,7 @@ def tasks_ping(call: Call) -> dict[str, Any]:
 @endpoint("tasks.dequeue")
 def tasks_dequeue(call: Call) -> dict[str, Any]:
     task_id = call.text("task")
-    exp = _task(task_id)
+    exp = _task(call, task_id)
     if exp.status == Status.IN_PROGRESS and call.data.get("new_status") == Status.IN_PROGRESS:
         return {"updated": 0, "fields": {}}  # the agent's child after the pop: already running
     outcome = exp_services.experiment_dequeue(actor=call.caller, experiment_id=task_id)
@@ -456,12 +468,19 @@ def tasks_dequeue(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.edit")
 def tasks_edit(call: Call) -> dict[str, Any]:
+    """Runtime, container and script fields; `updated` says whether any was given (others are not editable here)."""
     task_id = call.text("task")
     actor = call.caller
+    exp = _task(call, task_id)
+    if not (actor.is_admin or actor.is_agent or exp.owner_id == actor.user_id):
+        raise ApiFailure(403, 0, f"task {task_id} belongs to someone else")
     runtime = call.data.get("runtime")
+    container = call.data.get("container")
+    code = call.data.get("script")
+    if not any(isinstance(v, dict) for v in (runtime, container, code)):
+        return {"updated": 0, "fields": {}}
     if isinstance(runtime, dict):
         exp_services.experiment_set_runtime(actor=actor, experiment_id=task_id, runtime=runtime)
-    container = call.data.get("container")
     if isinstance(container, dict) and not actor.is_agent:
         import shlex
 
@@ -471,7 +490,6 @@ def tasks_edit(call: Call) -> dict[str, Any]:
         exp_services.experiment_update(actor=actor, experiment_id=task_id, changes=changes)
     elif isinstance(container, dict):
         exp_services.experiment_set_runtime(actor=actor, experiment_id=task_id, runtime={"_container": container})
-    code = call.data.get("script")
     if isinstance(code, dict):
         exp_services.experiment_update(actor=actor, experiment_id=task_id, changes=script_changes(code))
     return {"updated": 1, "fields": {}}
@@ -479,7 +497,7 @@ def tasks_edit(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.set_requirements")
 def tasks_set_requirements(call: Call) -> dict[str, Any]:
-    attempt = _running_attempt(call.text("task"))
+    attempt = _running_attempt(call, call.text("task"))
     _fence(call, attempt)
     requirements = call.data.get("requirements") or {}
     text = requirements.get("pip", "") if isinstance(requirements, dict) else str(requirements)

@@ -6,7 +6,6 @@ equal to `result_code`, and ClearML's error codes.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import uuid
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from clearml_api.tokens import API_VERSION, token_read
+from orchestration import jsonbody
 from orchestration.actor import Actor, actor_for_user
 from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
@@ -112,10 +112,10 @@ def _body(request: HttpRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if raw.strip():
         try:
             if "json-lines" in content_type or (b"\n" in raw.strip() and raw.lstrip()[:1] == b"{" and _many(raw)):
-                lines = [json.loads(line, parse_constant=_no_constant) for line in raw.splitlines() if line.strip()]
+                lines = [jsonbody.loads(line, parse_constant=_no_constant) for line in raw.splitlines() if line.strip()]
             else:
                 try:
-                    parsed = json.loads(raw, parse_constant=_no_constant)  # JSON whatever the content type says
+                    parsed = jsonbody.loads(raw, parse_constant=_no_constant)  # JSON whatever the content type says
                 except ValueError:
                     if "form" not in content_type:
                         raise
@@ -141,7 +141,9 @@ def _no_constant(name: str) -> Any:
 
 def _many(raw: bytes) -> bool:
     try:
-        json.loads(raw)
+        jsonbody.loads(raw)
+    except jsonbody.TooDeep:
+        return False  # one document, refused as too deep when it is parsed
     except ValueError:
         return True
     return False

@@ -18,6 +18,7 @@ from django.utils.dateparse import parse_datetime
 from experiments import selectors, services
 from experiments.models import FINISHED, Experiment, Status
 from experiments.serializers import ExperimentCreateSerializer
+from orchestration import jsonbody
 from orchestration.actions import actions_for
 from orchestration.api import _first_message
 from orchestration.errors import InvalidInput, ServiceError
@@ -273,7 +274,9 @@ def _form_data(post: Any) -> dict[str, Any]:
     for key in ("parameters", "env"):
         if post.get(key, "").strip():
             try:
-                data[key] = json.loads(post[key])
+                data[key] = jsonbody.loads(post[key])
+            except jsonbody.TooDeep as e:
+                raise InvalidInput(f"{key}: {e}", field=key) from None
             except json.JSONDecodeError as e:
                 raise InvalidInput(f"{key}: not JSON ({e.msg})", field=key) from None
     return data

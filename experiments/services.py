@@ -33,7 +33,7 @@ from orchestration.db import atomic
 from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
 from orchestration.secrets import secret_env_encrypt
 from queues import positions
-from queues.access import may_enqueue
+from queues.access import actor_servable_queue_ids, may_enqueue
 from queues.models import Queue, QueueEntry
 from queues.wakeup import notify_queues
 
@@ -558,9 +558,21 @@ def _leased(*, actor: Actor, attempt_id: str, token: str) -> Attempt:
 
 
 def _key_serves(actor: Actor, queue_id: str | None) -> bool:
-    assert actor.key is not None
-    allowed = set(actor.key.allowed_queues.values_list("id", flat=True))
-    return not allowed or queue_id in allowed
+    """Whether a worker of this actor's key may serve the queue (queues/access.py)."""
+    return queue_id is not None and bool(actor_servable_queue_ids(actor, [queue_id]))
+
+
+def _agent_runs(actor: Actor, exp: Experiment) -> bool:
+    """Whether this agent key runs the experiment now: its current attempt is on the key's worker,
+    or, claimed through ClearML's pop and not bound yet, in a queue the key serves."""
+    if exp.current_attempt_id is None or actor.key is None:
+        return False
+    attempt = Attempt.objects.select_related("worker").filter(pk=exp.current_attempt_id).first()
+    if attempt is None or attempt.finished_at is not None:
+        return False
+    if attempt.worker is None:
+        return _key_serves(actor, attempt.queue_id)
+    return attempt.worker.api_key_id == actor.key.pk
 
 
 @atomic
@@ -616,8 +628,12 @@ def attempts_unbound_expire(*, now: datetime | None = None) -> int:
 def experiment_set_runtime(*, actor: Actor, experiment_id: str, runtime: Mapping[str, Any]) -> Experiment:
     """Merge keys into the experiment's runtime properties (ClearML's `runtime`: the agent's notes)."""
     exp = _locked(experiment_id)
+    if not actor.can_write:
+        raise Forbidden("this key is read-only")
+    if actor.is_agent and not _agent_runs(actor, exp):
+        raise Forbidden("an agent changes the runtime properties of experiments it runs only")
     if not (actor.is_admin or actor.is_agent or exp.owner_id == actor.user_id):
-        raise Forbidden("only the owner, an admin or an agent may change its runtime properties")
+        raise Forbidden("only the owner, an admin or the agent running it may change its runtime properties")
     merged = {**exp.runtime, **dict(runtime)}
     if merged != exp.runtime:
         before = {"runtime": exp.runtime}

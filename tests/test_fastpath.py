@@ -104,6 +104,7 @@ REPORT = {"instance_id": "i-1", "interval_s": 5, "running": [], "machine": {"cpu
     [
         (REPORT, None),
         (b"{not json", "parse_error"),
+        (b"[" * 10_000 + b"]" * 10_000, "parse_error"),  # RecursionError and a 500 once (issue 13)
         ({**REPORT, "interval_s": "soon"}, "invalid"),
         ({**REPORT, "machine": {"gpus": [{"util": 5}]}}, "invalid"),
         ({**REPORT, "running": [{"attempt": "nope", "token": "t"}]}, "invalid"),

@@ -166,3 +166,109 @@ def test_secrets_are_encrypted_at_rest_and_a_stranger_clone_has_none(
     assert secret_env_decrypt(stored) == {"B_TOKEN": "bee"}
     clone = experiment_clone(actor=actor_for_user(alice), experiment_id=exp.pk)
     assert clone.secret_env == {}
+
+
+def _clearml(key: NewKey, endpoint: str, data: dict[str, Any]) -> Any:
+    access, secret = key.token.split(".", 1)
+    auth = "Basic " + base64.b64encode(f"{access}:{secret}".encode()).decode()
+    return Client().post(f"/clearml/{endpoint}", data=data, content_type="application/json", HTTP_AUTHORIZATION=auth)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "field"),
+    [("queues.get_all", "name"), ("tasks.get_all", "name"), ("workers.get_all", "worker_pattern")],
+)
+def test_a_catastrophic_pattern_is_matched_in_linear_time(
+    admin_user: User, alice: User, endpoint: str, field: str, make_queue: Callable[..., Queue]
+) -> None:
+    """Issue 13, point 4: `^(a+)+$` against a 36-character name hung Python's `re` for minutes.
+
+    No timing is asserted: with a backtracking matcher this test does not end (36 a's and a b
+    take 2^36 steps), with RE2 it is immediate.
+    """
+    long = "a" * 36 + "b"
+    make_queue(long)
+    experiment_create(actor=actor_for_user(alice), spec={"name": long, "command": ["true"]})
+    _, agent = _agent(admin_user)
+    worker_register(actor=agent, reg=Registration(name=long, cpus=1))
+    key = apikey_create(actor=SYSTEM, user=admin_user, role=Role.ADMIN)
+    r = _clearml(key, endpoint, {field: "^(a+)+$"})
+    assert r.status_code == 200, r.content
+    listed = r.json()["data"]
+    assert next(iter(listed.values())) == []
+    r = _clearml(key, endpoint, {field: "^a+b$"})
+    assert [d["name"] if "name" in d else d["id"] for d in next(iter(r.json()["data"].values()))] == [long]
+
+
+@pytest.mark.parametrize("pattern", ["(a)\\1", "(?<=a)b", "(", 5])
+def test_a_pattern_re2_cannot_run_is_a_400_naming_the_field(admin_user: User, pattern: object) -> None:
+    key, _ = _agent(admin_user)
+    r = _clearml(key, "queues.get_all", {"name": pattern})
+    assert r.status_code == 400 and "name" in r.json()["meta"]["result_msg"], r.content
+
+
+def test_an_agent_reads_only_the_tasks_of_queues_it_serves(alice: User, bob: User, queues: dict[str, Queue]) -> None:
+    """Issue 13, point 9: agent keys read every task through tasks.get_all."""
+    key, _ = _agent(alice)
+    theirs = _bob_secret_experiment(bob, queues["b"])
+    owner = actor_for_user(alice)
+    mine = experiment_create(actor=owner, spec={"name": "mine", "command": ["true"]})
+    experiment_enqueue(actor=owner, experiment_id=mine.pk, queue_id=queues["a"].pk)
+    listed = _clearml(key, "tasks.get_all", {}).json()["data"]["tasks"]
+    assert [t["id"] for t in listed] == [mine.pk]
+    assert _clearml(key, "tasks.get_all", {"id": [theirs.pk]}).json()["data"]["tasks"] == []
+    assert _clearml(key, "tasks.get_by_id", {"task": theirs.pk}).status_code == 403
+    assert _clearml(key, "tasks.get_by_id", {"task": mine.pk}).status_code == 200
+
+
+def test_tasks_edit_of_someone_elses_task_is_refused_and_changes_nothing(
+    alice: User, bob: User, queues: dict[str, Queue]
+) -> None:
+    theirs = _bob_secret_experiment(bob, queues["open"])
+    alice_key = apikey_create(actor=SYSTEM, user=alice)
+    r = _clearml(alice_key, "tasks.edit", {"task": theirs.pk, "runtime": {"x": 1}})
+    assert r.status_code == 403, r.content
+    # An agent that does not run it may not either (it serves the queue, but nothing of it runs there).
+    agent_key, _ = _agent(alice)
+    r = _clearml(agent_key, "tasks.edit", {"task": theirs.pk, "runtime": {"x": 1}})
+    assert r.status_code == 403, r.content
+    assert Experiment.objects.get(pk=theirs.pk).runtime == {}
+    bob_key = apikey_create(actor=SYSTEM, user=bob)
+    assert _clearml(bob_key, "tasks.edit", {"task": theirs.pk, "name": "x"}).json()["data"] == {
+        "updated": 0,
+        "fields": {},
+    }
+    assert _clearml(bob_key, "tasks.edit", {"task": theirs.pk, "runtime": {"x": 1}}).json()["data"]["updated"] == 1
+
+
+DEEP = "[" * 10_000 + "]" * 10_000
+
+
+@pytest.mark.parametrize("path", ["/api/v1/auth/login/", "/api/v1/experiments/", "/api/v1/workers/", "/api/v1/keys/"])
+def test_deep_nesting_is_a_json_400_on_every_drf_endpoint(alice: User, path: str) -> None:
+    """Issue 13, point 7: 10,000 nested arrays were a RecursionError and an HTML 500."""
+    api = APIClient()
+    if path != "/api/v1/auth/login/":
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {apikey_create(actor=SYSTEM, user=alice).token}")
+    r = api.post(path, DEEP, content_type="application/json")
+    assert r.status_code in (400, 403) and r["Content-Type"] == "application/json", r.content[:200]
+    if r.status_code == 400:
+        assert "nests deeper than" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [DEEP, '{"a": ' + DEEP + "}", '{"x": 1}\n' + DEEP])
+def test_deep_nesting_is_a_400_envelope_on_the_clearml_facade(admin_user: User, body: str) -> None:
+    key = apikey_create(actor=SYSTEM, user=admin_user, role=Role.ADMIN)
+    access, secret = key.token.split(".", 1)
+    auth = "Basic " + base64.b64encode(f"{access}:{secret}".encode()).decode()
+    for endpoint in ("auth.login", "tasks.get_all"):
+        r = Client().post(f"/clearml/{endpoint}", data=body, content_type="application/json", HTTP_AUTHORIZATION=auth)
+        assert r.status_code == 400 and r.json()["meta"]["result_code"] == 400, r.content[:300]
+
+
+def test_deep_nesting_in_a_pages_json_field_is_a_400(alice: User) -> None:
+    web = Client()
+    web.force_login(alice)
+    r = web.post("/experiments/new/", {"name": "x", "command": "true", "parameters": DEEP})
+    assert r.status_code == 400 and b"nests deeper than 64 levels" in r.content
+    assert not Experiment.objects.exists()

@@ -8,7 +8,6 @@ OpenAPI schema); errors name the field, as DRF's would.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from orchestration import jsonbody
 from orchestration.api import error_body, too_large
 from orchestration.counters import counter_incr
 from orchestration.errors import InvalidInput, ServiceError
@@ -148,7 +148,9 @@ def report(authorization: str, name: str, body: bytes) -> tuple[int, dict[str, A
     if not re.fullmatch(WORKER_NAME_RE, name):
         return 400, error_body("invalid", "worker names use only A-Z a-z 0-9 _ . , : @ -", "name")
     try:
-        data = json.loads(body or b"{}")
+        data = jsonbody.loads(body or b"{}")
+    except jsonbody.TooDeep as exc:
+        return 400, error_body("parse_error", str(exc))
     except (ValueError, UnicodeDecodeError):
         return 400, error_body("parse_error", "the body is not valid JSON")
     try:
