@@ -33,10 +33,10 @@ lint: $(VENV)/.synced
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.synced
-	$(VENV)/bin/mypy
+	MUSTER_TESTING=1 $(VENV)/bin/mypy
 
 migrations-check: $(VENV)/.synced
-	$(VENV)/bin/python manage.py makemigrations --check --dry-run
+	MUSTER_TESTING=1 $(VENV)/bin/python manage.py makemigrations --check --dry-run
 
 ## bench: every benchmark in bench/ (PostgreSQL and Redis started when not given)
 bench: setup
@@ -47,4 +47,4 @@ clean:
 
 ## schema: regenerate the committed OpenAPI schema (a test fails when it drifts)
 schema: $(VENV)/.synced
-	$(VENV)/bin/python manage.py spectacular --urlconf orchestration.schema_urls --validate --fail-on-warn > docs/openapi.yaml
+	MUSTER_TESTING=1 $(VENV)/bin/python manage.py spectacular --urlconf orchestration.schema_urls --validate --fail-on-warn > docs/openapi.yaml

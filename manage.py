@@ -9,7 +9,13 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from orchestration.env import SettingError
+
+    try:
+        execute_from_command_line(sys.argv)
+    except SettingError as e:  # a setting that cannot be used: say which and how to fix it, no traceback
+        sys.stderr.write(f"muster: {e}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

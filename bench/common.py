@@ -53,6 +53,10 @@ def fresh_database(base_url: str, name: str) -> str:
     return base_url.rsplit("/", 1)[0] + "/" + name
 
 
+# Production mode (DEBUG off) over plain HTTP on loopback: a real key, no HTTPS redirect or secure cookies.
+BENCH_SETTINGS = {"SECRET_KEY": "bench-only-key-" + "0123456789abcdefghij" * 3, "HTTPS_ONLY": "false"}
+
+
 def prepared_database(svc: dict[str, str], name: str, **extra: str) -> tuple[dict[str, str], dict[str, str]]:
     """A fresh, migrated and bootstrapped database `name`: (the server's environment, bootstrap.json)."""
     import json
@@ -60,7 +64,7 @@ def prepared_database(svc: dict[str, str], name: str, **extra: str) -> tuple[dic
     env = {
         "DATABASE_URL": fresh_database(svc["DATABASE_URL"], name),
         "REDIS_URL": svc["REDIS_URL"],
-        "SECRET_KEY": "bench-" + "x" * 40,
+        **BENCH_SETTINGS,
         "ALLOWED_HOSTS": "127.0.0.1",
         "MUSTER_VAR_DIR": str(ROOT / "var" / "bench"),
         "LOG_LEVEL": "WARNING",

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, percentile, prepared_database, services
+from bench.common import BENCH_SETTINGS, machine, percentile, prepared_database, services
 
 WORKERS, QUEUES, QUEUED, DAYS = 1000, 200, 100_000, 30
 
@@ -214,7 +214,7 @@ def main() -> int:
         print(f"machine: {machine()}")
         if args.reuse:
             env = {"DATABASE_URL": svc["DATABASE_URL"].rsplit("/", 1)[0] + "/bench_pages", "REDIS_URL": svc["REDIS_URL"],
-                   "SECRET_KEY": "bench-" + "x" * 40, "MUSTER_VAR_DIR": str(Path(__file__).parent.parent / "var" / "bench")}  # fmt: skip
+                   **BENCH_SETTINGS, "MUSTER_VAR_DIR": str(Path(__file__).parent.parent / "var" / "bench")}  # fmt: skip
         else:
             env, _ = prepared_database(svc, "bench_pages")
             started = time.perf_counter()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -13,12 +12,11 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q
 from django.http import Http404
-from rest_framework import exceptions, pagination, parsers, serializers, status
+from rest_framework import exceptions, pagination, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from orchestration import jsonbody
 from orchestration.errors import ServiceError
 
 MAX_JSON_BYTES = 64 * 1024
@@ -36,22 +34,6 @@ def too_large() -> tuple[int, dict[str, Any]]:
     """The answer to a body over DATA_UPLOAD_MAX_MEMORY_SIZE (MAX_REQUEST_BYTES)."""
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return 413, error_body("too_large", f"the body is over the limit of {limit} bytes (MAX_REQUEST_BYTES)")
-
-
-class JSONParser(parsers.JSONParser):
-    """DRF's JSON parser with a nesting limit (orchestration/jsonbody.py): deep nesting is a 400, not a 500."""
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
-        try:
-            raw = stream.read() if stream is not None else b""
-            return jsonbody.loads(raw.decode(encoding), parse_constant=_no_constant)
-        except ValueError as exc:  # malformed, too deep, bad encoding (UnicodeDecodeError is a ValueError)
-            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _first_message(detail: Any) -> tuple[str | None, str]:

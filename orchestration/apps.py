@@ -6,6 +6,6 @@ class OrchestrationConfig(AppConfig):
     verbose_name = "Accounts and audit"
 
     def ready(self) -> None:
-        from orchestration import schema  # registers the OpenAPI extension
+        from orchestration import checks, schema  # register the system checks and the OpenAPI extension
 
-        del schema
+        del checks, schema

@@ -57,3 +57,23 @@ def envlist(name: str, default: list[str]) -> list[str]:
     if not raw:
         return default
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def secret_key_problem(value: str, development: str, *, name: str) -> None:
+    """Refuse a key that anyone could know or guess: the development key, a short or repetitive one."""
+    how = (
+        f"make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(50))' and set {name} "
+        "in the environment (see .env.example), or set DEBUG=true for development"
+    )
+    if value == development or value.startswith(("dev-insecure", "django-insecure")):
+        raise SettingError(f"{name} is the development key, which must not be used with DEBUG off: {how}")
+    if len(value) < 50 or len(set(value)) < 5:
+        raise SettingError(f"{name} is too short or repetitive ({len(value)} characters, at least 50): {how}")
+
+
+def proxy_ssl_header(raw: str) -> tuple[str, str]:
+    """SECURE_PROXY_SSL_HEADER from "HTTP_X_FORWARDED_PROTO,https"."""
+    header, _, value = raw.partition(",")
+    if not header.strip().startswith("HTTP_") or not value.strip():
+        raise SettingError(f"SECURE_PROXY_SSL_HEADER={raw!r} is not 'HTTP_<HEADER>,<value>' (or 'none')")
+    return header.strip(), value.strip()

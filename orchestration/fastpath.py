@@ -32,6 +32,7 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http.request import split_domain_port, validate_host
+from django.utils.csp import build_policy
 
 from orchestration.api import error_body, too_large
 from workers.claim_view import claim
@@ -123,7 +124,21 @@ def _headers(scope: dict[str, Any], body: bytes) -> list[tuple[bytes, bytes]]:
         headers.append((b"referrer-policy", policy.encode()))
     if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
         headers.append((b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()))
+    if settings.SECURE_CSP:
+        headers.append((b"content-security-policy", _csp_header()))
     return headers
+
+
+_csp_built: dict[int, bytes] = {}
+
+
+def _csp_header() -> bytes:
+    """The policy ContentSecurityPolicyMiddleware sends (ours has no nonce: built once per setting)."""
+    config = settings.SECURE_CSP
+    built = _csp_built.get(id(config))
+    if built is None:
+        built = _csp_built[id(config)] = build_policy(config, None).encode()
+    return built
 
 
 async def _read_body(receive: Receive) -> bytes:

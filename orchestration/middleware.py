@@ -19,9 +19,11 @@ from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
-from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
-from django.middleware import clickjacking, common, csrf, security
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.middleware import clickjacking, common, csp, csrf, security
 from whitenoise.middleware import WhiteNoiseMiddleware
+
+from orchestration.actions import browser_action_origins
 
 
 class StaticFilesMiddleware:
@@ -128,6 +130,26 @@ class AuthenticationMiddleware(_Inline, auth_middleware.AuthenticationMiddleware
 
 class XFrameOptionsMiddleware(_Inline, clickjacking.XFrameOptionsMiddleware):
     pass
+
+
+class ContentSecurityPolicyMiddleware(_Inline, csp.ContentSecurityPolicyMiddleware):
+    """Django's, plus: a page may connect to the hosts of the custom actions the browser issues."""
+
+    def hop_response(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        return _is_page(response)  # reading the actions' origins may query the database
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if _is_page(response) and settings.SECURE_CSP and not hasattr(response, "_csp_config"):
+            origins = browser_action_origins()
+            if origins:
+                config = dict(settings.SECURE_CSP)
+                config["connect-src"] = [*config.get("connect-src", [csp.CSP.SELF]), *sorted(origins)]
+                response._csp_config = config  # type: ignore[attr-defined]
+        return super().process_response(request, response)
+
+
+def _is_page(response: HttpResponseBase) -> bool:
+    return str(response.get("Content-Type", "")).startswith("text/html")
 
 
 class SessionMiddleware(_Inline, sessions.SessionMiddleware):

@@ -8,8 +8,9 @@ from typing import Any
 
 import dj_database_url
 import django_stubs_ext
+from django.utils.csp import CSP
 
-from orchestration.env import envbool, envfloat, envint, envlist, envstr
+from orchestration.env import envbool, envfloat, envint, envlist, envstr, proxy_ssl_header, secret_key_problem
 
 # Lets annotations such as ModelAdmin[Queue] run, not only type-check.
 django_stubs_ext.monkeypatch()
@@ -19,10 +20,19 @@ VAR_DIR = Path(envstr("MUSTER_VAR_DIR", str(BASE_DIR / "var")))
 
 TESTING = "pytest" in sys.modules or envbool("MUSTER_TESTING", False)
 
-SECRET_KEY = envstr("SECRET_KEY", "dev-insecure-change-me-" + "0" * 32)
+# The development key: fine for `make run` (DEBUG on) and tests, refused in production (below).
+DEV_SECRET_KEY = "dev-insecure-change-me-" + "0" * 32
+SECRET_KEY = envstr("SECRET_KEY", DEV_SECRET_KEY)
 # Encrypts per-user secrets at rest; SECRET_KEY when empty. Changing it makes stored secrets unreadable.
 SECRETS_KEY = envstr("SECRETS_KEY", "")
 DEBUG = envbool("DEBUG", False)
+PRODUCTION = not DEBUG and not TESTING
+if PRODUCTION:
+    # SECRET_KEY signs sessions and ClearML tokens, keys the API-key digests and (without
+    # SECRETS_KEY) encrypts secrets: the server does not start with a guessable one.
+    secret_key_problem(SECRET_KEY, DEV_SECRET_KEY, name="SECRET_KEY")
+    if SECRETS_KEY:
+        secret_key_problem(SECRETS_KEY, DEV_SECRET_KEY, name="SECRETS_KEY")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["*"] if DEBUG or TESTING else ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = envstr("SITE_URL", "http://127.0.0.1:8000")
@@ -58,6 +68,7 @@ MIDDLEWARE = [
     "orchestration.middleware.AuthenticationMiddleware",
     "orchestration.middleware.MessageMiddleware",
     "orchestration.middleware.XFrameOptionsMiddleware",
+    "orchestration.middleware.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -143,6 +154,46 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+# HTTPS: on by default in production (DEBUG off), each part can be turned off from the
+# environment (a plain-HTTP test stack, a proxy that does its own redirect). HTTPS_ONLY sets
+# the defaults of the others.
+HTTPS_ONLY = envbool("HTTPS_ONLY", PRODUCTION)
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", HTTPS_ONLY)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", HTTPS_ONLY)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", HTTPS_ONLY)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS_ONLY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS_ONLY)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)  # a commitment to browsers: opt in
+# The header the TLS-terminating proxy sets (and overwrites) to say a request came over HTTPS;
+# "HEADER,value" (Django's META name), "none" to trust none. The proxy must strip a client's own.
+_proxy_ssl = envstr("SECURE_PROXY_SSL_HEADER", "HTTP_X_FORWARDED_PROTO,https" if HTTPS_ONLY else "none")
+SECURE_PROXY_SSL_HEADER = None if _proxy_ssl.lower() == "none" else proxy_ssl_header(_proxy_ssl)
+# Addresses of the proxies in front (comma-separated IPs or networks) whose X-Forwarded-For and
+# X-Forwarded-Proto the ASGI server believes (gunicorn_conf.py, scripts/run.py); none by default.
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES", [])
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (Django's own): pages load scripts and styles from our static files only;
+# no inline script, style attribute or eval anywhere (htmx's allowEval is off, hx-on is not used).
+SECURE_CSP: dict[str, list[str]] = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "font-src": [CSP.SELF],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+# Django's checks look for their own middleware classes; ours subclass them (orchestration/middleware.py)
+# and orchestration/checks.py checks those instead.
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
+
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 # Custom context-menu actions: a file synced by name at start-up, and the hosts that actions
@@ -167,16 +218,17 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["orchestration.permissions.IsHumanUser"],
-    "DEFAULT_PARSER_CLASSES": ["orchestration.api.JSONParser"],  # with a nesting limit
+    "DEFAULT_PARSER_CLASSES": ["orchestration.parsers.JSONParser"],  # with a nesting limit
+    # DRF's browsable pages carry inline scripts, which the Content-Security-Policy refuses: in
+    # development only. /api/docs/ (Swagger UI) is the API's browsable form everywhere.
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
+        *(["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
     ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "orchestration.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_THROTTLE_RATES": {"login": LOGIN_THROTTLE},
 }
 
 SPECTACULAR_SETTINGS = {

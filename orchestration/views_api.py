@@ -15,7 +15,6 @@ from rest_framework.generics import ListAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from orchestration.api import NewestFirstCursor
@@ -23,6 +22,7 @@ from orchestration.errors import Forbidden, InvalidInput
 from orchestration.models import ApiKey, AuditEvent, KeyScope, Role
 from orchestration.permissions import IsAdmin, IsHumanUser, actor_of
 from orchestration.services import apikey_create, apikey_revoke
+from orchestration.throttle import WINDOW_S, client_address, login_failed, login_refused
 
 
 class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
@@ -122,8 +122,6 @@ class LoginView(APIView):
 
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "login"
 
     @extend_schema(
         request=LoginSerializer, responses={201: ApiKeyCreatedSerializer}, auth=[], operation_id="auth_login"
@@ -131,10 +129,16 @@ class LoginView(APIView):
     def post(self, request: Request) -> Response:
         ser = LoginSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        user = authenticate(
-            request._request, username=ser.validated_data["username"], password=ser.validated_data["password"]
-        )
+        address, username = client_address(request._request), ser.validated_data["username"]
+        if login_refused(address=address, username=username):
+            return Response(
+                {"error": {"code": "throttled", "message": "too many failed logins; wait a minute"}},
+                status=status.HTTP_429_TOO_MANY_REQUESTS,
+                headers={"Retry-After": str(WINDOW_S)},
+            )
+        user = authenticate(request._request, username=username, password=ser.validated_data["password"])
         if user is None or not isinstance(user, User):
+            login_failed(address=address, username=username)
             return Response(
                 {"error": {"code": "authentication_failed", "message": "wrong username or password"}},
                 status=status.HTTP_401_UNAUTHORIZED,

@@ -53,6 +53,13 @@ def login_cli(url: str, key: str) -> str:
     return f"logged in as the admin ({config_path()})"
 
 
+def proxy_flags(trusted: str) -> list[str]:
+    """uvicorn trusts X-Forwarded-For/-Proto only from TRUSTED_PROXIES (by default from 127.0.0.1,
+    so any local process could pick its address for the login throttle): none unless configured."""
+    trusted = ",".join(part.strip() for part in trusted.split(",") if part.strip())
+    return ["--proxy-headers", "--forwarded-allow-ips", trusted] if trusted else ["--no-proxy-headers"]
+
+
 def port_taken(host: str, port: int) -> bool:
     """Whether something already listens there (another `make run`, say)."""
     import socket
@@ -105,6 +112,7 @@ def main() -> int:
             "warning",
             "--timeout-keep-alive",  # agents keep their connection between reports (orchestration/gunicorn_conf.py)
             "50",
+            *proxy_flags(os.environ.get("TRUSTED_PROXIES", "")),
         ],
     )
     start(

@@ -81,13 +81,18 @@ def _pg_admin(url: str) -> Any:
     return psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
 
 
+# Live stacks run in production mode (DEBUG off) over plain HTTP on loopback: a real key (the
+# template's API-key digests depend on it), no HTTPS redirect or secure cookies.
+LIVE_SETTINGS = {"DEBUG": "false", "SECRET_KEY": "live-test-key-" + "0123456789abcdefghij" * 3, "HTTPS_ONLY": "false"}
+
+
 def template(base_dir: Path) -> dict[str, Any]:
     """Migrate and bootstrap once per session; later stacks copy the result."""
     if _TEMPLATE:
         return _TEMPLATE
     var = base_dir / "template-var"
     var.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MUSTER_VAR_DIR": str(var), "DEBUG": "false"}
+    env = {**os.environ, "MUSTER_VAR_DIR": str(var), **LIVE_SETTINGS}
     pg = _outer_pg()
     if pg:
         name = f"live_tpl_{os.getpid()}"
@@ -142,7 +147,7 @@ class Stack:
             **os.environ,
             "DATABASE_URL": db_url,
             "MUSTER_VAR_DIR": str(self.var),
-            "DEBUG": "false",
+            **LIVE_SETTINGS,
             "DB_POOL": "false",
             "WORKER_TIMEOUT": "4",  # agents report every 0.5 s: 8 reports of slack on a loaded 2-core box
             "BEAT_TICK_S": "0.5",

@@ -51,6 +51,18 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     live.drop_template()
 
 
+@pytest.fixture(autouse=True)
+def keeps_to_the_csp(page: Page) -> Iterator[None]:
+    """Every test fails on anything the Content-Security-Policy refused (an inline script or style, eval)."""
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: refused.append(f"{m.text[:120]} at {m.location}") if "Content Security Policy" in m.text else None,
+    )
+    yield
+    assert not refused, refused
+
+
 def login(page: Page, ws: Stack, username: str = "admin", password: str | None = None) -> None:
     page.goto(ws.url + "/login/")
     page.fill("#id_username", username)
@@ -133,7 +145,8 @@ def test_drag_to_reorder_is_kept_and_bulk_move_and_dequeue(page: Page, ws: Stack
     expect(names).to_have_text(["job-d", "job-a", "job-b", "job-c"])
     page.reload()
     expect(names).to_have_text(["job-d", "job-a", "job-b", "job-c"])
-    # Select two and move them to a queue that does not exist yet (admins create it by name).
+    # Select two and move them to another queue (a move never creates one: a typo is refused).
+    ws.queue("overflow")
     page.check(f"#e-{ids[0]} input[data-select]")
     page.check(f"#e-{ids[1]} input[data-select]")
     expect(page.locator("[data-bulkbar] [data-count]")).to_have_text("2")
@@ -327,3 +340,19 @@ def test_screenshots(page: Page, ws: Stack, tmp_path: Path) -> None:
     if target:
         for n in taken:
             shutil.copy(out / n, Path(target) / n)
+
+
+def test_every_page_keeps_to_the_content_security_policy(page: Page, ws: Stack) -> None:
+    """The policy is strict (scripts and styles from our static files only): each page works under it."""
+    login(page, ws)
+    exp = ws.enqueue("default", name="csp", command=["true"])
+    for path in ("/orchestration/workers/", "/orchestration/queues/", "/experiments/", "/experiments/new/",
+                 f"/experiments/{exp['id']}/", "/settings/", "/admin/", "/admin/queues/queue/", "/api/docs/"):  # fmt: skip
+        response = page.goto(ws.url + path)
+        assert response is not None and response.ok, path
+        assert "default-src 'self'" in (response.headers.get("content-security-policy") or ""), path
+    page.goto(ws.url + "/api/docs/")
+    expect(page.locator(".swagger-ui .info")).to_be_visible()  # its set-up script ran (a file, not inline)
+    page.goto(ws.url + "/orchestration/workers/")
+    graph = page.locator(".graph .main-svg").first
+    expect(graph).to_be_visible()

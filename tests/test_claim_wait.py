@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from orchestration.actor import SYSTEM, actor_for_user
 from orchestration.models import Role
 from orchestration.services import apikey_create
 from queues.services import queue_create
+from tests.live import LIVE_SETTINGS
 from workers import claim_view
 from workers.services import Registration, worker_register
 
@@ -119,7 +121,8 @@ async def test_one_enqueue_wakes_one_of_50_waiters_on_a_real_server(settings: An
     db = connection.settings_dict
     port = spare_port()
     env = {
-        **__import__("os").environ,
+        **os.environ,
+        **LIVE_SETTINGS,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CLAIM_WAIT_MAX_S": "8",
         "COUNTER_FLUSH_S": "0",  # every claim check counted in Redis at once: the test reads the exact count

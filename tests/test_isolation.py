@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.core.cache import cache
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -272,3 +273,44 @@ def test_deep_nesting_in_a_pages_json_field_is_a_400(alice: User) -> None:
     r = web.post("/experiments/new/", {"name": "x", "command": "true", "parameters": DEEP})
     assert r.status_code == 400 and b"nests deeper than 64 levels" in r.content
     assert not Experiment.objects.exists()
+
+
+def _login(client: APIClient, password: str, *, addr: str = "10.0.0.1", forwarded: str | None = None) -> int:
+    extra = {"REMOTE_ADDR": addr}
+    if forwarded:
+        extra["HTTP_X_FORWARDED_FOR"] = forwarded
+    body = {"username": "alice", "password": password}
+    return int(client.post("/api/v1/auth/login/", body, format="json", **extra).status_code)
+
+
+def test_successful_logins_are_not_counted(alice: User) -> None:
+    client = APIClient()
+    assert [_login(client, "pw-alice-123") for _ in range(15)] == [201] * 15
+
+
+def test_a_forwarded_header_from_a_client_buys_no_more_guesses(alice: User) -> None:
+    """Issue 13, point 6: a new X-Forwarded-For per request gave unlimited guesses."""
+    client = APIClient()
+    codes = [_login(client, "wrong", forwarded=f"192.0.2.{i}") for i in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+
+
+def test_failures_count_per_username_across_addresses(alice: User, bob: User) -> None:
+    client = APIClient()
+    codes = [_login(client, "wrong", addr=f"10.0.1.{i}") for i in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    ok = client.post("/api/v1/auth/login/", {"username": "bob", "password": "pw-bob-123"}, format="json")
+    assert ok.status_code == 201, "another user, from another address, is not locked out"
+
+
+def test_the_page_and_admin_logins_count_failures_only(alice: User) -> None:
+    for path in ("/login/", "/admin/login/"):
+        alice.is_staff = path == "/admin/login/"
+        alice.save()
+        web = Client()
+        for _ in range(12):
+            assert web.post(path, {"username": "alice", "password": "pw-alice-123"}).status_code == 302
+            web.logout()
+        codes = [web.post(path, {"username": "alice", "password": "nope"}).status_code for _ in range(11)]
+        assert codes[:10] == [200] * 10 and codes[10] == 429, path
+        cache.clear()

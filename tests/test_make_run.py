@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -27,6 +30,19 @@ def _ours(var: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def _login(url: str, *, forwarded: str) -> int:
+    request = urllib.request.Request(  # noqa: S310 - our own URL
+        url + "/api/v1/auth/login/",
+        data=json.dumps({"username": "admin", "password": "wrong-password"}).encode(),
+        headers={"Content-Type": "application/json", "X-Forwarded-For": forwarded},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            return int(answer.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
 
 
 def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) -> None:
@@ -86,8 +102,6 @@ def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) ->
         assert run.poll() is None
         again = subprocess.run([*muster, "workers"], env=cli_env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 0 and "local" in again.stdout
-        import urllib.request
-
         url = text.split("Muster is running at ")[1].split()[0].rstrip("/")
         with urllib.request.urlopen(url + "/static/admin/css/base.css", timeout=10) as static:  # noqa: S310
             assert static.status == 200 and b"body" in static.read()  # static files through the async stack
@@ -95,6 +109,9 @@ def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) ->
             assert home.url.endswith("/login/?next=/") and b'name="password"' in home.read()
         with urllib.request.urlopen(url + "/static/vendor/htmx-2.0.11.min.js", timeout=10) as vendored:  # noqa: S310
             assert vendored.status == 200
+        # uvicorn believes no X-Forwarded-For from a local client: a new one per guess buys nothing.
+        codes = [_login(url, forwarded=f"192.0.2.{i}") for i in range(12)]
+        assert codes[:10] == [401] * 10 and codes[10:] == [429, 429], codes
     finally:
         run.send_signal(signal.SIGINT)
         try:

@@ -310,7 +310,7 @@ def test_experiment_list_filters_pages_and_bulk_actions(
         make_experiment(queue=queue if i % 2 else None, name=f"run-{i:02d}", project="vision" if i < 10 else "")
     page = web.get("/experiments/").content.decode()
     assert page.count('data-select value="') == 50 and "Older" in page
-    cursor = page.split("cursor: '")[1].split("'")[0]
+    cursor = page.split('data-state-key="cursor" data-state-value="')[-1].split('"')[0]
     older = web.get("/experiments/rows/", {"cursor": cursor}).content.decode()
     assert older.count('data-select value="') == 5 and "run-00" in older
     queued = web.get("/experiments/rows/", {"status": "queued"}).content.decode()

@@ -168,6 +168,19 @@
   }
   window.musterState = { get: (k) => state().get(k), set: setState };
 
+  /* --- buttons that set a view state and fire an event; forms whose fields are the view state ----
+     Declared in data attributes, not hx-on: the Content-Security-Policy refuses inline handlers. */
+  document.addEventListener("click", (e) => {
+    const btn = e.target.closest("[data-fire]");
+    if (!btn) return;
+    if (btn.dataset.stateKey) setState({ [btn.dataset.stateKey]: btn.dataset.stateValue || "" });
+    htmx.trigger(document.body, btn.dataset.fire);
+  });
+  document.body.addEventListener("htmx:beforeRequest", (e) => {
+    const form = e.detail.elt;
+    if (form instanceof HTMLFormElement && form.hasAttribute("data-state-form")) setState(Object.fromEntries(new FormData(form)));
+  });
+
   /* --- graphs ----------------------------------------------------------------------------------- */
   function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
   function draw(el, data) {
@@ -382,6 +395,29 @@
   document.body.addEventListener("htmx:afterSwap", () => {
     $$("[data-keep-scroll]").forEach((el) => { if (scrolls[el.id] !== undefined) el.scrollTop = scrolls[el.id]; });
   });
+
+  /* --- an experiment's live log (polled while the page is visible) ------------------------------- */
+  function tailLog(log) {
+    const follow = $("#log-follow"), status = $("#log-state");
+    let after = "", attempt = null, busy = false;
+    async function tail() {
+      if (busy || document.hidden) return;
+      busy = true;
+      try {
+        const url = log.dataset.src + (after !== "" ? "?after=" + after : "");
+        const r = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+        if (r.ok) {
+          const page = await r.json();
+          if (page.attempt !== attempt) { log.textContent = ""; attempt = page.attempt; after = ""; if (page.attempt === null) { status.textContent = "no attempt yet"; return; } }
+          if (page.text) { log.append(document.createTextNode(page.text)); if (follow.checked) log.scrollTop = log.scrollHeight; }
+          if (page.after !== null && page.after !== undefined) after = String(page.after);
+          status.textContent = page.status === "in_progress" ? "live" : "";
+        }
+      } finally { busy = false; }
+    }
+    tail(); setInterval(tail, 1500);
+  }
+  document.addEventListener("DOMContentLoaded", () => { const log = $("#log[data-src]"); if (log) tailLog(log); });
 
   /* --- after every swap -------------------------------------------------------------------------- */
   function wire(root) { markSelected(root); applySubtabs(root); applySelection(root); wireSortable(root); repointGraphs(root); loadAll(root); }
