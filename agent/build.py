@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from agent.isolation import PRIVATE_ENV, RunUser, as_user
+
 GIT_TIMEOUT_S = 1800
 INSTALL_TIMEOUT_S = 3600
 
@@ -54,10 +56,24 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class Builder:
-    def __init__(self, state: Path, emit: Callable[[str], None], *, find_links: str | None = None):
+    def __init__(
+        self,
+        state: Path,
+        emit: Callable[[str], None],
+        *,
+        find_links: str | None = None,
+        user: RunUser | None = None,
+    ):
         self.state = Path(state)
         self.emit = emit
         self.find_links = find_links or os.environ.get("MUSTER_AGENT_FIND_LINKS") or None
+        # Builds run the experiment's code too (a package's setup.py): as the run's user when there is
+        # one, with the agent's tool settings (uv's, git's, pyenv's) but never its key (agent/isolation.py).
+        self.user = user
+        self.env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        self.env.setdefault("UV_CACHE_DIR", str(self.state / "uv-cache"))
+        if user is not None:
+            self.env["HOME"] = str(self.state)  # git's and uv's own files, in the folder the user owns
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -77,7 +93,7 @@ class Builder:
         try:
             out = subprocess.run(
                 argv, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
-                env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
+                env={**self.env, "GIT_TERMINAL_PROMPT": "0", **(env or {})}, **as_user(self.user),
             )  # fmt: skip
         except FileNotFoundError:
             raise BuildError(f"{argv[0]} is not installed on this worker") from None
@@ -87,7 +103,7 @@ class Builder:
             detail = (out.stderr or out.stdout).strip().splitlines()
             self.emit("".join(f"  {line}\n" for line in detail[-20:]))
             raise BuildError(f"{what} failed: {detail[-1] if detail else 'exit code ' + str(out.returncode)}")
-        return out.stdout
+        return str(out.stdout)
 
     # -- code ----------------------------------------------------------------------------
 
@@ -184,7 +200,14 @@ class Builder:
             except BuildError:
                 self.emit(f"muster: Python {python} is not on this worker; using {sys.version.split()[0]}\n")
                 shutil.rmtree(dest, ignore_errors=True)
-        self._run([*base, "--python", sys.executable], what="a virtual environment")
+        self._run([*base, "--python", self.fallback_python()], what="a virtual environment")
+
+    def fallback_python(self) -> str:
+        """The agent's own Python, or for another user the first python3 on that user's PATH."""
+        if self.user is None:
+            return sys.executable
+        found: str | None = shutil.which("python3", path=self.env.get("PATH"))
+        return found or "python3"
 
     def freeze(self, venv: Path) -> str:
         uv = find_uv()

@@ -1,4 +1,4 @@
-"""The local channel for `muster.report()`: a Unix socket only this user can open.
+"""The local channel for `muster.report()`: a Unix socket only the runs' user (and the agent) can open.
 
 Each run gets its own random token in MUSTER_REPORT_TOKEN; a message with an unknown
 token is refused, so one run cannot report as another and the agent's API key never
@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.isolation import RunUser
+
 log = logging.getLogger("muster.agent")
 MAX_LINE = 64 * 1024
 
@@ -25,7 +27,7 @@ Handler = Callable[[int | None, dict[str, float]], None]
 
 
 class Channel:
-    def __init__(self) -> None:
+    def __init__(self, user: RunUser | None = None) -> None:
         # A short path: Unix socket paths are limited to about 100 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="muster-"))
         os.chmod(self.dir, 0o700)
@@ -46,6 +48,11 @@ class Channel:
         self.server = socketserver.ThreadingUnixStreamServer(self.path, _Handler)
         self.server.daemon_threads = True
         os.chmod(self.path, 0o600)
+        if user is not None:
+            # Runs execute as another user: it alone (and the agent) may open the socket; the
+            # per-attempt token still says which run speaks.
+            os.chmod(self.dir, 0o711)  # noqa: S103 - search only, so the run's user reaches its socket
+            os.chown(self.path, user.uid, user.gid)
         self.thread = threading.Thread(target=self.server.serve_forever, name="report-channel", daemon=True)
         self.thread.start()
 

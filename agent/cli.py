@@ -327,6 +327,7 @@ def _action(verb: str, path: str) -> Any:
 
 
 def cmd_agent(args: argparse.Namespace, out: Out) -> int:
+    from agent.isolation import IsolationError
     from agent.worker import Agent, Options, default_state_dir, install_signals
 
     logging.basicConfig(
@@ -355,10 +356,18 @@ def cmd_agent(args: argparse.Namespace, out: Out) -> int:
         container_engine=args.container_engine,
         default_image=args.default_image,
         gpu_passthrough=args.gpu_passthrough or ("docker" if args.container_engine == "docker" else "cdi"),
+        run_as=args.run_as or os.environ.get("MUSTER_RUN_AS") or None,
+        work_dir=Path(args.work_dir or os.environ["MUSTER_WORK_DIR"])
+        if args.work_dir or os.environ.get("MUSTER_WORK_DIR")
+        else None,
+        pass_env=[*args.pass_env, *filter(None, os.environ.get("MUSTER_PASS_ENV", "").split(","))],
     )
     if args.name:
         opts.name = args.name
-    agent = Agent(_client(args), opts)
+    try:
+        agent = Agent(_client(args), opts)
+    except IsolationError as e:
+        raise UsageError(str(e)) from None
     install_signals(agent)
     return agent.run()
 
@@ -462,6 +471,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--default-image", help="the image for experiments that name none (with --container-engine)")
     r.add_argument("--gpu-passthrough", choices=["cdi", "docker", "none"],
                    help="how GPU slots reach a container (default: cdi for podman, docker for docker)")  # fmt: skip
+    r.add_argument("--run-as", help="the Unix user experiments run as (MUSTER_RUN_AS; as root the default is "
+                                     "muster-run, which must exist; otherwise the agent's own user)")  # fmt: skip
+    r.add_argument("--work-dir", help="the runs' working folders (MUSTER_WORK_DIR; default: STATE_DIR/work); "
+                                      "with --run-as, a folder that user can reach")  # fmt: skip
+    r.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                   help="one more of the agent's variables runs get (repeat; MUSTER_PASS_ENV=A,B)")  # fmt: skip
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     r.set_defaults(func=cmd_agent)
     return p

@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from agent.isolation import PRIVATE_ENV, RunUser, as_user, base_environment, give_to
 from agent.spool import Spool
 
 log = logging.getLogger("muster.agent")
@@ -36,8 +37,6 @@ log = logging.getLogger("muster.agent")
 ITERATION_LINE = re.compile(rb"^MUSTER_ITERATION=(\d{1,18})\s*$")
 SDK_DIR = str(Path(__file__).resolve().parent / "sdk")
 BATCH_BYTES = 256 * 1024
-# Variables of the agent that never reach a child.
-PRIVATE_ENV = ("MUSTER_API_KEY", "MUSTER_API_KEY_FILE", "MUSTER_CONFIG")
 
 
 @dataclass
@@ -65,6 +64,10 @@ class RunContext:
     container_engine: str | None = None  # podman | docker: runs go into containers
     default_image: str | None = None
     gpu_passthrough: str = "none"  # cdi | docker | none
+    run_user: RunUser | None = None  # runs execute as this user (agent/isolation.py); None: the agent's own
+    pass_env: tuple[str, ...] = ()  # more of the agent's variables a run gets (--pass-env)
+    sdk_dir: str = SDK_DIR  # the `muster` module put on the run's PYTHONPATH
+    build_dir: Path | None = None  # git mirrors and environments; state_dir when None
 
 
 def signal_number(name: str) -> int:
@@ -132,7 +135,8 @@ class Run:
         return ["/bin/true"]
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        """Allowlisted: a few of the agent's variables, the experiment's, its owner's secrets, MUSTER_*."""
+        env = base_environment(dict(os.environ), self.ctx.run_user, self.ctx.pass_env)
         env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
         env.update({str(k): str(v) for k, v in (self.spec.get("secret_env") or {}).items()})
         env.update(
@@ -151,7 +155,7 @@ class Run:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (SDK_DIR, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (self.ctx.sdk_dir, env.get("PYTHONPATH", "")) if p)
         return env
 
     def start(self) -> None:
@@ -182,7 +186,12 @@ class Run:
     def _build_then_spawn(self) -> None:
         from agent.build import Builder, BuildError
 
-        builder = Builder(self.ctx.state_dir, lambda text: self._emit(text.encode()), find_links=self.ctx.find_links)
+        builder = Builder(
+            self.ctx.build_dir or self.ctx.state_dir, lambda text: self._emit(text.encode()),
+            find_links=self.ctx.find_links, user=self.ctx.run_user,
+        )  # fmt: skip
+        if self.ctx.run_user is not None:
+            give_to(self.workdir, self.ctx.run_user)  # the build writes the code there as the run's user
         code = self.workdir / "code"
         try:
             if self.image and not self.ctx.container_engine:
@@ -259,18 +268,25 @@ class Run:
         )  # fmt: skip
         command = container.run_command(spec)
         self._emit(f"muster: running in {self.ctx.container_engine} image {self.image}\n".encode())
-        self._spawn(self.workdir, {**os.environ, "MUSTER_ATTEMPT_ID": self.id}, argv=command)
+        engine_env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        self._spawn(self.workdir, {**engine_env, "MUSTER_ATTEMPT_ID": self.id}, argv=command, as_agent=True)
 
-    def _spawn(self, cwd: Path, env: dict[str, str], argv: list[str] | None = None) -> None:
+    def _spawn(self, cwd: Path, env: dict[str, str], argv: list[str] | None = None, *, as_agent: bool = False) -> None:
+        """Start the run's process group: as the run's user unless it is the container engine's client."""
+        user = None if as_agent else self.ctx.run_user
+        argv = argv or self.argv()
+        if user is not None:
+            give_to(self.workdir, user)
         try:
             self.proc = subprocess.Popen(
-                argv or self.argv(),
+                argv,
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **as_user(user),
             )
         except OSError as e:
             self._emit(f"muster agent: cannot start {self.spec.get('command') or 'the script'}: {e}\n".encode())

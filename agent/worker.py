@@ -28,8 +28,9 @@ import psutil
 from agent import __version__
 from agent.channel import Channel
 from agent.client import ApiError, Client, ServerAway
+from agent.isolation import IsolationError, can_reach, give_to, make_undumpable, run_user
 from agent.monitor import Gpus, Sampler, load_nvml
-from agent.runner import Ending, Run, RunContext, reap_orphans, set_subreaper
+from agent.runner import SDK_DIR, Ending, Run, RunContext, reap_orphans, set_subreaper
 from agent.spool import Spool
 
 log = logging.getLogger("muster.agent")
@@ -54,6 +55,9 @@ class Options:
     container_engine: str | None = None  # podman | docker
     default_image: str | None = None
     gpu_passthrough: str = "cdi"  # cdi (podman) | docker | none
+    run_as: str | None = None  # the user runs execute as (agent/isolation.py: run_user)
+    work_dir: Path | None = None  # the runs' working folders; state_dir/work when None
+    pass_env: list[str] = field(default_factory=list)  # more of the agent's variables runs get
 
 
 class Backoff:
@@ -77,6 +81,9 @@ class Agent:
         self.instance_id = uuid.uuid4().hex
         self.state = Path(options.state_dir)
         self.state.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state, 0o700)  # the spool holds lease tokens: the agent's alone
+        self.run_user = run_user(options.run_as)
+        self.work_root, self.build_dir, self.sdk_dir = self._run_folders(options)
         self.spool = Spool(self.state / "spool")
         self.runs: dict[str, Run] = {}
         # Claims received but not yet a Run (attempt id -> lease token): reported from the moment the
@@ -98,6 +105,37 @@ class Agent:
             indices = [g["index"] for g in self.gpus.inventory]
         self.slot_used: dict[int, float] = dict.fromkeys(indices, 0.0)
         self.sampler = Sampler(self.gpus, disk_path=str(self.state), runs=self._runs_snapshot)
+
+    def _run_folders(self, options: Options) -> tuple[Path, Path, str]:
+        """Where runs work, where their code and environments are built, and their `muster` module.
+
+        Run as another user, each must be a folder that user reaches (and owns, for the build
+        folder): the agent's state stays its own; the module is copied beside the runs.
+        """
+        work_root = Path(options.work_dir) if options.work_dir else self.state / "work"
+        user = self.run_user
+        if user is None:
+            return work_root, self.state, SDK_DIR
+        shared = work_root / ".muster"
+        for folder in (work_root, shared):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o711)  # noqa: S103 - search only: the run's user reaches its own folder, lists none
+        sdk = shared / "sdk"
+        shutil.rmtree(sdk, ignore_errors=True)
+        shutil.copytree(SDK_DIR, sdk, ignore=shutil.ignore_patterns("__pycache__"))
+        for root, _dirs, files in os.walk(sdk):
+            os.chmod(root, 0o755)  # noqa: S103 - the module every run imports, read-only to them
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
+        if not can_reach(sdk, user):  # every folder above searchable by the user, the module readable
+            raise IsolationError(
+                f"{user.name} cannot reach the working folder {work_root}: choose one it can with --work-dir"
+            )
+        build = shared / "build"
+        build.mkdir(exist_ok=True)
+        give_to(build, user)
+        os.chmod(build, 0o700)
+        return work_root, build, str(sdk)
 
     # -- registration --------------------------------------------------------------------
 
@@ -230,7 +268,7 @@ class Agent:
             worker=self.name,
             server=self.client.server,
             spool=self.spool,
-            work_root=self.state / "work",
+            work_root=self.work_root,
             report_socket=self.channel.path,
             keep_workdirs=self.opts.keep_workdirs,
             state_dir=self.state,
@@ -239,6 +277,10 @@ class Agent:
             container_engine=self.opts.container_engine,
             default_image=self.opts.default_image,
             gpu_passthrough=self.opts.gpu_passthrough,
+            run_user=self.run_user,
+            pass_env=tuple(self.opts.pass_env),
+            sdk_dir=self.sdk_dir,
+            build_dir=self.build_dir,
         )
         run = Run(ctx, claim, indices, token)
         holder["run"] = run
@@ -472,7 +514,8 @@ class Agent:
 
     def run(self) -> int:
         self.subreaper = set_subreaper()
-        self.channel = Channel()
+        make_undumpable()  # runs of the agent's own user cannot read its environment or memory
+        self.channel = Channel(self.run_user)
         threads = [
             threading.Thread(target=self.sender_loop, name="sender", daemon=True),
             threading.Thread(target=self.sampler.loop, name="sampler", daemon=True),

@@ -60,6 +60,63 @@ def proxy_flags(trusted: str) -> list[str]:
     return ["--proxy-headers", "--forwarded-allow-ips", trusted] if trusted else ["--no-proxy-headers"]
 
 
+RUN_USER = "muster-run"
+# What of this process's environment the local agent gets: never the server's settings (SECRET_KEY,
+# DATABASE_URL …), which runs must not see (the agent passes runs an allowlist of its own as well).
+AGENT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR")
+AGENT_ENV_PREFIXES = ("MUSTER_AGENT_", "MUSTER_CHILD_", "MUSTER_PASS_ENV", "UV_")
+
+
+def run_user() -> tuple[str | None, str]:
+    """As root: the unprivileged user runs execute as (created on first use); else none, and why."""
+    if os.geteuid() != 0:
+        return None, "as your own user (start make run as root to run them as an unprivileged user)"
+    import pwd
+
+    name = os.environ.get("MUSTER_RUN_AS") or RUN_USER
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        print(f"created the user {name} that experiments run as", flush=True)
+    return name, f"as the unprivileged user {name}"
+
+
+def agent_work_dir() -> Path:
+    """The runs' working folders: outside this tree (runs never see the server's files), one per VAR."""
+    given = os.environ.get("MUSTER_WORK_DIR")
+    if given:
+        return Path(given)
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(str(VAR.resolve()).encode()).hexdigest()[:12]
+    base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())  # noqa: S108 - our own folder
+    return base / f"muster-{tag}" / "work"
+
+
+def key_file(token: str) -> Path:
+    """The agent key in VAR/agent.key, mode 600 from the start."""
+    path = VAR / "agent.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def agent_environment(key: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in AGENT_ENV or k.startswith(AGENT_ENV_PREFIXES)}
+    for name in os.environ.get("MUSTER_PASS_ENV", "").split(","):
+        if name and name in os.environ:
+            env[name] = os.environ[name]
+    return {**env, "MUSTER_API_KEY_FILE": str(key)}
+
+
 def port_taken(host: str, port: int) -> bool:
     """Whether something already listens there (another `make run`, say)."""
     import socket
@@ -82,6 +139,7 @@ def main() -> int:
     os.environ.setdefault("DEBUG", "true")
     os.environ.setdefault("SITE_URL", f"http://{HOST}:{PORT}")
     VAR.mkdir(parents=True, exist_ok=True)
+    VAR.chmod(0o700)  # the database, the credentials and the agent's spool: this account's alone
     print("migrating the database …", flush=True)
     manage("migrate", "--no-input", "-v", "0")
     manage("collectstatic", "--no-input", "-v", "0")
@@ -135,12 +193,16 @@ def main() -> int:
     )
     url = f"http://{HOST}:{PORT}"
     wait_until_up(url)
-    # The local agent: its key travels in the environment, never on the command line.
+    # The local agent: its key in a file only this account reads (never in argv or its environment),
+    # its runs as an unprivileged user when this is root, in folders outside this tree.
+    run_as, isolation_note = run_user()
+    work_dir = agent_work_dir()
     agent: subprocess.Popen[bytes] | None = start(
         "local agent",
         [str(Path(PY).parent / "muster"), "agent", "run", "--server", url, "--queue", "default",
-         "--name", "local", "--state-dir", str(VAR / "agent"), "--log-level", "warning"],
-        env={**os.environ, "MUSTER_API_KEY": state["agent_key"]},
+         "--name", "local", "--state-dir", str(VAR / "agent"), "--work-dir", str(work_dir),
+         *(["--run-as", run_as] if run_as else []), "--log-level", "warning"],
+        env=agent_environment(key_file(state["agent_key"])),
     )  # fmt: skip
     cli_note = login_cli(url, state["api_key"])
     print(
@@ -150,7 +212,8 @@ def main() -> int:
         f"  agent key:   {state['agent_key']}\n"
         f"  API docs:    {url}/api/docs/\n"
         f"  CLI:         {cli_note}\n"
-        f"               try: .venv/bin/muster enqueue -- python -c \"print('hi')\"; .venv/bin/muster status\n"
+        f"               try: .venv/bin/muster enqueue -- python3 -c \"print('hi')\"; .venv/bin/muster status\n"
+        f"  runs:        {isolation_note}, in {work_dir}\n"
         f"  (credentials are also in {VAR / 'bootstrap.json'}; Ctrl-C stops everything)\n",
         flush=True,
     )

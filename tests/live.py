@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -199,7 +200,10 @@ class Stack:
                 "--claim-wait", "5", "--log-level", "debug"]  # fmt: skip
         for q in queues:
             argv += ["--queue", q]
-        agent_env = {**self.env, "MUSTER_API_KEY": self.agent_key, **(env or {})}
+        # Runs as the test's own user (as root, the agent would run them as muster-run, which
+        # test_make_run's isolation probe covers): these tests read and write the runs' folders.
+        own_user = pwd.getpwuid(os.geteuid()).pw_name
+        agent_env = {**self.env, "MUSTER_API_KEY": self.agent_key, "MUSTER_RUN_AS": own_user, **(env or {})}
         proc = subprocess.Popen(
             [*argv, *args], cwd=ROOT, env=agent_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )

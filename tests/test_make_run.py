@@ -25,7 +25,10 @@ def _ours(var: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter():
         try:
-            if p.environ().get("MUSTER_VAR_DIR") == str(var) and p.pid != os.getpid():
+            # The server and celery carry MUSTER_VAR_DIR; the agent gets no server settings, but its
+            # state folder is in VAR.
+            mine = p.environ().get("MUSTER_VAR_DIR") == str(var) or f"{var}/agent" in p.cmdline()
+            if mine and p.pid != os.getpid():
                 found.append(p)
         except psutil.Error:
             continue
@@ -43,6 +46,38 @@ def _login(url: str, *, forwarded: str) -> int:
             return int(answer.status)
     except urllib.error.HTTPError as e:
         return int(e.code)
+
+
+def _an_ordinary_users_probe_finds_no_credentials(
+    env: dict[str, str], var: Path, banner: str, muster: list[str]
+) -> None:
+    """Issue 13, point 2: a run read the admin's password, the server's settings and the agent's key."""
+    made = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         "from django.contrib.auth.models import User; from orchestration.actor import SYSTEM; "
+         "from orchestration.services import apikey_create; "
+         "print(apikey_create(actor=SYSTEM, user=User.objects.create_user('mallory')).token)"],
+        cwd=ROOT, env={**env, "DEBUG": "true"}, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    mallory = {**env, "MUSTER_API_KEY": made.stdout.strip().splitlines()[-1], "COLUMNS": "200"}
+    mallory["MUSTER_SERVER"] = banner.split("Muster is running at ")[1].split(maxsplit=1)[0].rstrip("/")
+    mallory["MUSTER_CONFIG"] = str(var / "no-such-config.json")  # the key above, not the admin's saved login
+    probe = (ROOT / "tests" / "probe.py").read_text()
+    strict = "strict" if os.geteuid() == 0 else "same-user"
+    out = subprocess.run(
+        [*muster, "enqueue", "--", "python3", "-c", probe, str(var), str(ROOT), strict],
+        env=mallory, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    exp_id = out.stdout.split()[0]
+    subprocess.run([*muster, "status", exp_id, "--wait"], env=mallory, capture_output=True, timeout=120)
+    logs = subprocess.run([*muster, "logs", exp_id], env=mallory, capture_output=True, text=True, timeout=60).stdout
+    assert "PROBE CLEAN" in logs, logs
+    state = json.loads((var / "bootstrap.json").read_text())
+    for secret in (state["password"], state["api_key"], state["agent_key"]):
+        assert secret not in logs
+    if os.geteuid() == 0:
+        assert "as the unprivileged user muster-run" in banner
 
 
 def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) -> None:
@@ -82,6 +117,7 @@ def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) ->
         assert logs.stdout.strip() == "hi"
         workers = subprocess.run([*muster, "workers"], env=cli_env, capture_output=True, text=True, timeout=60)
         assert "local" in workers.stdout
+        _an_ordinary_users_probe_finds_no_credentials(env, var, text, muster)
 
         def agents() -> list[psutil.Process]:
             return [p for p in _ours(var) if {"agent", "run", "local"} <= set(p.cmdline())]

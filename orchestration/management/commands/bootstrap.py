@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ class Command(BaseCommand):
                 "agent_key": agent_key.token,
             }
             state_file.parent.mkdir(parents=True, exist_ok=True)
-            state_file.write_text(json.dumps(state, indent=2))
-            state_file.chmod(0o600)
+            # Created 600, never readable by others even for a moment (it holds the admin's password and keys).
+            fd = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(state, indent=2))
+        state_file.chmod(0o600)  # also one an older version left readable
         self.stdout.write(json.dumps(state))
