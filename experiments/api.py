@@ -33,7 +33,7 @@ from experiments.serializers import (
     RerunSerializer,
     StopSerializer,
 )
-from orchestration.api import NewestFirstCursor
+from orchestration.api import KeysetPagination, NewestFirstCursor
 from orchestration.permissions import IsAgent, IsHumanUser, actor_of
 
 
@@ -57,6 +57,12 @@ LIST_PARAMS = [
     OpenApiParameter("project", str),
     OpenApiParameter("search", str, description="name contains, or id starts with"),
 ]
+
+
+class AttemptPages(KeysetPagination):
+    """An experiment's attempts, first to last (re-runs make the list grow without bound)."""
+
+    order = (("number", False),)
 
 
 class ExperimentFilterSerializer(serializers.Serializer[Any]):
@@ -112,18 +118,15 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         return Response(ExperimentSerializer(selectors.experiment_get(pk)).data)
 
     def _queue_kwargs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The body's `queue`: an id or a name (services.resolve_queue tells which)."""
         ref = data.pop("queue", None)
-        if not ref:
-            return {}
-        return {"queue_id": ref} if len(ref) == 32 and ref.isalnum() else {"queue_name": ref}
+        return {"queue_name": ref} if ref else {}
 
     @extend_schema(request=EnqueueSerializer, responses=OutcomeSerializer)
     @action(detail=True, methods=["post"])
     def enqueue(self, request: Request, pk: str) -> Response:
         data = _valid(EnqueueSerializer, request)
         kw = self._queue_kwargs(data)
-        if "queue_id" in kw and not _queue_exists(kw["queue_id"]):
-            kw = {"queue_name": kw["queue_id"]}
         return _outcome(
             services.experiment_enqueue(actor=actor_of(request), experiment_id=pk, priority=data.get("priority"), **kw)
         )
@@ -163,10 +166,11 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         return Response(ExperimentSerializer(selectors.experiment_get(exp.pk)).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=AttemptSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=AttemptPages, filter_backends=[])
     def attempts(self, request: Request, pk: str) -> Response:
         selectors.experiment_get(pk)
-        return Response(AttemptSerializer(selectors.attempt_list(pk), many=True).data)
+        page = self.paginate_queryset(selectors.attempt_list(pk))
+        return self.get_paginated_response(AttemptSerializer(page, many=True).data)
 
     @extend_schema(
         parameters=[
@@ -189,12 +193,6 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 class LogQuerySerializer(serializers.Serializer[Any]):
     attempt = serializers.RegexField(r"^[0-9a-f]{32}$", required=False)
     after = serializers.IntegerField(min_value=-1, max_value=2**62, required=False)
-
-
-def _queue_exists(queue_id: str) -> bool:
-    from queues.models import Queue
-
-    return Queue.objects.filter(pk=queue_id).exists()
 
 
 class _AttemptView(APIView):

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db.models import F, Max
+from django.db.models import Case, F, Max, Q, When
 from django.utils import timezone
 
 from experiments.models import (
@@ -130,15 +130,25 @@ def _illegal(exp: Experiment, verb: str) -> Conflict:
 
 
 def resolve_queue(*, actor: Actor, queue_id: str | None = None, queue_name: str | None = None) -> Queue:
-    """The queue named by id or name (case-insensitive); only admins may name unknown queues."""
-    try:
-        if queue_id:
-            return Queue.objects.get(pk=queue_id)
-        if queue_name:
-            return Queue.objects.get(name__iexact=queue_name)
-    except Queue.DoesNotExist:
-        raise NotFound(f"queue {queue_id or queue_name!r} does not exist", field="queue") from None
-    raise InvalidInput("a queue is required", field="queue")
+    """The queue with this id, or named by `queue_name`: its id or its name (case-insensitive).
+
+    An unknown queue is a 404 for everyone: a queue is never created by naming it here.
+    """
+    found = None
+    if queue_id:
+        found = Queue.objects.filter(pk=queue_id).first()
+    elif queue_name:
+        # One query; an id match wins over a queue whose name happens to look like that id.
+        found = (
+            Queue.objects.filter(Q(pk=queue_name) | Q(name__iexact=queue_name))
+            .order_by(Case(When(pk=queue_name, then=0), default=1))
+            .first()
+        )
+    else:
+        raise InvalidInput("a queue is required", field="queue")
+    if found is None:
+        raise NotFound(f"queue {queue_id or queue_name!r} does not exist", field="queue")
+    return found
 
 
 def _live_listener_exists(queue: Queue) -> bool:

@@ -148,7 +148,9 @@ def apikey_check(token: str) -> ApiKey | None:
     cache_s: float = settings.AUTH_CACHE_S
     hit = _checked.get(access + digest) if cache_s > 0 else None
     if hit is not None and time.monotonic() - hit[1] < cache_s:
-        return hit[0]
+        expires_at = hit[0].expires_at
+        # Expiry is checked on every request (revocation elsewhere takes up to AUTH_CACHE_S).
+        return hit[0] if expires_at is None or expires_at > timezone.now() else None
     key = ApiKey.objects.select_related("user").filter(access_key=access).first()
     if key is None or not hmac.compare_digest(key.digest, digest):
         return None

@@ -72,4 +72,6 @@ urlpatterns = [
     path("", include("orchestration.urls_pages")),
 ]
 
+handler400 = "orchestration.views_api.bad_request"
 handler404 = "orchestration.views_api.not_found"
+handler500 = "orchestration.views_api.server_error"

@@ -8,6 +8,7 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -17,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestration.api import NewestFirstCursor
+from orchestration.api import NewestFirstCursor, error_body
 from orchestration.errors import Forbidden, InvalidInput
 from orchestration.models import ApiKey, AuditEvent, KeyScope, Role
 from orchestration.permissions import IsAdmin, IsHumanUser, actor_of
@@ -105,7 +106,8 @@ class ApiKeyListView(APIView):
 class ApiKeyDetailView(APIView):
     permission_classes = [IsHumanUser]
 
-    @extend_schema(responses=ApiKeySerializer, operation_id="keys_revoke")
+    # 200 with the revoked key (revoked_at set): the schema said 204 and no body before.
+    @extend_schema(responses={200: ApiKeySerializer}, operation_id="keys_revoke")
     def delete(self, request: Request, access_key: str) -> Response:
         key = apikey_revoke(actor=actor_of(request), access_key=access_key)
         return Response(ApiKeySerializer(key).data)
@@ -223,15 +225,30 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
 
 
+def _api_path(request: HttpRequest) -> bool:
+    return request.path.startswith(("/api/", "/clearml/"))
+
+
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    """404 for a URL no view matches: JSON under /api/ (clients parse it), Django's page elsewhere."""
-    if request.path.startswith("/api/"):
-        from orchestration.api import error_body
-
+    """404 for a URL no view matches: JSON under /api/ and /clearml/ (clients parse it), Django's page elsewhere."""
+    if _api_path(request):
         return JsonResponse(error_body("not_found", f"no such resource: {request.path}"), status=404)
-    from django.views.defaults import page_not_found
+    return defaults.page_not_found(request, exception or Exception("not found"))
 
-    return page_not_found(request, exception or Exception("not found"))
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """400 that no view answered itself (too many query parameters, a suspicious request): JSON for API clients."""
+    if _api_path(request):
+        reason = str(exception) if exception is not None else "bad request"
+        return JsonResponse(error_body("bad_request", reason[:300]), status=400)
+    return defaults.bad_request(request, exception or Exception("bad request"))
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500: JSON for API clients (the error is logged with its traceback), Django's page elsewhere."""
+    if _api_path(request):
+        return JsonResponse(error_body("server_error", "the server failed; the error is logged"), status=500)
+    return defaults.server_error(request)
 
 
 class SecretSerializer(serializers.Serializer[Any]):

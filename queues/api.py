@@ -143,7 +143,8 @@ class QueueViewSet(viewsets.GenericViewSet[Queue]):
         services.queue_update(actor=actor_of(request), queue_id=pk, changes=dict(ser.validated_data))
         return Response(QueueSerializer(selectors.queue_get(pk)).data)
 
-    @extend_schema(responses=CountSerializer)
+    # 200 with how many waiting experiments went back (the schema said 204 and no body before).
+    @extend_schema(responses={200: CountSerializer})
     def destroy(self, request: Request, pk: str) -> Response:
         return Response({"count": services.queue_delete(actor=actor_of(request), queue_id=pk)})
 

@@ -275,7 +275,7 @@ class Stack:
             after = page["next_after"]
 
     def attempts(self, exp_id: str) -> list[dict[str, Any]]:
-        return self.admin.request("GET", f"experiments/{exp_id}/attempts/")  # type: ignore[no-any-return]
+        return self.admin.request("GET", f"experiments/{exp_id}/attempts/?limit=500")["results"]  # type: ignore[no-any-return]
 
 
 def run_processes(marker: str | None = None) -> list[psutil.Process]:

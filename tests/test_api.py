@@ -176,7 +176,11 @@ def test_a_full_run_through_the_api(alice_api: APIClient, agent_api: APIClient, 
     logs = alice_api.get(f"/api/v1/experiments/{exp_id}/logs/").json()
     assert "".join(c["text"] for c in logs["chunks"]) == "hello\nbye\n"
     attempts = alice_api.get(f"/api/v1/experiments/{exp_id}/attempts/").json()
-    assert attempts[0]["worker"] == "box:0" and attempts[0]["outcome"] == "completed"
+    assert attempts["next"] is None
+    assert attempts["results"][0]["worker"] == "box:0" and attempts["results"][0]["outcome"] == "completed"
+    for limit in ("0", "1000000000"):  # issue 13: a bare list, and every row in one page
+        page = alice_api.get(f"/api/v1/experiments/{exp_id}/attempts/?limit={limit}").json()
+        assert set(page) == {"next", "results"} and len(page["results"]) == 1
     stale = agent_api.post(f"{base}/progress/", {"token": "f" * 32}, format="json")
     assert stale.status_code == 409 and error(stale)["kill"] is True
 

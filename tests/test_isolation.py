@@ -314,3 +314,46 @@ def test_the_page_and_admin_logins_count_failures_only(alice: User) -> None:
         codes = [web.post(path, {"username": "alice", "password": "nope"}).status_code for _ in range(11)]
         assert codes[:10] == [200] * 10 and codes[10] == 429, path
         cache.clear()
+
+
+def test_a_submit_names_its_queue_by_id_or_by_name(alice: User, queues: dict[str, Queue]) -> None:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {apikey_create(actor=SYSTEM, user=alice).token}")
+    for ref in (queues["open"].pk, "OPEN"):
+        r = api.post("/api/v1/experiments/", {"name": "n", "command": ["true"], "queue": ref}, format="json")
+        assert r.status_code == 201 and r.json()["experiment"]["queue"] == queues["open"].pk, r.content
+    r = api.post("/api/v1/experiments/", {"name": "n", "command": ["true"], "queue": "opne"}, format="json")
+    assert r.status_code == 404 and r.json()["error"]["field"] == "queue"
+
+
+def test_an_expired_key_is_refused_at_once_though_it_was_just_checked(
+    alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, point 9: a key past its expiry was still accepted for the auth cache's 10 s."""
+    from datetime import timedelta
+
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from orchestration.services import apikey_check, apikey_forget_cached
+
+    expiry = timezone.now() + timedelta(minutes=5)
+    new = apikey_create(actor=SYSTEM, user=alice, expires_at=expiry)
+    with override_settings(AUTH_CACHE_S=3600):
+        apikey_forget_cached()
+        assert apikey_check(new.token) is not None  # checked, and now in the cache
+        monkeypatch.setattr(timezone, "now", lambda: expiry + timedelta(seconds=1))
+        assert apikey_check(new.token) is None
+    apikey_forget_cached()
+
+
+def test_too_many_query_parameters_is_a_json_400_on_the_api(alice: User) -> None:
+    """Issue 13, point 9: 5,000 query parameters gave Django's HTML 400."""
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {apikey_create(actor=SYSTEM, user=alice).token}")
+    query = "&".join(f"p{i}=1" for i in range(5000))
+    for path in ("/api/v1/experiments/", "/api/v1/queues/"):
+        r = api.get(f"{path}?{query}")
+        assert r.status_code == 400 and r["Content-Type"] == "application/json", (path, r.content[:200])
+        assert r.json()["error"]["code"] == "bad_request"
+    assert Client().get(f"/login/?{query}").status_code == 400  # pages keep Django's page
