@@ -17,10 +17,11 @@ from pathlib import Path
 from django.conf import settings
 from django.db import IntegrityError
 
-from experiments.models import Snapshot
+from experiments.models import Experiment, Snapshot
 from orchestration.actor import Actor
 from orchestration.audit import Change, audit_record
 from orchestration.errors import Forbidden, InvalidInput, NotFound
+from queues.access import actor_servable_queue_ids
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -81,6 +82,12 @@ def snapshot_for_reading(*, actor: Actor, sha256: str) -> Path:
     path = snapshot_path(sha256)
     if snap is None or not path.exists():
         raise NotFound(f"snapshot {sha256[:12]} does not exist", field="sha256")
-    if not (actor.is_agent or actor.is_admin or snap.owner_id == actor.user_id):
-        raise Forbidden("this snapshot belongs to another user")
-    return path
+    if actor.is_admin or (not actor.is_agent and snap.owner_id == actor.user_id):
+        return path
+    if actor.is_agent:
+        # An agent fetches the code of experiments it may run: one of them is in a queue its key serves.
+        queue_ids = Experiment.objects.filter(snapshot=sha256, queue__isnull=False).values_list("queue_id", flat=True)
+        if actor_servable_queue_ids(actor, set(queue_ids)):
+            return path
+        raise Forbidden("no experiment in a queue this key serves runs this snapshot")
+    raise Forbidden("this snapshot belongs to another user")

@@ -23,13 +23,17 @@ def _put(client: APIClient, data: bytes, sha: str | None = None) -> Any:
 
 
 def test_upload_once_read_back_by_agents_and_the_owner(
-    alice_api: APIClient, bob_api: APIClient, agent_api: APIClient
+    alice_api: APIClient, bob_api: APIClient, agent_api: APIClient, queue: Any
 ) -> None:
     data = b"\x1f\x8b pretend tarball" * 100
     sha = hashlib.sha256(data).hexdigest()
     r = _put(alice_api, data)
     assert r.status_code == 201 and r.json() == {"sha256": sha, "size": len(data), "created": True}
     assert _put(alice_api, data).json()["created"] is False  # the same content: stored once
+    # An agent reads it once an experiment that runs it is in a queue its key serves.
+    assert agent_api.get(f"/api/v1/snapshots/{sha}/").status_code == 403
+    body = {"name": "snap", "snapshot": sha, "entry_point": "train.py", "queue": "default"}
+    assert alice_api.post("/api/v1/experiments/", body, format="json").status_code == 201
     for client in (alice_api, agent_api):
         got = client.get(f"/api/v1/snapshots/{sha}/")
         assert got.status_code == 200 and b"".join(got.streaming_content) == data
