@@ -169,8 +169,9 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     @action(detail=True, methods=["get"], pagination_class=AttemptPages, filter_backends=[])
     def attempts(self, request: Request, pk: str) -> Response:
         selectors.experiment_get(pk)
-        page = self.paginate_queryset(selectors.attempt_list(pk))
-        return self.get_paginated_response(AttemptSerializer(page, many=True).data)
+        pages = AttemptPages()
+        page = pages.paginate_queryset(selectors.attempt_list(pk), request, view=self)
+        return pages.get_paginated_response(AttemptSerializer(page, many=True).data)
 
     @extend_schema(
         parameters=[
