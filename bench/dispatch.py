@@ -101,9 +101,9 @@ def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple
     Lock the worker row with its usage and queues, take from the first queue that has a
     fitting entry: the same two statements the server runs, then commit.
     """
-    from queues.claim_sql import CLAIM_FIELDS, LOCK_WORKER, TAKE  # plain SQL; loads no Django settings
+    from queues.claim_sql import CLAIM_FIELDS, TAKE, lock_worker_sql  # plain SQL; loads no Django settings
 
-    lock_sql = LOCK_WORKER.format(worker_columns=", ".join(f"w.{c}" for c in CLAIM_FIELDS), where="w.id = %s")
+    lock_sql = lock_worker_sql(CLAIM_FIELDS, "w.id = %s")  # with the serving rule, as the server's
 
     done = [0]
     lock = threading.Lock()

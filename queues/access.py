@@ -13,11 +13,13 @@ tests/test_isolation.py checks both against may_enqueue over every kind of owner
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from django.db import connection
 
-from orchestration.actor import Actor
-from queues.models import Queue
+if TYPE_CHECKING:  # no model at import time: bench/dispatch.py reads SERVABLE_SQL without Django set up
+    from orchestration.actor import Actor
+    from queues.models import Queue
 
 # {queue}, {owner} and {key} are SQL expressions: the queue's id, the worker's owner (a user
 # id, NULL for a worker the system registered) and the key it registered with (NULL: none).

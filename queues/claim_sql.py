@@ -157,6 +157,15 @@ FOR UPDATE OF w
 """
 
 
+def lock_worker_sql(columns: tuple[str, ...], where: str) -> str:
+    """LOCK_WORKER for these worker columns and this condition on `w` (bench/dispatch.py's baseline runs it too)."""
+    return LOCK_WORKER.format(
+        worker_columns=", ".join(f"w.{c}" for c in columns),
+        where=where,
+        servable=servable_sql(queue="q.id", owner="w.owner_id", key="w.api_key_id"),
+    )
+
+
 def lock_worker(
     columns: tuple[str, ...], *, pk: int | None = None, name: str | None = None
 ) -> tuple[Worker, list[tuple[str, bool, int | None, str]]] | None:
@@ -169,11 +178,7 @@ def lock_worker(
     from workers.models import Worker
 
     where, arg = ("w.id = %s", pk) if pk is not None else ("w.name = %s", name)
-    sql = LOCK_WORKER.format(
-        worker_columns=", ".join(f"w.{c}" for c in columns),
-        where=where,
-        servable=servable_sql(queue="q.id", owner="w.owner_id", key="w.api_key_id"),
-    )
+    sql = lock_worker_sql(columns, where)
     with prepared_cursor() as cursor:
         cursor.execute(sql, [arg])
         row = cursor.fetchone()

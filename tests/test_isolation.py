@@ -8,6 +8,10 @@ check it against may_enqueue and drive each way in (issue 13, point 1, 3 and 5).
 from __future__ import annotations
 
 import base64
+import os
+import secrets
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +32,7 @@ from queues.access import may_enqueue, servable_queue_ids
 from queues.dispatch import Capacity, dispatch_claim
 from queues.models import Queue
 from queues.services import queue_create
+from tests.test_api import ROOT
 from workers.api import claim_payload
 from workers.models import Worker
 from workers.services import Registration, worker_register, worker_update
@@ -357,3 +362,59 @@ def test_too_many_query_parameters_is_a_json_400_on_the_api(alice: User) -> None
         assert r.status_code == 400 and r["Content-Type"] == "application/json", (path, r.content[:200])
         assert r.json()["error"]["code"] == "bad_request"
     assert Client().get(f"/login/?{query}").status_code == 400  # pages keep Django's page
+
+
+PRODUCTION = {
+    "DEBUG": "false",
+    "ALLOWED_HOSTS": "muster.example.com",
+    "CSRF_TRUSTED_ORIGINS": "https://muster.example.com",
+    "TRUSTED_PROXIES": "10.0.0.5",
+}
+
+
+def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("MUSTER_TESTING", "SECRET_KEY", "DEBUG")}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_deploy_is_clean_in_the_documented_production_configuration() -> None:
+    """docs/security.md's checklist: no warning, the false W001-W003 gone (the project's middleware recognised)."""
+    done = _manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION, SECRET_KEY=secrets.token_urlsafe(50))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "System check identified no issues" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("", "the development key"),
+        ("dev-insecure-change-me-" + "0" * 32, "the development key"),
+        ("short-key", "too short"),
+    ],
+)
+def test_production_refuses_a_guessable_secret_key_and_says_how_to_make_one(key: str, says: str) -> None:
+    done = _manage("check", **PRODUCTION, SECRET_KEY=key)
+    assert done.returncode == 2 and says in done.stderr and "secrets.token_urlsafe(50)" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_production_turns_on_https_and_a_strict_csp() -> None:
+    code = (
+        "import django, json; django.setup(); from django.conf import settings as s; "
+        "print(json.dumps([s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT, "
+        "s.SECURE_HSTS_SECONDS, list(s.SECURE_PROXY_SSL_HEADER or []), s.SECURE_CSP['script-src']]))"
+    )
+    done = _manage("shell", "-c", code, **PRODUCTION, SECRET_KEY=secrets.token_urlsafe(50))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == (
+        '[true, true, true, 31536000, ["HTTP_X_FORWARDED_PROTO", "https"], ["\'self\'"]]'
+    )
+    off = _manage("shell", "-c", code, **PRODUCTION, SECRET_KEY=secrets.token_urlsafe(50), HTTPS_ONLY="false")
+    assert off.stdout.strip().splitlines()[-1] == "[false, false, false, 0, [], [\"'self'\"]]"
