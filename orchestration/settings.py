@@ -219,12 +219,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["orchestration.permissions.IsHumanUser"],
     "DEFAULT_PARSER_CLASSES": ["orchestration.parsers.JSONParser"],  # with a nesting limit
-    # DRF's browsable pages carry inline scripts, which the Content-Security-Policy refuses: in
-    # development only. /api/docs/ (Swagger UI) is the API's browsable form everywhere.
-    "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
-        *(["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
-    ],
+    # JSON only: DRF's browsable pages carry inline scripts, which the Content-Security-Policy
+    # refuses. /api/docs/ (Swagger UI, CSP-clean) is the API's browsable form.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "orchestration.api.exception_handler",
