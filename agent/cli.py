@@ -368,6 +368,11 @@ def cmd_agent(args: argparse.Namespace, out: Out) -> int:
         agent = Agent(_client(args), opts)
     except IsolationError as e:
         raise UsageError(str(e)) from None
+    if os.environ.get("MUSTER_API_KEY") and not (args.key_file or os.environ.get("MUSTER_API_KEY_FILE")):
+        logging.getLogger("muster.agent").warning(
+            "the agent key is in the environment (MUSTER_API_KEY); prefer a file of mode 600 (--key-file or "
+            "MUSTER_API_KEY_FILE): runs never get it either way, but an environment is easy to leak"
+        )
     install_signals(agent)
     return agent.run()
 
