@@ -105,6 +105,7 @@ REPORT = {"instance_id": "i-1", "interval_s": 5, "running": [], "machine": {"cpu
         (REPORT, None),
         (b"{not json", "parse_error"),
         (b"[" * 10_000 + b"]" * 10_000, "parse_error"),  # RecursionError and a 500 once (issue 13)
+        ({**REPORT, "instance_id": "\x006bk"}, "invalid"),  # NUL: PostgreSQL's DataError and a 500 once
         ({**REPORT, "interval_s": "soon"}, "invalid"),
         ({**REPORT, "machine": {"gpus": [{"util": 5}]}}, "invalid"),
         ({**REPORT, "running": [{"attempt": "nope", "token": "t"}]}, "invalid"),
@@ -117,6 +118,13 @@ def test_reports_are_answered_alike(worker: Worker, agent_key: NewKey, body: Any
         assert fast[0] == 200 and fast[2]["kill"] == [] and fast[2]["queues"] == ["default"]
     else:
         assert fast[0] == 400 and fast[2]["error"]["code"] == code
+
+
+def test_an_unknown_workers_report_with_a_nul_is_a_400_on_both_paths(agent_key: NewKey, db: Any) -> None:
+    """Found by the fuzzer: the report registers an unknown worker, and PostgreSQL refused the NUL with a 500."""
+    django, fast = both("POST", "/api/v1/workers/new-8/report/", agent_key.token, {"instance_id": "\x006bk"})
+    _same(django, fast)
+    assert fast[0] == 400 and fast[2]["error"]["field"] == "instance_id"
 
 
 def test_the_field_a_bad_report_names_is_the_same(worker: Worker, agent_key: NewKey) -> None:

@@ -107,8 +107,9 @@ def parse_report(data: Any) -> services.Report:
     """The report body, checked as ReportSerializer would; InvalidInput names the first bad field."""
     body = _obj(data, "body")
     instance_id = body.get("instance_id", "")
-    if not isinstance(instance_id, str) or len(instance_id) > 64:
-        raise InvalidInput("a string of at most 64 characters", field="instance_id")
+    if not isinstance(instance_id, str) or len(instance_id) > 64 or "\x00" in instance_id:
+        # No NUL: an unknown worker's report registers it, and PostgreSQL text refuses NUL (a 500 once).
+        raise InvalidInput("a string of at most 64 characters, no NUL", field="instance_id")
     interval = _num(body.get("interval_s", 0), "interval_s", 0, 3600, null=False)
     running = []
     for i, item in enumerate(_list(body.get("running", []), "running", 256)):
