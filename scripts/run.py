@@ -77,11 +77,16 @@ def run_user() -> tuple[str | None, str]:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(
+        made = subprocess.run(
             ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
              "--shell", "/usr/sbin/nologin", name],
-            check=True, capture_output=True,
+            check=False, capture_output=True, text=True,
         )  # fmt: skip
+        if made.returncode != 0:
+            raise SystemExit(
+                f"could not create the user {name} that experiments run as ({made.stderr.strip() or 'useradd failed'}); "
+                "create an unprivileged user and name it with MUSTER_RUN_AS"
+            ) from None
         print(f"created the user {name} that experiments run as", flush=True)
     return name, f"as the unprivileged user {name}"
 
