@@ -8,6 +8,7 @@ from django.db.models import Q, QuerySet
 
 from experiments.models import Attempt, Experiment, LogChunk
 from orchestration.errors import NotFound
+from orchestration.secrets import secret_env_decrypt, secrets_for_run
 
 TRUNCATION_MARKER = "\n[… the middle of this log was dropped to keep it under its size cap …]\n"
 
@@ -92,8 +93,6 @@ def run_spec(experiment: Experiment, owner_secrets: list[tuple[str, str]] | None
     query, only for the claim's answer, unless the claim's take already read them: `owner_secrets`); a re-run of code from a repository or snapshot
     gets the frozen requirements of its last attempt, so it rebuilds the same set.
     """
-    from orchestration.secrets import secret_env_decrypt, secrets_for_run
-
     spec: dict[str, object] = {name: getattr(experiment, name) for name in RUN_FIELDS}
     own = secret_env_decrypt(experiment.secret_env or {})
     spec["secret_env"] = {**secrets_for_run(experiment.owner_id, owner_secrets), **own} if experiment.owner_id else own

@@ -13,12 +13,14 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core.cache import cache
-from django.test import Client
+from django.test import Client, override_settings
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from experiments.models import Experiment, Status
@@ -27,7 +29,7 @@ from orchestration.actor import SYSTEM, Actor, actor_for_user
 from orchestration.errors import Forbidden
 from orchestration.models import Role
 from orchestration.secrets import secret_env_decrypt
-from orchestration.services import NewKey, apikey_create
+from orchestration.services import NewKey, apikey_check, apikey_create, apikey_forget_cached
 from queues.access import may_enqueue, servable_queue_ids
 from queues.dispatch import Capacity, dispatch_claim
 from queues.models import Queue
@@ -335,13 +337,6 @@ def test_an_expired_key_is_refused_at_once_though_it_was_just_checked(
     alice: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 13, point 9: a key past its expiry was still accepted for the auth cache's 10 s."""
-    from datetime import timedelta
-
-    from django.test import override_settings
-    from django.utils import timezone
-
-    from orchestration.services import apikey_check, apikey_forget_cached
-
     expiry = timezone.now() + timedelta(minutes=5)
     new = apikey_create(actor=SYSTEM, user=alice, expires_at=expiry)
     with override_settings(AUTH_CACHE_S=3600):
