@@ -142,7 +142,7 @@ def take(
 CLAIM_FIELDS = (
     "id", "name", "status", "draining", "gpus", "cpus", "memory_mb", "used_gpus", "used_cpus", "used_memory_mb",
     "capabilities", "gpu_models", "order_fairness", "last_queue_id", "last_seen_at", "timeout_s", "api_key_id",
-    "owner_id",
+    "owner_id", "report_interval_s",
 )  # fmt: skip
 
 LOCK_WORKER = """

@@ -122,6 +122,24 @@ def test_slow_reporters_get_three_intervals(agent_actor: Actor) -> None:
     assert (worker.live_until - worker.last_seen_at).total_seconds() == pytest.approx(90)
 
 
+def test_a_slow_reporter_is_judged_by_three_of_its_intervals_unresponsive_before_lost(agent_actor: Actor) -> None:
+    """clearml-agent reports every 30 s: unresponsive after 90 s of silence, lost after 180 s (DESIGN §5).
+
+    The checker used WORKER_TIMEOUT (30 s) alone: its first look, at 90 s, found 3 timeouts of
+    silence and ruled it lost at once, never unresponsive.
+    """
+    worker_report(actor=agent_actor, name="slow:0", report=Report(interval_s=30))
+    worker = Worker.objects.get(name="slow:0")
+    assert worker.effective_timeout_s == pytest.approx(90)
+    start = timezone.now() - timedelta(hours=1)
+    t1 = worker.last_seen_at + timedelta(seconds=91)
+    assert worker_check_liveness(since=start, now=t1) == {"unresponsive": 1, "lost": 0}
+    t2 = worker.last_seen_at + timedelta(seconds=150)
+    assert worker_check_liveness(since=start, now=t2) == {"unresponsive": 0, "lost": 0}
+    t3 = worker.last_seen_at + timedelta(seconds=181)
+    assert worker_check_liveness(since=start, now=t3) == {"unresponsive": 0, "lost": 1}
+
+
 def test_liveness_waits_for_two_timeouts_after_it_starts(setup: Any) -> None:
     _worker, _ = setup
     now = timezone.now() + timedelta(seconds=100)

@@ -23,6 +23,15 @@ class WorkerKind(models.TextChoices):
     CLEARML = "clearml", "clearml-agent"
 
 
+def worker_timeout_s(timeout_s: int, report_interval_s: float) -> float:
+    """Seconds of silence before a worker is unresponsive (lost after twice that): the one rule.
+
+    Its own timeout when it states one; else WORKER_TIMEOUT, or three of its report intervals
+    when it reports less often (clearml-agent: every 30 s, and it states none). DESIGN §5.
+    """
+    return float(timeout_s or max(settings.WORKER_TIMEOUT_S, 3 * max(report_interval_s, 0.0)))
+
+
 class Worker(models.Model):
     """One registered agent, listening to an ordered list of queues, with a capacity."""
 
@@ -79,8 +88,8 @@ class Worker(models.Model):
         return self.name
 
     @property
-    def effective_timeout_s(self) -> int:
-        return self.timeout_s or settings.WORKER_TIMEOUT_S
+    def effective_timeout_s(self) -> float:
+        return worker_timeout_s(self.timeout_s, self.report_interval_s)
 
 
 class WorkerQueue(models.Model):

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum, Value
 from django.db.models.functions import Greatest
@@ -23,7 +22,16 @@ from orchestration.db import atomic, prepared_cursor
 from orchestration.errors import Conflict, Forbidden, InvalidInput
 from queues.access import actor_servable_queue_ids, servable_queue_ids
 from queues.models import Queue
-from workers.models import WORKER_NAME_RE, AttemptStat, Worker, WorkerKind, WorkerQueue, WorkerStat, WorkerStatus
+from workers.models import (
+    WORKER_NAME_RE,
+    AttemptStat,
+    Worker,
+    WorkerKind,
+    WorkerQueue,
+    WorkerStat,
+    WorkerStatus,
+    worker_timeout_s,
+)
 from workers.selectors import worker_is_live
 
 MAX_QUEUES = 100
@@ -134,7 +142,7 @@ def worker_register(*, actor: Actor, reg: Registration) -> Worker:
     declared = [q.pk for q in queues]
     replaced: list[Attempt] = []
     now = timezone.now()
-    timeout = reg.timeout_s or settings.WORKER_TIMEOUT_S
+    timeout = worker_timeout_s(reg.timeout_s, 0.0)  # no report yet: no interval known
     values = {
         "kind": reg.kind,
         "instance_id": reg.instance_id,
@@ -360,7 +368,7 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
         )
         iterations = {r.attempt_id: r.iteration for r in valid if r.iteration is not None}
         interval = max(report.interval_s, 0.0)
-        timeout = worker.timeout_s or max(settings.WORKER_TIMEOUT_S, 3 * interval)
+        timeout = worker_timeout_s(worker.timeout_s, interval)
         status = worker.status
         if status in (WorkerStatus.UNRESPONSIVE, WorkerStatus.LOST):
             status = WorkerStatus.DRAINING if worker.draining else (
@@ -414,7 +422,7 @@ def _report_fast(*, actor: Actor, name: str, report: Report) -> ReportAnswer | N
     stop = sorted(a for a in valid_ids if server_running[a][2] is not None)
     now = timezone.now()
     interval = max(report.interval_s, 0.0)
-    timeout = w["timeout_s"] or max(settings.WORKER_TIMEOUT_S, 3 * interval)
+    timeout = worker_timeout_s(w["timeout_s"], interval)
     stat, attempt_stats = _stat_rows(w["id"], now, report, valid_ids)
     INGEST.add(
         Pending(
