@@ -27,6 +27,7 @@ from orchestration.actor import Actor
 from queues import services as queue_services
 from queues.access import actor_servable_queue_ids
 from queues.models import Queue, QueueEntry
+from queues.selectors import queue_find
 from workers import selectors as worker_selectors
 from workers import services as worker_services
 from workers.models import Worker, WorkerKind, WorkerQueue
@@ -58,7 +59,7 @@ def auth_login(call: Call) -> dict[str, Any]:
 
 
 def _queue(ref: str) -> Queue:
-    queue = Queue.objects.filter(pk=ref).first() or Queue.objects.filter(name__iexact=ref).first()
+    queue = queue_find(ref)
     if queue is None:
         raise ApiFailure(400, 701, f"Invalid queue id (id={ref})")
     return queue
@@ -512,7 +513,7 @@ def tasks_enqueue(call: Call) -> dict[str, Any]:
     queue_ref = call.text("queue", required=False) or call.text("queue_name", required=False)
     kwargs: dict[str, Any] = {}
     if queue_ref:
-        queue = Queue.objects.filter(pk=queue_ref).first() or Queue.objects.filter(name__iexact=queue_ref).first()
+        queue = queue_find(queue_ref)
         if queue is None and call.data.get("queue_name"):
             queue = queue_services.queue_create(actor=call.caller, name=queue_ref)
         if queue is None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.db.models import Case, F, Max, Q, When
+from django.db.models import F, Max
 from django.utils import timezone
 
 from experiments.models import (
@@ -35,6 +35,7 @@ from orchestration.secrets import secret_env_encrypt
 from queues import positions
 from queues.access import actor_servable_queue_ids, may_enqueue
 from queues.models import Queue, QueueEntry
+from queues.selectors import queue_find
 from queues.wakeup import notify_queues
 
 # Fields a user sets when creating or editing an experiment; everything else is state.
@@ -138,12 +139,7 @@ def resolve_queue(*, actor: Actor, queue_id: str | None = None, queue_name: str 
     if queue_id:
         found = Queue.objects.filter(pk=queue_id).first()
     elif queue_name:
-        # One query; an id match wins over a queue whose name happens to look like that id.
-        found = (
-            Queue.objects.filter(Q(pk=queue_name) | Q(name__iexact=queue_name))
-            .order_by(Case(When(pk=queue_name, then=0), default=1))
-            .first()
-        )
+        found = queue_find(queue_name)
     else:
         raise InvalidInput("a queue is required", field="queue")
     if found is None:

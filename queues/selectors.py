@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, When
 from django.db.models.functions import Coalesce, Greatest, Lower
 
 from orchestration.errors import NotFound
@@ -48,8 +48,12 @@ def queue_peek(queue_id: str) -> QueueEntry | None:
     return queue_entries(queue_id).order_by("-priority", "position", "id").first()
 
 
-def queue_by_name(name: str) -> Queue | None:
-    return Queue.objects.filter(Q(name__iexact=name)).first()
+def queue_find(ref: str) -> Queue | None:
+    """The queue a reference names: its id, else its name (case-insensitive). One query; an id
+    match wins over a queue whose name happens to look like that id. The only "id or name" rule."""
+    if not ref:
+        return None
+    return Queue.objects.filter(Q(pk=ref) | Q(name__iexact=ref)).order_by(Case(When(pk=ref, then=0), default=1)).first()
 
 
 # -- the QUEUES tab -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound
 from queues import positions
 from queues.access import may_enqueue
 from queues.models import Queue, QueueEntry
+from queues.selectors import queue_find
 from queues.wakeup import notify_queues
 
 MOVE_TARGETS = ("top", "bottom", "position", "by", "queue")
@@ -213,9 +214,7 @@ def queue_entries_move(
         if not target_queue:
             raise InvalidInput("name the queue to move to", field="value")
         # Never created here: a typo in a move must not make a queue (admins create them explicitly).
-        target = (
-            Queue.objects.filter(pk=target_queue).first() or Queue.objects.filter(name__iexact=target_queue).first()
-        )
+        target = queue_find(target_queue)
         if target is None:
             raise NotFound(f"queue {target_queue!r} does not exist", field="value")
         if not may_enqueue(actor, target):

@@ -16,7 +16,7 @@ from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound
 from orchestration.models import AuditEvent
 from queues import positions, services
 from queues.models import Queue, QueueEntry
-from queues.selectors import queue_peek
+from queues.selectors import queue_find, queue_peek
 
 pytestmark = pytest.mark.django_db
 
@@ -293,3 +293,13 @@ def test_a_bulk_move_to_another_queue_costs_the_same_queries_for_10_or_200(
         counts.append(len(ctx.captured_queries))
     assert counts[1] - counts[0] <= 1  # the same statements; bulk_update may split one more batch
     assert list(positions.ordered(other.pk).values_list("experiment_id", flat=True)) == ids
+
+
+def test_a_queue_is_found_by_id_or_by_name_and_an_id_wins(make_queue: Callable[..., Queue]) -> None:
+    """queues/selectors.py: queue_find is the one "id or name" rule (the API, the CLI's keys, ClearML, moves)."""
+    plain = make_queue("Plain")
+    impostor = make_queue(plain.pk)  # a queue whose name is another queue's id
+    assert queue_find(plain.pk) == plain
+    assert queue_find("pLAIN") == plain
+    assert queue_find(impostor.pk) == impostor
+    assert queue_find("nope") is None and queue_find("") is None

@@ -12,7 +12,7 @@ from orchestration.actor import SYSTEM
 from orchestration.errors import ServiceError
 from orchestration.models import ApiKey, KeyScope, Role
 from orchestration.services import apikey_create, apikey_revoke
-from queues.models import Queue
+from queues.selectors import queue_find
 
 
 class Command(BaseCommand):
@@ -46,7 +46,7 @@ class Command(BaseCommand):
             raise CommandError(f"no user {opts['user']!r}")
         queue_ids = []
         for ref in opts["queue"]:
-            queue = Queue.objects.filter(name__iexact=ref).first() or Queue.objects.filter(pk=ref).first()
+            queue = queue_find(ref)
             if queue is None:
                 raise CommandError(f"no queue {ref!r}")
             queue_ids.append(queue.pk)
