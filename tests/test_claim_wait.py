@@ -17,6 +17,7 @@ from orchestration.actor import SYSTEM, actor_for_user
 from orchestration.models import Role
 from orchestration.services import apikey_create
 from queues.services import queue_create
+from tests.live import LIVE_SETTINGS
 from workers import claim_view
 from workers.services import Registration, worker_register
 
@@ -115,13 +116,16 @@ async def test_one_enqueue_wakes_one_of_50_waiters_on_a_real_server(settings: An
     from bench.httpclient import Connection
     from orchestration.redis import redis_client
 
+    # The server runs in production mode, as before the key check: the keys are digested with a
+    # production-grade key, which the server is given too.
+    settings.SECRET_KEY = LIVE_SETTINGS["SECRET_KEY"]
     world = await sync_to_async(_world)(50)
     root = Path(__file__).resolve().parent.parent
     db = connection.settings_dict
     port = spare_port()
     env = {
         **os.environ,
-        "MUSTER_TESTING": "1",  # the test database's keys are digested with the tests' development key
+        **LIVE_SETTINGS,  # DEBUG off, the same key as the keys above, plain HTTP
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CLAIM_WAIT_MAX_S": "8",
         "COUNTER_FLUSH_S": "0",  # every claim check counted in Redis at once: the test reads the exact count
