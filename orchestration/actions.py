@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -75,24 +74,15 @@ def action_render(action: CustomAction, *, object_id: str, object_name: str, sec
     return ActionRequest(method=action.method, url=url, headers=headers, body=body)
 
 
-_origins: dict[str, tuple[float, frozenset[str]]] = {}
-ORIGINS_TTL_S = 5.0
-
-
 def browser_action_origins() -> frozenset[str]:
     """The origins that browser-issued actions (those without a secret) call: the pages' CSP allows
-    connecting there. Read at most every few seconds per process; an admin's new action works then."""
-    now = time.monotonic()
-    read_at, cached = _origins.get("browser", (-ORIGINS_TTL_S, frozenset()))
-    if now - read_at < ORIGINS_TTL_S:
-        return cached
+    connecting there. Read for every page (one small query), so an admin's new action works at once."""
     found = set()
     for url in CustomAction.objects.filter(secret_ciphertext="").values_list("url", flat=True):
         parts = urlsplit(PLACEHOLDER.sub("x", url))
         if parts.scheme in ("http", "https") and parts.netloc:
             found.add(f"{parts.scheme}://{parts.netloc}")
-    _origins["browser"] = (now, frozenset(found))
-    return _origins["browser"][1]
+    return frozenset(found)
 
 
 def action_visible(action: CustomAction, actor: Actor) -> bool:
