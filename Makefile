@@ -31,6 +31,7 @@ test: setup
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(VENV)/.synced
 	MUSTER_TESTING=1 $(VENV)/bin/mypy

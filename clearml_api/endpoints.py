@@ -17,13 +17,13 @@ from typing import Any
 
 from django.db.models import Count
 
+from accounts.actor import Actor
 from clearml_api.mapping import iso, project, queue_doc, script_changes, task_doc, worker_doc
 from clearml_api.patterns import name_matcher
 from clearml_api.tokens import token_issue
 from clearml_api.transport import ApiFailure, Call, endpoint
 from experiments import services as exp_services
 from experiments.models import Attempt, Capability, Experiment, Status
-from orchestration.actor import Actor
 from queues import services as queue_services
 from queues.access import actor_servable_queue_ids
 from queues.models import Queue, QueueEntry

@@ -18,11 +18,11 @@ from django.db import DataError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from accounts.actor import Actor, actor_for_user
 from clearml_api.tokens import API_VERSION, token_read
-from orchestration import jsonbody
-from orchestration.actor import Actor, actor_for_user
-from orchestration.db import atomic
-from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
+from core import jsonbody
+from core.db import atomic
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, ServiceError
 
 PATH = re.compile(r"^/?(v(?P<version>\d+\.?\d+)/)?(?P<endpoint>[a-zA-Z_]\w+\.[a-zA-Z_]\w+)/?$")
 
@@ -150,8 +150,8 @@ def _many(raw: bytes) -> bool:
 
 
 def _authenticate(request: HttpRequest) -> tuple[Actor | None, str]:
-    from orchestration.models import ApiKey
-    from orchestration.services import apikey_check
+    from accounts.models import ApiKey
+    from accounts.services import apikey_check
 
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")

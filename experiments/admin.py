@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from accounts.admin_base import service_action
+from core.admin import ReadOnlyAdmin
 from experiments import services
 from experiments.models import Attempt, Experiment, LogChunk, UsageRecord
-from orchestration.admin_base import ReadOnlyAdmin, service_action
 
 
 @admin.register(Experiment)

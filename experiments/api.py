@@ -13,6 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import IsAgent, IsHumanUser, actor_of
+from core.api import KeysetPagination, NewestFirstCursor
 from experiments import selectors, services
 from experiments.models import Experiment, Status
 from experiments.serializers import (
@@ -33,8 +35,6 @@ from experiments.serializers import (
     RerunSerializer,
     StopSerializer,
 )
-from orchestration.api import KeysetPagination, NewestFirstCursor
-from orchestration.permissions import IsAgent, IsHumanUser, actor_of
 
 
 def _outcome(outcome: services.Outcome, *, fresh: bool = False) -> Response:

@@ -83,7 +83,7 @@ class Experiment(models.Model):
     container_args = models.JSONField(default=list, blank=True)
     setup_script = models.TextField(blank=True)
     env = models.JSONField(default=dict, blank=True)
-    # {name: Fernet ciphertext} (orchestration/secrets.py): write-only, names shown, values never.
+    # {name: Fernet ciphertext} (accounts/secrets.py): write-only, names shown, values never.
     secret_env = models.JSONField(default=dict, blank=True)
     parameters = models.JSONField(default=dict, blank=True)
 

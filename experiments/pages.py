@@ -15,14 +15,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from accounts.actor import request_actor
+from actions.services import actions_for
+from core import jsonbody
+from core.api import _first_message
+from core.errors import InvalidInput, ServiceError
+from core.pages import PAGE_ROWS, SPANS, json_view, page_action, refused, span_of, with_toast
 from experiments import selectors, services
 from experiments.models import FINISHED, Experiment, Status
 from experiments.serializers import ExperimentCreateSerializer
-from orchestration import jsonbody
-from orchestration.actions import actions_for
-from orchestration.api import _first_message
-from orchestration.errors import InvalidInput, ServiceError
-from orchestration.pages import PAGE_ROWS, SPANS, actor, json_view, page_action, refused, span_of, with_toast
 from workers.pages import attempt_graph, graph_window
 from workers.timeseries import parse_span
 
@@ -53,7 +54,7 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
     more = len(rows) > LIST_ROWS
     rows = rows[:LIST_ROWS]
     next_cursor = f"{rows[-1].created_at.isoformat()}|{rows[-1].pk}" if more else ""
-    me = actor(request)
+    me = request_actor(request)
     return {
         "rows": rows,
         "filters": f,
@@ -90,7 +91,7 @@ def experiments_bulk(request: HttpRequest) -> HttpResponse:
     ids = [i for raw in request.POST.getlist("experiments") for i in raw.split(",") if i][: PAGE_ROWS * 10]
     if not ids:
         raise InvalidInput("select at least one experiment", field="experiments")
-    me = actor(request)
+    me = request_actor(request)
     done, errors = 0, []
     for pk in ids:
         try:
@@ -156,7 +157,7 @@ def wait_reasons(exp: Experiment) -> dict[str, Any]:
 
 def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     exp = selectors.experiment_get(pk)
-    me = actor(request)
+    me = request_actor(request)
     mine = me.is_admin or exp.owner_id == me.user_id
     status = exp.status
     return {
@@ -228,7 +229,7 @@ def graph_experiment(request: HttpRequest, pk: str) -> JsonResponse:
 
 @page_action
 def experiment_action(request: HttpRequest, pk: str, verb: str) -> HttpResponse:
-    me = actor(request)
+    me = request_actor(request)
     queue = request.POST.get("queue", "").strip() or None
     if verb == "enqueue":
         outcome = services.experiment_enqueue(actor=me, experiment_id=pk, queue_name=queue)
@@ -309,7 +310,7 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
         spec = dict(ser.validated_data)
         spec.pop("group", None)
         queue = spec.pop("queue", None)
-        me = actor(request)
+        me = request_actor(request)
         exp = services.experiment_submit(actor=me, spec=spec, queue_name=queue).experiment
     except ServiceError as e:
         context["errors"] = {e.field or "form": e.message}

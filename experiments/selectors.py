@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
+from accounts.secrets import secret_env_decrypt, secrets_for_run
+from core.errors import NotFound
 from experiments.models import Attempt, Experiment, LogChunk
-from orchestration.errors import NotFound
-from orchestration.secrets import secret_env_decrypt, secrets_for_run
 
 TRUNCATION_MARKER = "\n[… the middle of this log was dropped to keep it under its size cap …]\n"
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+from core.api import LimitedJSONField
 from experiments.models import Attempt, Experiment, Status
 from experiments.text import clean_text
-from orchestration.api import LimitedJSONField
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MASK = "********"

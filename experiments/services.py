@@ -16,6 +16,11 @@ from django.contrib.auth.models import Group
 from django.db.models import F, Max
 from django.utils import timezone
 
+from accounts.actor import Actor
+from accounts.secrets import secret_env_encrypt
+from core.audit import Change, audit_record, audit_record_many
+from core.db import atomic
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
 from experiments.models import (
     DEFAULT_RETRY_POLICY,
     FINISHED,
@@ -27,11 +32,6 @@ from experiments.models import (
     UsageRecord,
 )
 from experiments.text import clean_text
-from orchestration.actor import Actor
-from orchestration.audit import Change, audit_record, audit_record_many
-from orchestration.db import atomic
-from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
-from orchestration.secrets import secret_env_encrypt
 from queues import positions
 from queues.access import actor_servable_queue_ids, may_enqueue
 from queues.models import Queue, QueueEntry
@@ -80,7 +80,7 @@ def _locked(experiment_id: str) -> Experiment:
 
 
 def _locked_run(experiment_id: str) -> tuple[Experiment, Attempt | None]:
-    """The experiment and its current attempt, both locked, the attempt first (orchestration/db.py's
+    """The experiment and its current attempt, both locked, the attempt first (core/db.py's
     lock order, the one the agent's writes take), so a stop never deadlocks with a finish."""
     for _ in range(5):
         current = Experiment.objects.filter(pk=experiment_id).values_list("current_attempt_id", flat=True).first()
@@ -617,7 +617,7 @@ def attempt_bind(*, actor: Actor, attempt_id: str, worker_name: str) -> Attempt:
 
 def attempts_unbound_expire(*, now: datetime | None = None) -> int:
     """Retry (or fail) attempts claimed through ClearML's get_next_task that no worker bound in time."""
-    from orchestration.actor import SYSTEM
+    from accounts.actor import SYSTEM
 
     now = now or timezone.now()
     deadline = now - timedelta(seconds=settings.CLEARML_BIND_TIMEOUT_S)

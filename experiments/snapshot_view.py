@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from core.api import error_body
+from core.errors import ServiceError
 from experiments.snapshots import snapshot_for_reading, snapshot_store
-from orchestration.api import error_body
-from orchestration.errors import ServiceError
 from workers.claim_view import _authenticate
 
 CHUNK = 1024 * 1024

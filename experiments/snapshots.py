@@ -17,10 +17,10 @@ from pathlib import Path
 from django.conf import settings
 from django.db import IntegrityError
 
+from accounts.actor import Actor
+from core.audit import Change, audit_record
+from core.errors import Forbidden, InvalidInput, NotFound
 from experiments.models import Experiment, Snapshot
-from orchestration.actor import Actor
-from orchestration.audit import Change, audit_record
-from orchestration.errors import Forbidden, InvalidInput, NotFound
 from queues.access import actor_servable_queue_ids
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

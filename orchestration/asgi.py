@@ -2,7 +2,7 @@
 
 Django's handler serves HTTP, except the agents' claims and reports, which go straight to
 their functions (orchestration/fastpath.py); this wrapper also answers ASGI lifespan
-events and runs the server heartbeat (orchestration/servicebeat.py) in each server process.
+events and runs the server heartbeat (core/servicebeat.py) in each server process.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ _beat: dict[str, asyncio.Task[None]] = {}
 
 def _start_beat() -> None:
     if "task" not in _beat or _beat["task"].done():
-        from orchestration.servicebeat import beat_forever
+        from core.servicebeat import beat_forever
 
         _beat["task"] = asyncio.get_running_loop().create_task(beat_forever())
 
@@ -164,7 +164,7 @@ async def _flush_reports() -> None:
     from workers.ingest import INGEST
 
     def flush() -> None:
-        from orchestration.counters import counters_flush
+        from core.counters import counters_flush
 
         try:
             INGEST.flush()
@@ -190,9 +190,9 @@ async def _sync_actions() -> None:
 
         from django.db import DatabaseError, connections
 
-        from orchestration.actions import actions_sync
-        from orchestration.actor import SYSTEM
-        from orchestration.errors import ServiceError
+        from accounts.actor import SYSTEM
+        from actions.services import actions_sync
+        from core.errors import ServiceError
 
         try:
             actions_sync(actor=SYSTEM, path=Path(settings.CUSTOM_ACTIONS_FILE))

@@ -34,7 +34,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.http.request import split_domain_port, validate_host
 from django.utils.csp import build_policy
 
-from orchestration.api import error_body, too_large
+from core.api import error_body, too_large
 from workers.claim_view import claim
 from workers.report_view import report
 

@@ -23,7 +23,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.middleware import clickjacking, common, csp, csrf, security
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from orchestration.actions import browser_action_origins
+from actions.services import browser_action_origins
 
 
 class StaticFilesMiddleware:

@@ -10,7 +10,7 @@ import dj_database_url
 import django_stubs_ext
 from django.utils.csp import CSP
 
-from orchestration.env import envbool, envfloat, envint, envlist, envstr, proxy_ssl_header, secret_key_problem
+from core.env import envbool, envfloat, envint, envlist, envstr, proxy_ssl_header, secret_key_problem
 
 # Lets annotations such as ModelAdmin[Queue] run, not only type-check.
 django_stubs_ext.monkeypatch()
@@ -50,11 +50,16 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
-    "orchestration",
+    # The kernel and accounts beneath the feature apps, the wiring on top (docs/architecture.md).
+    "core",
+    "accounts",
+    "actions",
     "experiments",
     "queues",
     "workers",
+    "dashboard",
     "clearml_api",
+    "orchestration",
 ]
 
 # Django's middleware, subclassed to run in the event loop under ASGI instead of hopping to a
@@ -116,7 +121,7 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     # spends 50-100 ms doing it on queries that run in a few; an OLTP server never wants it.
     _db.setdefault("OPTIONS", {})["options"] = "-c jit=off"
 DATABASES = {"default": _db}
-# The claim's and the report's fixed statements are prepared on PostgreSQL (orchestration/db.py:
+# The claim's and the report's fixed statements are prepared on PostgreSQL (core/db.py:
 # prepared_cursor): planned once per connection. Off for a pooler that cannot keep them.
 DB_PREPARE = envbool("DB_PREPARE", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -214,17 +219,17 @@ SNAPSHOT_MAX_BYTES = envint("SNAPSHOT_MAX_BYTES", 100 * 1024 * 1024, minimum=102
 LOGIN_THROTTLE = envstr("LOGIN_THROTTLE", "10/min")  # password logins per client, API and admin pages
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "orchestration.authentication.ApiKeyAuthentication",
+        "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["orchestration.permissions.IsHumanUser"],
-    "DEFAULT_PARSER_CLASSES": ["orchestration.parsers.JSONParser"],  # with a nesting limit
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsHumanUser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],  # with a nesting limit
     # JSON only: DRF's browsable pages carry inline scripts, which the Content-Security-Policy
     # refuses. /api/docs/ (Swagger UI, CSP-clean) is the API's browsable form.
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "orchestration.api.exception_handler",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -242,8 +247,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ExperimentStatusEnum": "experiments.models.Status",
         "FinishOutcomeEnum": ["completed", "failed", "stopped"],
-        "KeyRoleEnum": "orchestration.models.Role",
-        "KeyScopeEnum": "orchestration.models.KeyScope",
+        "KeyRoleEnum": "accounts.models.Role",
+        "KeyScopeEnum": "accounts.models.KeyScope",
     },
     # The ApiKey scheme comes from orchestration/schema.py: ApiKeyScheme, named on every operation that needs it.
     "POSTPROCESSING_HOOKS": [
@@ -274,7 +279,8 @@ CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BEAT_TICK_S = envfloat("BEAT_TICK_S", 10.0)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, Any] = {
-    "retention-purge": {"task": "orchestration.retention_purge", "schedule": 3600.0},
+    "audit-purge": {"task": "core.audit_purge", "schedule": 3600.0},
+    "experiments-purge": {"task": "experiments.records_purge", "schedule": 3600.0},
     "check-liveness": {"task": "workers.check_liveness", "schedule": CELERY_BEAT_TICK_S},
     "stats-sample": {"task": "workers.stats_sample", "schedule": envfloat("STATS_SAMPLE_S", 10.0)},
     "stats-rollup": {"task": "workers.stats_rollup", "schedule": 60.0},

@@ -5,7 +5,10 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
+from accounts import api as accounts_api
+from accounts.throttle import throttled_login
 from clearml_api.transport import dispatch as clearml_dispatch
+from dashboard.metrics import metrics
 from experiments.api import (
     AttemptFinishView,
     AttemptLogsView,
@@ -14,9 +17,7 @@ from experiments.api import (
     ExperimentViewSet,
 )
 from experiments.snapshot_view import snapshot_view
-from orchestration import views_api
-from orchestration.metrics import metrics
-from orchestration.throttle import throttled_login
+from orchestration import views
 from queues.api import QueueViewSet
 from workers.api import WorkerDetailView, WorkerListView
 from workers.claim_view import claim_view
@@ -45,12 +46,12 @@ api_v1 = [
     path(ATTEMPT + "logs/", AttemptLogsView.as_view(), name="attempt-logs"),
     path(ATTEMPT + "progress/", AttemptProgressView.as_view(), name="attempt-progress"),
     path(ATTEMPT + "finish/", AttemptFinishView.as_view(), name="attempt-finish"),
-    path("keys/", views_api.ApiKeyListView.as_view(), name="key-list"),
-    path("keys/<str:access_key>/", views_api.ApiKeyDetailView.as_view(), name="key-detail"),
-    path("audit/", views_api.AuditListView.as_view(), name="audit-list"),
-    path("secrets/", views_api.SecretListView.as_view(), name="secret-list"),
-    path("secrets/<str:name>/", views_api.SecretDetailView.as_view(), name="secret-detail"),
-    path("auth/login/", views_api.LoginView.as_view(), name="auth-login"),
+    path("keys/", accounts_api.ApiKeyListView.as_view(), name="key-list"),
+    path("keys/<str:access_key>/", accounts_api.ApiKeyDetailView.as_view(), name="key-detail"),
+    path("audit/", accounts_api.AuditListView.as_view(), name="audit-list"),
+    path("secrets/", accounts_api.SecretListView.as_view(), name="secret-list"),
+    path("secrets/<str:name>/", accounts_api.SecretDetailView.as_view(), name="secret-detail"),
+    path("auth/login/", accounts_api.LoginView.as_view(), name="auth-login"),
 ]
 
 admin.site.login = throttled_login(admin.site.login)  # type: ignore[method-assign]
@@ -64,14 +65,14 @@ urlpatterns = [
         SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="api_docs.html"),
         name="api-docs",
     ),
-    path("healthz", views_api.healthz, name="healthz"),
-    path("readyz", views_api.readyz, name="readyz"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     re_path(r"^clearml/(?P<path>.*)$", clearml_dispatch, name="clearml"),
     path("", include("orchestration.urls_pages")),
 ]
 
-handler400 = "orchestration.views_api.bad_request"
-handler404 = "orchestration.views_api.not_found"
-handler500 = "orchestration.views_api.server_error"
+handler400 = "orchestration.views.bad_request"
+handler404 = "orchestration.views.not_found"
+handler500 = "orchestration.views.server_error"

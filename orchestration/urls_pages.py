@@ -2,8 +2,10 @@
 
 from django.urls import path
 
+from accounts import pages as accounts
+from actions import pages as actions
 from experiments import pages as experiments
-from orchestration import pages as shell
+from orchestration import views as shell
 from queues import pages as queues
 from workers import pages as workers
 
@@ -15,14 +17,14 @@ X = "experiments/<str:pk>/"
 
 urlpatterns = [
     path("", shell.home, name="home"),
-    path("login/", shell.login, name="login"),
-    path("logout/", shell.logout, name="logout"),
-    path("settings/", shell.settings_page, name="settings"),
-    path("settings/keys/", shell.key_create, name="key-create"),
-    path("settings/keys/<str:access_key>/revoke/", shell.key_revoke, name="key-revoke"),
-    path("settings/secrets/", shell.secret_save, name="secret-save"),
-    path("settings/secrets/<str:name>/delete/", shell.secret_remove, name="secret-delete"),
-    path("actions/<int:pk>/run/", shell.custom_action, name="custom-action"),
+    path("login/", accounts.login, name="login"),
+    path("logout/", accounts.logout, name="logout"),
+    path("settings/", accounts.settings_page, name="settings"),
+    path("settings/keys/", accounts.key_create, name="key-create"),
+    path("settings/keys/<str:access_key>/revoke/", accounts.key_revoke, name="key-revoke"),
+    path("settings/secrets/", accounts.secret_save, name="secret-save"),
+    path("settings/secrets/<str:name>/delete/", accounts.secret_remove, name="secret-delete"),
+    path("actions/<int:pk>/run/", actions.custom_action, name="custom-action"),
     # WORKERS
     path("orchestration/workers/", workers.workers_page, name="workers"),
     path("orchestration/workers/rows/", workers.worker_rows, name="worker-rows"),

@@ -12,20 +12,24 @@ tests/test_isolation.py checks both against may_enqueue over every kind of owner
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from django.db import connection
 
+from core.errors import Forbidden, InvalidInput
+
 if TYPE_CHECKING:  # no model at import time: bench/dispatch.py reads SERVABLE_SQL without Django set up
-    from orchestration.actor import Actor
+    from django.contrib.auth.models import User
+
+    from accounts.actor import Actor
     from queues.models import Queue
 
 # {queue}, {owner} and {key} are SQL expressions: the queue's id, the worker's owner (a user
 # id, NULL for a worker the system registered) and the key it registered with (NULL: none).
 SERVABLE_SQL = """(
-  (NOT EXISTS (SELECT 1 FROM orchestration_apikey_allowed_queues ka WHERE ka.apikey_id = {key})
-   OR EXISTS (SELECT 1 FROM orchestration_apikey_allowed_queues ka
+  (NOT EXISTS (SELECT 1 FROM accounts_apikey_allowed_queues ka WHERE ka.apikey_id = {key})
+   OR EXISTS (SELECT 1 FROM accounts_apikey_allowed_queues ka
               WHERE ka.apikey_id = {key} AND ka.queue_id = {queue}))
   AND ({owner} IS NULL
    OR EXISTS (SELECT 1 FROM auth_user u WHERE u.id = {owner} AND (u.is_superuser OR u.is_staff))
@@ -76,3 +80,22 @@ def actor_servable_queue_ids(actor: Actor, queue_ids: Iterable[str]) -> set[str]
     if actor.user_id is None and actor.key is None:
         return ids  # the system
     return servable_queue_ids(owner_id=actor.user_id, key_id=actor.key.pk if actor.key else None, queue_ids=ids)
+
+
+def key_queues_resolve(*, owner: User, refs: Sequence[str]) -> list[str]:
+    """An agent key's queue limit: the queues these references name, each one its owner may use.
+
+    A key never lets its worker serve more than its owner may enqueue to (the claim checks it again).
+    """
+    from queues.selectors import queue_find  # models load with Django: not at import (see above)
+
+    ids: list[str] = []
+    for ref in refs:
+        queue = queue_find(ref)
+        if queue is None:
+            raise InvalidInput(f"unknown queue {ref}", field="allowed_queues")
+        ids.append(queue.pk)
+    refused = set(ids) - servable_queue_ids(owner_id=owner.pk, key_id=None, queue_ids=ids)
+    if refused:
+        raise Forbidden(f"{owner.get_username()} may not enqueue to queue {min(refused)}", field="allowed_queues")
+    return ids

@@ -9,7 +9,8 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from orchestration.admin_base import ReadOnlyAdmin, admin_actor, service_action
+from accounts.admin_base import admin_actor, service_action
+from core.admin import ReadOnlyAdmin
 from queues import services
 from queues.models import Queue, QueueEntry
 

@@ -11,9 +11,9 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.permissions import AdminWritesHumanReads, IsHumanUser, actor_of
+from core.api import KeysetPagination
 from experiments.serializers import INT32
-from orchestration.api import KeysetPagination
-from orchestration.permissions import AdminWritesHumanReads, IsHumanUser, actor_of
 from queues import selectors, services
 from queues.models import Queue, QueueEntry
 

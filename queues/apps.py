@@ -3,3 +3,13 @@ from django.apps import AppConfig
 
 class QueuesConfig(AppConfig):
     name = "queues"
+
+    def ready(self) -> None:
+        from accounts.services import QUEUE_LIMIT
+        from actions.services import object_type_register  # app registry: after every app has loaded
+        from queues.access import key_queues_resolve
+        from queues.models import Queue
+
+        QUEUE_LIMIT.rule = key_queues_resolve
+
+        object_type_register("queue", lambda pk: Queue.objects.filter(pk=pk).values_list("name", flat=True).first())

@@ -69,7 +69,7 @@ WITH picked AS (
     WHERE x.id = attempt.experiment_id AND CASE WHEN x.status = 'queued' THEN true ELSE false END
     RETURNING {run_columns}
 ), audited AS (
-    INSERT INTO orchestration_auditevent (at, actor_id, actor_label, object_type, object_id, action, before, after, message)
+    INSERT INTO core_auditevent (at, actor_id, actor_label, object_type, object_id, action, before, after, message)
     SELECT %(now)s, %(actor)s, %(actor_label)s, 'experiment', attempt.experiment_id, 'claim',
            jsonb_build_object('status', 'queued', 'queue', attempt.queue_id),
            jsonb_build_object('status', 'in_progress', 'attempt', attempt.id, 'worker', %(worker_name)s), ''
@@ -87,7 +87,7 @@ WITH picked AS (
 SELECT moved.*, attempt.number AS attempt_number, attempt.claimed_at AS attempt_claimed_at,
        attempt.queued_at AS attempt_queued_at, attempt.wait_s AS attempt_wait_s,
        (SELECT COALESCE(json_agg(json_build_array(s.name, s.ciphertext) ORDER BY s.name), '[]'::json)::text
-        FROM orchestration_usersecret s WHERE s.owner_id = moved.owner_id) AS owner_secrets
+        FROM accounts_usersecret s WHERE s.owner_id = moved.owner_id) AS owner_secrets
 FROM moved, attempt
 """
 
@@ -124,8 +124,8 @@ def take(
 ) -> tuple[Experiment, int, datetime, datetime, float, list[tuple[str, str]]] | None:
     """Run the take for one queue; the experiment (as moved), its attempt's facts and its owner's
     secrets (name, ciphertext: the claim's answer needs them, so they ride on the same round trip), or None."""
+    from core.db import prepared_cursor
     from experiments.models import Experiment
-    from orchestration.db import prepared_cursor
 
     with prepared_cursor() as cursor:
         cursor.execute(TAKE, params)
@@ -174,7 +174,7 @@ def lock_worker(
     A queue the worker lists but may no longer serve (its owner left the queue's groups, the
     queue's groups changed) is left out here, inside the claim (queues/access.py).
     """
-    from orchestration.db import prepared_cursor
+    from core.db import prepared_cursor
     from workers.models import Worker
 
     where, arg = ("w.id = %s", pk) if pk is not None else ("w.name = %s", name)

@@ -20,11 +20,11 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts.actor import Actor
+from core.audit import Change, audit_record
+from core.errors import Conflict, Forbidden, NotFound
 from experiments.models import Attempt, Capability, Experiment, Status, new_id
 from experiments.services import new_lease_token, next_attempt_number
-from orchestration.actor import Actor
-from orchestration.audit import Change, audit_record
-from orchestration.errors import Conflict, Forbidden, NotFound
 from queues import claim_sql
 from queues.access import actor_servable_queue_ids, servable_queue_ids
 from queues.claim_sql import CLAIM_FIELDS

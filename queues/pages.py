@@ -9,9 +9,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from orchestration.actions import actions_for
-from orchestration.errors import InvalidInput, ServiceError
-from orchestration.pages import PAGE_ROWS, SPANS, actor, int_param, page_action, pager, sort_of, span_of, with_toast
+from accounts.actor import request_actor
+from actions.services import actions_for
+from core.errors import InvalidInput, ServiceError
+from core.pages import PAGE_ROWS, SPANS, int_param, page_action, pager, sort_of, span_of, with_toast
 from queues import selectors, services
 from queues.models import Queue
 
@@ -23,7 +24,7 @@ def _rows_context(request: HttpRequest) -> dict[str, Any]:
     rows = list(selectors.queue_table(sort, descending=descending)[offset : offset + PAGE_ROWS])
     for q in rows:
         q.busy_pct = round(100 * q.busy_count / q.worker_count) if q.worker_count else 0  # type: ignore[attr-defined]
-    me = actor(request)
+    me = request_actor(request)
     return {
         "rows": rows,
         **page,
@@ -67,7 +68,7 @@ def _panel_context(request: HttpRequest, queue_id: str) -> dict[str, Any] | None
     queue = selectors.queue_table().filter(pk=queue_id).first()
     if queue is None:
         return None
-    me = actor(request)
+    me = request_actor(request)
     return {
         "queue": queue,
         "entries": selectors.queue_entry_rows(queue.pk, PAGE_ROWS),
@@ -106,7 +107,7 @@ def queue_new(request: HttpRequest) -> HttpResponse:
     name = request.POST.get("name", "")
     try:
         queue = services.queue_create(
-            actor=actor(request), name=name, display_name=request.POST.get("display_name", "")
+            actor=request_actor(request), name=name, display_name=request.POST.get("display_name", "")
         )
     except ServiceError as e:
         if e.field != "name" or e.status == 403:
@@ -120,7 +121,7 @@ def queue_new(request: HttpRequest) -> HttpResponse:
 def queue_rename(request: HttpRequest, pk: str) -> HttpResponse:
     name = request.POST.get("name", "")
     try:
-        queue = services.queue_update(actor=actor(request), queue_id=pk, changes={"name": name})
+        queue = services.queue_update(actor=request_actor(request), queue_id=pk, changes={"name": name})
     except ServiceError as e:
         if e.field != "name" or e.status == 403:
             raise
@@ -135,26 +136,26 @@ def queue_tags(request: HttpRequest, pk: str) -> HttpResponse:
     tags = [t.strip() for t in request.POST.get("tags", "").split(",") if t.strip()]
     if len(tags) > 50 or any(len(t) > 100 for t in tags):
         raise InvalidInput("at most 50 tags of at most 100 characters", field="tags")
-    queue = services.queue_update(actor=actor(request), queue_id=pk, changes={"tags": tags})
+    queue = services.queue_update(actor=request_actor(request), queue_id=pk, changes={"tags": tags})
     return _changed(request, f"Tags of {queue.name}: {', '.join(tags) or 'none'}")
 
 
 @page_action
 def queue_delete(request: HttpRequest, pk: str) -> HttpResponse:
-    removed = services.queue_delete(actor=actor(request), queue_id=pk)
+    removed = services.queue_delete(actor=request_actor(request), queue_id=pk)
     return _changed(request, f"Queue deleted; {removed} pending experiments dequeued", close=True)
 
 
 @page_action
 def queue_clear(request: HttpRequest, pk: str) -> HttpResponse:
-    removed = services.queue_clear(actor=actor(request), queue_id=pk)
+    removed = services.queue_clear(actor=request_actor(request), queue_id=pk)
     return _changed(request, f"Cleared: {removed} experiments dequeued")
 
 
 @page_action
 def queue_pause(request: HttpRequest, pk: str) -> HttpResponse:
     paused = request.POST.get("paused") == "true"
-    queue = services.queue_set_paused(actor=actor(request), queue_id=pk, paused=paused)
+    queue = services.queue_set_paused(actor=request_actor(request), queue_id=pk, paused=paused)
     return _changed(request, f"Queue {queue.name} {'paused' if paused else 'resumed'}")
 
 
@@ -173,11 +174,13 @@ def entries_move(request: HttpRequest, pk: str) -> HttpResponse:
     ids = _selection(request)
     value = request.POST.get("value", "").strip()
     if to == "queue":
-        services.queue_entries_move(actor=actor(request), queue_id=pk, experiment_ids=ids, to=to, target_queue=value)
+        services.queue_entries_move(
+            actor=request_actor(request), queue_id=pk, experiment_ids=ids, to=to, target_queue=value
+        )
         text = f"Moved {len(ids)} to {value}"
     else:
         number = int_param(request, "value") if to in ("position", "by") else None
-        services.queue_entries_move(actor=actor(request), queue_id=pk, experiment_ids=ids, to=to, value=number)
+        services.queue_entries_move(actor=request_actor(request), queue_id=pk, experiment_ids=ids, to=to, value=number)
         text = f"Moved {len(ids)}" + (" to the top" if to == "top" else " to the bottom" if to == "bottom" else "")
     context = _panel_context(request, pk)
     response = render(request, "queues/panel.html", context) if context else HttpResponse(status=204)
@@ -187,7 +190,7 @@ def entries_move(request: HttpRequest, pk: str) -> HttpResponse:
 @page_action
 def entries_dequeue(request: HttpRequest, pk: str) -> HttpResponse:
     ids = _selection(request)
-    removed = services.queue_entries_dequeue(actor=actor(request), queue_id=pk, experiment_ids=ids)
+    removed = services.queue_entries_dequeue(actor=request_actor(request), queue_id=pk, experiment_ids=ids)
     context = _panel_context(request, pk)
     response = render(request, "queues/panel.html", context) if context else HttpResponse(status=204)
     return with_toast(response, f"Dequeued {removed}", queuesChanged={}, clearSelection={})

@@ -7,7 +7,7 @@ from typing import Any
 from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, When
 from django.db.models.functions import Coalesce, Greatest, Lower
 
-from orchestration.errors import NotFound
+from core.errors import NotFound
 from queues.models import Queue, QueueEntry
 
 

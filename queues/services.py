@@ -9,12 +9,12 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.actor import Actor
+from core.audit import Change, audit_record
+from core.db import atomic
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from experiments.models import Experiment
 from experiments.services import _entries_to_queue, experiments_dequeue_many
-from orchestration.actor import Actor
-from orchestration.audit import Change, audit_record
-from orchestration.db import atomic
-from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound
 from queues import positions
 from queues.access import may_enqueue
 from queues.models import Queue, QueueEntry

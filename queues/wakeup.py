@@ -39,7 +39,7 @@ def publish(queue_ids: list[str], hops: int = 0) -> None:
     """Publish now (callers are after commit): Redis for other processes, the hub for this one."""
     message_id = f"{secrets.token_hex(8)}:{hops}"
     if settings.REDIS_URL:
-        from orchestration.redis import redis_client
+        from core.redis import redis_client
 
         try:
             client = redis_client()

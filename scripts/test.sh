@@ -7,6 +7,8 @@ V=.venv/bin
 echo "== ruff"
 $V/ruff check .
 $V/ruff format --check .
+echo "== the layers (import-linter, pyproject.toml)"
+$V/lint-imports --no-cache
 # Tools load the settings as the tests do (MUSTER_TESTING): no production key needed to check the code.
 echo "== mypy"; MUSTER_TESTING=1 $V/mypy
 echo "== migrations"; MUSTER_TESTING=1 $V/python manage.py makemigrations --check --dry-run

@@ -18,8 +18,8 @@ def main() -> None:
     django.setup()
     from django.utils import timezone
 
+    from accounts.actor import SYSTEM
     from experiments.models import Attempt
-    from orchestration.actor import SYSTEM
     from queues.dispatch import dispatch_claim
     from workers.models import Worker
     from workers.services import worker_release

@@ -11,11 +11,11 @@ from django.contrib.auth.models import Group, User
 from django.db import connection
 from rest_framework.test import APIClient
 
+from accounts.actor import SYSTEM, Actor, actor_for_user
+from accounts.models import Role
+from accounts.services import NewKey, apikey_create
 from experiments.models import Experiment
 from experiments.services import experiment_create, experiment_enqueue
-from orchestration.actor import SYSTEM, Actor, actor_for_user
-from orchestration.models import Role
-from orchestration.services import NewKey, apikey_create
 from queues.models import Queue
 from queues.services import queue_create
 from workers.models import Worker

@@ -15,10 +15,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.actor import SYSTEM
+from accounts.models import ApiKey, KeyScope, Role
+from accounts.services import apikey_check, apikey_create, key_digest
+from core.models import AuditEvent
 from experiments.models import Experiment, Status
-from orchestration.actor import SYSTEM
-from orchestration.models import ApiKey, AuditEvent, KeyScope, Role
-from orchestration.services import apikey_check, apikey_create, key_digest
 from queues.models import Queue, QueueEntry
 from tests.conftest import client_for
 
@@ -310,6 +311,36 @@ def test_apikey_command_makes_lists_and_revokes(alice: Any) -> None:
     assert made["access_key"] in out.getvalue()
     call_command("apikey", "revoke", made["access_key"], stdout=StringIO())
     assert apikey_check(made["token"]) is None
+
+
+def test_apikey_command_limits_an_agent_key_to_queues_by_name_or_id(alice: Any, make_queue: Any) -> None:
+    import json
+
+    from django.core.management.base import CommandError
+
+    from accounts.models import ApiKey
+
+    gpu, cpu = make_queue("gpu"), make_queue("cpu")
+    out = StringIO()
+    call_command(
+        "apikey",
+        "create",
+        "--user",
+        "alice",
+        "--role",
+        "agent",
+        "--queue",
+        "GPU",
+        "--queue",
+        cpu.pk,
+        "--json",
+        stdout=out,
+    )
+    key = ApiKey.objects.get(access_key=json.loads(out.getvalue())["access_key"])
+    assert set(key.allowed_queues.values_list("pk", flat=True)) == {gpu.pk, cpu.pk}
+    with pytest.raises(CommandError, match="unknown queue nope"):
+        call_command("apikey", "create", "--user", "alice", "--role", "agent", "--queue", "nope", stdout=StringIO())
+    assert ApiKey.objects.filter(user=alice).count() == 1  # the refused one wrote nothing
 
 
 def test_the_committed_schema_matches_the_code() -> None:

@@ -33,14 +33,14 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve, reverse
 from rest_framework.test import APIClient
 
+from accounts.actor import SYSTEM, actor_for_user
+from accounts.models import Role
+from accounts.secrets import secret_set
+from accounts.services import NewKey, apikey_create
 from clearml_api import endpoints as _clearml_endpoints  # registers every ClearML endpoint
 from clearml_api.transport import ENDPOINTS as CLEARML_ENDPOINTS
 from experiments.services import experiment_create, experiment_enqueue
 from experiments.snapshots import snapshot_store
-from orchestration.actor import SYSTEM, actor_for_user
-from orchestration.models import Role
-from orchestration.secrets import secret_set
-from orchestration.services import NewKey, apikey_create
 from queues.dispatch import dispatch_claim
 from queues.services import queue_create
 from tests.test_api import ROOT

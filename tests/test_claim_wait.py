@@ -12,10 +12,10 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
+from accounts.actor import SYSTEM, actor_for_user
+from accounts.models import Role
+from accounts.services import apikey_create
 from experiments.services import experiment_create, experiment_enqueue
-from orchestration.actor import SYSTEM, actor_for_user
-from orchestration.models import Role
-from orchestration.services import apikey_create
 from queues.services import queue_create
 from tests.live import LIVE_SETTINGS
 from workers import claim_view
@@ -114,7 +114,7 @@ async def test_one_enqueue_wakes_one_of_50_waiters_on_a_real_server(settings: An
 
     from bench.common import spare_port
     from bench.httpclient import Connection
-    from orchestration.redis import redis_client
+    from core.redis import redis_client
 
     # The server runs in production mode, as before the key check: the keys are digested with a
     # production-grade key, which the server is given too.

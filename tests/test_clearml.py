@@ -12,11 +12,11 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
+from accounts.actor import SYSTEM
+from accounts.models import Role
+from accounts.services import NewKey, apikey_create
 from experiments.models import Attempt, Experiment, LogChunk, Status
 from experiments.services import attempts_unbound_expire
-from orchestration.actor import SYSTEM
-from orchestration.models import Role
-from orchestration.services import NewKey, apikey_create
 from queues.models import Queue
 from workers.models import Worker, WorkerKind
 
@@ -58,7 +58,7 @@ class Agent:
 
 
 def SYSTEM_USER() -> Any:  # noqa: N802 - reads as the constant it stands for
-    from orchestration.actor import actor_for_user
+    from accounts.actor import actor_for_user
 
     return actor_for_user(User.objects.filter(is_superuser=True).first())  # type: ignore[arg-type]
 
@@ -118,7 +118,7 @@ def test_the_envelope_paths_and_errors(agent: Agent, queue: Queue) -> None:
 
 
 def test_login_tokens_are_checked_and_revocation_ends_them(agent: Agent, agent_key: NewKey) -> None:
-    from orchestration.services import apikey_revoke
+    from accounts.services import apikey_revoke
 
     payload = json.loads(base64.urlsafe_b64decode(agent.token.split(".")[1] + "=="))
     assert payload["api_version"] == "2.31" and payload["feature_set"] == "basic" and payload["exp"] > payload["iat"]

@@ -23,8 +23,8 @@ from django.contrib.auth.models import User
 from django.db import connection, connections
 from django.utils import timezone
 
+from accounts.actor import SYSTEM
 from experiments.models import Attempt, Experiment, Status
-from orchestration.actor import SYSTEM
 from queues.dispatch import dispatch_claim
 from queues.models import Queue, QueueEntry
 from queues.services import queue_create

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestration.counters import COUNTS, counter_incr, counters_flush, counters_read
+from core.counters import COUNTS, counter_incr, counters_flush, counters_read
 
 
 def test_counts_add_up(settings: Any) -> None:
@@ -46,7 +46,7 @@ def test_threads_that_race_to_the_first_send_share_one_client_and_lose_no_count(
     """
     import threading
 
-    from orchestration import redis as muster_redis
+    from core import redis as muster_redis
 
     settings.COUNTER_FLUSH_S = 0  # each count sent at once, from its own thread
     before = counters_read()["claim_checks"]

@@ -1,4 +1,4 @@
-"""orchestration.db.atomic: a transaction the database aborts as a conflict runs again from the start.
+"""core.db.atomic: a transaction the database aborts as a conflict runs again from the start.
 
 On PostgreSQL two threads lock two experiments in opposite orders: the server detects the
 deadlock, aborts one, and both calls still succeed. A stop racing a finish of the same run
@@ -16,10 +16,10 @@ import pytest
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
+from accounts.actor import SYSTEM
+from core.db import atomic, is_transient
 from experiments.models import Experiment, Status
 from experiments.services import attempt_finish, attempt_start, experiment_reset, experiment_stop
-from orchestration.actor import SYSTEM
-from orchestration.db import atomic, is_transient
 from queues.dispatch import dispatch_claim
 from tests.race import race
 from workers.models import Worker
@@ -165,7 +165,7 @@ def test_a_stop_racing_the_agents_finish_ends_in_one_outcome(
 def test_a_prepared_statement_survives_a_migration_that_changes_a_column_type() -> None:
     import psycopg
 
-    from orchestration.db import prepared_cursor
+    from core.db import prepared_cursor
 
     with connection.cursor() as cur:
         cur.execute("CREATE TABLE prep_probe (id int PRIMARY KEY, v int)")

@@ -8,10 +8,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from accounts.actor import Actor
+from core.errors import Forbidden
 from experiments import services
 from experiments.models import Capability, Experiment, Status
-from orchestration.actor import Actor
-from orchestration.errors import Forbidden
 from queues import dispatch
 from queues.dispatch import Capacity, dispatch_claim
 from queues.models import Queue, QueueEntry

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from accounts.actor import Actor, actor_for_user
+from accounts.secrets import secret_env_decrypt
+from core.errors import Conflict, Forbidden, InvalidInput, StaleLease
+from core.models import AuditEvent
 from experiments import services
 from experiments.models import Attempt, Experiment, FailureClass, Status, UsageRecord
-from orchestration.actor import Actor, actor_for_user
-from orchestration.errors import Conflict, Forbidden, InvalidInput, StaleLease
-from orchestration.models import AuditEvent
-from orchestration.secrets import secret_env_decrypt
 from queues.dispatch import dispatch_claim
 from queues.models import Queue, QueueEntry
 from workers.models import Worker
@@ -423,7 +423,7 @@ def test_another_users_clone_carries_no_secrets(
 def test_someone_else_cannot_change_my_experiment(
     make_experiment: Callable[..., Experiment], bob: Any, queue: Queue
 ) -> None:
-    from orchestration.actor import actor_for_user
+    from accounts.actor import actor_for_user
 
     exp = make_experiment()
     with pytest.raises(Forbidden):
@@ -440,7 +440,7 @@ def test_a_queue_restricted_to_a_group_refuses_others(
     with pytest.raises(Forbidden, match="may not submit"):
         services.experiment_enqueue(actor=alice_actor, experiment_id=exp.pk, queue_id=private.pk)
     shared = make_queue("shared", group_ids=[team.pk])
-    from orchestration.actor import actor_for_user
+    from accounts.actor import actor_for_user
 
     member = actor_for_user(exp.owner)  # groups are read when the actor is made
     services.experiment_enqueue(actor=member, experiment_id=exp.pk, queue_id=shared.pk)

@@ -17,10 +17,10 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
+from accounts.services import NewKey
 from experiments.models import Status
 from orchestration import fastpath
 from orchestration.asgi import django_application
-from orchestration.services import NewKey
 from queues.models import Queue
 from workers.models import Worker
 
@@ -245,9 +245,9 @@ async def _drive_no_answer(app: Callable[..., Any], scope: dict[str, Any]) -> No
 
 @pytest.fixture
 def alice_key(alice: Any) -> NewKey:
-    from orchestration.actor import SYSTEM
-    from orchestration.models import Role
-    from orchestration.services import apikey_create
+    from accounts.actor import SYSTEM
+    from accounts.models import Role
+    from accounts.services import apikey_create
 
     return apikey_create(actor=SYSTEM, user=alice, role=Role.USER)
 
@@ -255,9 +255,9 @@ def alice_key(alice: Any) -> NewKey:
 def test_a_long_poll_for_another_keys_worker_or_an_unknown_one_is_refused(
     worker: Worker, agent_key: NewKey, admin_user: Any
 ) -> None:
-    from orchestration.actor import SYSTEM
-    from orchestration.models import Role
-    from orchestration.services import apikey_create
+    from accounts.actor import SYSTEM
+    from accounts.models import Role
+    from accounts.services import apikey_create
 
     other = apikey_create(actor=SYSTEM, user=admin_user, role=Role.AGENT, name="other agent")
     for token, path, status in (

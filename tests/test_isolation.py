@@ -23,13 +23,13 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.actor import SYSTEM, Actor, actor_for_user
+from accounts.models import Role
+from accounts.secrets import secret_env_decrypt
+from accounts.services import NewKey, apikey_check, apikey_create, apikey_forget_cached
+from core.errors import Forbidden
 from experiments.models import Experiment, Status
 from experiments.services import experiment_clone, experiment_create, experiment_enqueue
-from orchestration.actor import SYSTEM, Actor, actor_for_user
-from orchestration.errors import Forbidden
-from orchestration.models import Role
-from orchestration.secrets import secret_env_decrypt
-from orchestration.services import NewKey, apikey_check, apikey_create, apikey_forget_cached
 from queues.access import may_enqueue, servable_queue_ids
 from queues.dispatch import Capacity, dispatch_claim
 from queues.models import Queue

@@ -8,11 +8,11 @@ from functools import partial
 import pytest
 from django.test import override_settings
 
+from accounts.actor import Actor
+from core.errors import StaleLease
 from experiments import services
 from experiments.models import Experiment, LogChunk
 from experiments.selectors import TRUNCATION_MARKER, log_page
-from orchestration.actor import Actor
-from orchestration.errors import StaleLease
 from queues.dispatch import Claim, dispatch_claim
 from queues.models import Queue
 from tests.race import race

@@ -54,8 +54,8 @@ def _an_ordinary_users_probe_finds_no_credentials(
     """Issue 13, point 2: a run read the admin's password, the server's settings and the agent's key."""
     made = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c",
-         "from django.contrib.auth.models import User; from orchestration.actor import SYSTEM; "
-         "from orchestration.services import apikey_create; "
+         "from django.contrib.auth.models import User; from accounts.actor import SYSTEM; "
+         "from accounts.services import apikey_create; "
          "print(apikey_create(actor=SYSTEM, user=User.objects.create_user('mallory')).token)"],
         cwd=ROOT, env={**env, "DEBUG": "true"}, capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip

@@ -17,10 +17,10 @@ from django.db import connections
 from django.test import AsyncClient
 from django.utils import deprecation
 
+from accounts.actor import SYSTEM
+from accounts.models import Role
+from accounts.services import apikey_create
 from orchestration import middleware
-from orchestration.actor import SYSTEM
-from orchestration.models import Role
-from orchestration.services import apikey_create
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 

@@ -17,11 +17,11 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts.actor import SYSTEM, Actor
+from actions.models import CustomAction
+from actions.services import action_issue, action_render, actions_sync
+from core.errors import Forbidden
 from experiments.models import Experiment, Status
-from orchestration.actions import action_issue, action_render, actions_sync
-from orchestration.actor import SYSTEM, Actor
-from orchestration.errors import Forbidden
-from orchestration.models import CustomAction
 from queues import positions
 from queues.models import Queue, QueueEntry
 from workers.models import Rollup, Worker

@@ -10,10 +10,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts.actor import Actor
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.models import AuditEvent
 from experiments.models import Experiment, Status
-from orchestration.actor import Actor
-from orchestration.errors import Conflict, Forbidden, InvalidInput, NotFound
-from orchestration.models import AuditEvent
 from queues import positions, services
 from queues.models import Queue, QueueEntry
 from queues.selectors import queue_find, queue_peek

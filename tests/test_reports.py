@@ -10,9 +10,9 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.actor import Actor
 from experiments.models import Experiment, FailureClass, Status
 from experiments.services import experiment_stop
-from orchestration.actor import Actor
 from queues.dispatch import dispatch_claim
 from queues.models import Queue, QueueEntry
 from workers.models import AttemptStat, Worker, WorkerStat, WorkerStatus

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from orchestration.actor import SYSTEM, actor_for_user
-from orchestration.models import Role
-from orchestration.services import apikey_create
+from accounts.actor import SYSTEM, actor_for_user
+from accounts.models import Role
+from accounts.services import apikey_create
 from queues.services import queue_create
 from workers.services import Registration, worker_register
 

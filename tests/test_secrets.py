@@ -12,11 +12,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from accounts.actor import Actor
+from accounts.models import UserSecret
+from accounts.secrets import secret_set
+from core.errors import Forbidden
+from core.models import AuditEvent
 from experiments.models import Experiment
-from orchestration.actor import Actor
-from orchestration.errors import Forbidden
-from orchestration.models import AuditEvent, UserSecret
-from orchestration.secrets import secret_set
 from queues.dispatch import dispatch_claim
 from queues.models import Queue
 from workers.api import claim_payload

@@ -13,9 +13,9 @@ from functools import partial
 import pytest
 from django.utils import timezone
 
+from core.models import ServiceBeat
+from core.servicebeat import away_after, server_beat, server_state
 from experiments.models import Experiment
-from orchestration.models import ServiceBeat
-from orchestration.servicebeat import away_after, server_beat, server_state
 from queues.models import Queue
 from tests.race import race
 from workers.models import Worker

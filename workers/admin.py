@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from orchestration.admin_base import ReadOnlyAdmin, service_action
+from accounts.admin_base import service_action
+from core.admin import ReadOnlyAdmin
 from workers import services
 from workers.models import Worker, WorkerQueue
 

@@ -13,11 +13,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import IsAgent, IsAnyRole, IsHumanUser, actor_of
+from core.counters import counter_incr
 from experiments.models import Capability, Experiment
 from experiments.selectors import RUN_FIELDS, run_spec
 from experiments.serializers import INT32
-from orchestration.counters import counter_incr
-from orchestration.permissions import IsAgent, IsAnyRole, IsHumanUser, actor_of
 from queues.dispatch import dispatch_claim
 from workers import selectors, services
 from workers.models import WORKER_NAME_RE, Worker

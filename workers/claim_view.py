@@ -19,11 +19,11 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from orchestration.actor import Actor, actor_for_user
-from orchestration.api import error_body
-from orchestration.counters import PREFIX, counter_incr
-from orchestration.errors import ServiceError
-from orchestration.services import apikey_check
+from accounts.actor import Actor, actor_for_user
+from accounts.services import apikey_check
+from core.api import error_body
+from core.counters import PREFIX, counter_incr
+from core.errors import ServiceError
 from queues.dispatch import dispatch_claim
 from queues.wakeup import HUB, pass_on
 from workers.api import claim_payload

@@ -95,7 +95,7 @@ def write(items: list[Pending]) -> None:
     with transaction.atomic():
         WorkerStat.objects.bulk_create([i.stat for i in items if i.stat is not None], batch_size=500)
         AttemptStat.objects.bulk_create([s for i in items for s in i.attempt_stats], batch_size=500)
-        # Experiments before workers (orchestration/db.py's lock order), workers in id order:
+        # Experiments before workers (core/db.py's lock order), workers in id order:
         # two flushers, or a flusher and a stop, never wait on each other in a cycle.
         _advance_iterations(iterations)
         _touch([latest[k] for k in sorted(latest)])

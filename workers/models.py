@@ -60,7 +60,7 @@ class Worker(models.Model):
     agent_version = models.CharField(max_length=50, blank=True)
     timeout_s = models.PositiveIntegerField(default=0, help_text="0 means WORKER_TIMEOUT")
     api_key = models.ForeignKey(
-        "orchestration.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="workers"
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="workers"
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

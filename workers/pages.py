@@ -17,9 +17,10 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
-from orchestration.actions import actions_for
-from orchestration.errors import NotFound
-from orchestration.pages import PAGE_ROWS, SPANS, actor, json_view, page_action, pager, sort_of, span_of, with_toast
+from accounts.actor import request_actor
+from actions.services import actions_for
+from core.errors import NotFound
+from core.pages import PAGE_ROWS, SPANS, json_view, page_action, pager, sort_of, span_of, with_toast
 from workers import selectors, services
 from workers.models import Worker
 from workers.timeseries import parse_span, series
@@ -183,7 +184,7 @@ def _rows_context(request: HttpRequest) -> dict[str, Any]:
     for w in rows:
         w.live = selectors.worker_is_live(w)  # type: ignore[attr-defined]
         w.runtime_s = (now - w.running_since).total_seconds() if w.running_since else None  # type: ignore[attr-defined]
-    me = actor(request)
+    me = request_actor(request)
     return {
         "rows": rows,
         **page,
@@ -232,7 +233,7 @@ def _panel_context(request: HttpRequest, name: str) -> dict[str, Any] | None:
     queues = sorted(queue_table().filter(pk__in=order), key=lambda q: order[q.pk])
     running = worker.running  # type: ignore[attr-defined]
     started = [a.started_at for a in running if a.started_at]
-    me = actor(request)
+    me = request_actor(request)
     return {
         "worker": worker,
         "live": selectors.worker_is_live(worker),
@@ -257,7 +258,7 @@ def worker_panel(request: HttpRequest, name: str) -> HttpResponse:
 
 @page_action
 def worker_set_queues(request: HttpRequest, name: str) -> HttpResponse:
-    me = actor(request)
+    me = request_actor(request)
     worker = selectors.worker_for_actor(actor=me, name=name, write=True)
     refs = [r.strip() for r in request.POST.get("queues", "").split(",") if r.strip()]
     services.worker_update(actor=me, worker=worker, queues=refs)
@@ -269,7 +270,7 @@ def worker_set_queues(request: HttpRequest, name: str) -> HttpResponse:
 
 @page_action
 def worker_drain(request: HttpRequest, name: str) -> HttpResponse:
-    me = actor(request)
+    me = request_actor(request)
     worker = selectors.worker_for_actor(actor=me, name=name, write=True)
     drain = request.POST.get("drain") == "true"
     services.worker_update(actor=me, worker=worker, drain=drain, reason=request.POST.get("reason", "from the web page"))

@@ -17,10 +17,10 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from orchestration import jsonbody
-from orchestration.api import error_body, too_large
-from orchestration.counters import counter_incr
-from orchestration.errors import InvalidInput, ServiceError
+from core import jsonbody
+from core.api import error_body, too_large
+from core.counters import counter_incr
+from core.errors import InvalidInput, ServiceError
 from workers import services
 from workers.claim_view import _authenticate
 from workers.models import WORKER_NAME_RE

@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from orchestration.actor import Actor
-from orchestration.db import prepared_cursor
-from orchestration.errors import Forbidden, NotFound
+from accounts.actor import Actor
+from core.db import prepared_cursor
+from core.errors import Forbidden, NotFound
 from workers.models import Worker, WorkerStatus
 
 DEAD = (WorkerStatus.LOST, WorkerStatus.UNRESPONSIVE)

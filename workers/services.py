@@ -14,12 +14,12 @@ from django.db.models import F, Sum, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from accounts.actor import SYSTEM, Actor
+from core.audit import Change, audit_record
+from core.db import atomic, prepared_cursor
+from core.errors import Conflict, Forbidden, InvalidInput
 from experiments.models import Attempt, Experiment, FailureClass
 from experiments.services import attempt_fence
-from orchestration.actor import SYSTEM, Actor
-from orchestration.audit import Change, audit_record
-from orchestration.db import atomic, prepared_cursor
-from orchestration.errors import Conflict, Forbidden, InvalidInput
 from queues.access import actor_servable_queue_ids, servable_queue_ids
 from queues.models import Queue
 from workers.models import (
@@ -390,7 +390,7 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
         _store_stats(worker, now, report, {r.attempt_id for r in valid})
         queues = list(WorkerQueue.objects.filter(worker=worker).order_by("order").values_list("queue__name", flat=True))
     # After the worker's lock is gone: the lock order is attempt, experiment, worker
-    # (orchestration/db.py), so no experiment row is written while a worker row is held.
+    # (core/db.py), so no experiment row is written while a worker row is held.
     _advance_iterations(iterations)
     _fence_lost(actor, replaced, "the agent restarted (new instance id)")
     _fence_lost(actor, lost_claims, "the worker does not run it (the claim answer was lost)")
@@ -583,7 +583,7 @@ def worker_check_liveness(*, since: datetime, now: datetime | None = None) -> di
     """
     now = now or timezone.now()
     counts = {"unresponsive": 0, "lost": 0}
-    from orchestration.servicebeat import server_state
+    from core.servicebeat import server_state
 
     server_away, server_up_since = server_state(now)
     if server_away:

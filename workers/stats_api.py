@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestration.permissions import IsAnyRole, IsHumanUser, actor_of
+from accounts.permissions import IsAnyRole, IsHumanUser, actor_of
 from workers import selectors
 from workers.timeseries import Series, parse_span, series
 

@@ -227,7 +227,7 @@ def stats_rollup(now: datetime | None = None) -> dict[int, int]:
 
 def stats_purge(now: datetime | None = None) -> dict[str, int]:
     """Delete what is older than each level's retention, in bounded batches."""
-    from orchestration.retention import purge_before
+    from core.retention import purge_before
 
     now = now or timezone.now()
     keep = retention()
@@ -255,7 +255,7 @@ class Series:
 
 def parse_span(value: str | None, default: int = 3 * 3600) -> int:
     """'3h', '6h', '1d', '30d', '90m' or seconds; from 10 minutes to 31 days."""
-    from orchestration.errors import InvalidInput
+    from core.errors import InvalidInput
 
     if not value:
         return default

@@ -1,7 +1,7 @@
 """Experiments' own secret_env encrypted at rest, as per-user secrets already were.
 
 Each stored value becomes a Fernet token under SECRETS_KEY (or SECRET_KEY), the key
-orchestration/secrets.py uses; the names stay in clear. Only rows with secrets are touched.
+accounts/secrets.py uses; the names stay in clear. Only rows with secrets are touched.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandParser
 
-from orchestration.actor import SYSTEM
-from orchestration.models import Role
-from orchestration.services import admin_user_ensure, apikey_create
+from accounts.actor import SYSTEM
+from accounts.models import Role
+from accounts.services import admin_user_ensure, apikey_create
 from queues.models import Queue
 from queues.services import queue_create
 
