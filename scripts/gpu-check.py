@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.monitor import Gpus, Sampler, load_nvml
+from muster_agent.monitor import Gpus, Sampler, load_nvml
 
 
 def main() -> int:

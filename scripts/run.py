@@ -44,7 +44,7 @@ def wait_until_up(url: str, timeout: float = 30) -> None:
 def login_cli(url: str, key: str) -> str:
     """Point the `muster` CLI at this server unless it is already logged in elsewhere."""
     sys.path.insert(0, str(ROOT))
-    from agent.config import config_path, save, saved
+    from muster_agent.config import config_path, save, saved
 
     current = saved().get("server")
     if current and current != url:

@@ -17,13 +17,13 @@ mkdir -p var
 echo "== the agent alone on Python 3.10 (installed from agent/, no Django)"
 PY310=$(scripts/find-python310) || { echo "no Python 3.10 found (pyenv install 3.10)" >&2; exit 1; }
 UV=$(command -v uv || echo .tools/bin/uv)
-if [ ! -x var/venv310/bin/python ] || [ agent/pyproject.toml -nt var/venv310/.installed ]; then
+if [ ! -x var/venv310/bin/python ] || [ muster_agent/pyproject.toml -nt var/venv310/.installed ]; then
     rm -rf var/venv310
     $UV venv -q -p "$PY310" var/venv310
     touch var/venv310/.installed
 fi
 $UV pip install -q --python var/venv310/bin/python --reinstall-package muster-agent ./agent pytest
-rm -rf agent/build agent/*.egg-info
+rm -rf muster_agent/build muster_agent/*.egg-info
 var/venv310/bin/python -m pytest -q -c tests/agent/pytest.ini tests/agent
 
 echo "== clearml-agent 3.0.3 and 1.9.2 for the compatibility tests (installed once, offline afterwards)"

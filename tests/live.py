@@ -2,7 +2,7 @@
 
 The database is migrated once per test session into a template (a SQLite file, or a
 PostgreSQL database in the PostgreSQL run) and copied for each stack. Agents are
-`python -m agent agent run` processes with their key in the environment.
+`python -m muster_agent agent run` processes with their key in the environment.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import psutil
 
-from agent.client import ApiError, Client, ServerAway
 from bench.common import spare_port
+from muster_agent.client import ApiError, Client, ServerAway
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -195,7 +195,7 @@ class Stack:
     def start_agent(self, name: str, queues: list[str], *args: str, env: dict[str, str] | None = None,
                     url: str | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
         log = open(self.dir / f"agent-{name}.log", "ab")  # noqa: SIM115
-        argv = [PY, "-m", "agent", "agent", "run", "--server", url or self.url, "--name", name,
+        argv = [PY, "-m", "muster_agent", "agent", "run", "--server", url or self.url, "--name", name,
                 "--state-dir", str(self.dir / f"agent-{name}"), "--report-interval", "0.5",
                 "--claim-wait", "5", "--log-level", "debug"]  # fmt: skip
         for q in queues:

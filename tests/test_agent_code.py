@@ -87,7 +87,7 @@ def _muster(st: Stack, cwd: Path, *args: str) -> subprocess.CompletedProcess[str
     env = {k: v for k, v in os.environ.items() if not k.startswith("MUSTER_")}
     env.update({"MUSTER_SERVER": st.url, "MUSTER_API_KEY": st.admin_key, "PYTHONPATH": str(live.ROOT)})
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "muster_agent", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import container
+from muster_agent import container
 from tests import live
 from tests.live import Stack, run_processes, wait_for
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.client import ApiError
+from muster_agent.client import ApiError
 from tests import live
 from tests.live import Stack, run_processes, wait_for
 
@@ -236,7 +236,7 @@ def _cli(st: Stack, home: Path, *args: str, key: str | None = None, env: dict[st
         cli_env["MUSTER_API_KEY"] = key
     cli_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], cwd=live.ROOT, env=cli_env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "muster_agent", *args], cwd=live.ROOT, env=cli_env, capture_output=True, text=True, timeout=120
     )
 
 

@@ -1,4 +1,4 @@
-"""What a run sees of its agent (agent/isolation.py): its environment, its user, the folders it reaches.
+"""What a run sees of its agent (muster_agent/isolation.py): its environment, its user, the folders it reaches.
 
 The whole of it, as a run of an ordinary user under `make run` as root, is tests/test_make_run.py's probe.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import isolation
-from agent.isolation import RunUser, base_environment, can_reach, run_path
+from muster_agent import isolation
+from muster_agent.isolation import RunUser, base_environment, can_reach, run_path
 
 NOBODY = RunUser(name="nobody", uid=65534, gid=65534, groups=(65534,), home="/nonexistent")
 

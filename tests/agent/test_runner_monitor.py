@@ -13,9 +13,9 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.monitor import Gpus, Sampler
-from agent.runner import Ending, Run, RunContext
-from agent.spool import Spool
+from muster_agent.monitor import Gpus, Sampler
+from muster_agent.runner import Ending, Run, RunContext
+from muster_agent.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -247,7 +247,7 @@ def test_the_orphan_reaper_never_robs_a_fresh_child_of_its_exit_code() -> None:
     """A child that exits before its owner waits (a quick git, a quick run) keeps its exit code."""
     import subprocess
 
-    from agent.runner import reap_orphans
+    from muster_agent.runner import reap_orphans
 
     proc = subprocess.Popen(["sh", "-c", "exit 3"])
     time.sleep(0.3)  # a zombie now, not yet waited for

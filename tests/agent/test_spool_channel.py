@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from agent import config
-from agent.channel import Channel
-from agent.client import ApiError, Client, ServerAway
-from agent.runner import SDK_DIR
-from agent.spool import Spool
+from muster_agent import config
+from muster_agent.channel import Channel
+from muster_agent.client import ApiError, Client, ServerAway
+from muster_agent.runner import SDK_DIR
+from muster_agent.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def test_the_key_comes_from_the_environment_or_a_private_file(tmp_path: Path, mo
 
 
 def test_the_agent_takes_no_key_on_its_command_line() -> None:
-    from agent.cli import parser
+    from muster_agent.cli import parser
 
     with pytest.raises(SystemExit):
         parser().parse_args(["agent", "run", "--key", "secret"])
@@ -154,7 +154,7 @@ def test_client_tells_errors_from_outages() -> None:
 
 def test_the_agent_imports_no_django() -> None:
     code = (
-        "import sys, agent.worker, agent.cli, agent.monitor, agent.runner\n"
+        "import sys, muster_agent.worker, muster_agent.cli, muster_agent.monitor, muster_agent.runner\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'rest_framework', 'celery')]\n"
         "print(bad)\n"
     )
@@ -190,7 +190,7 @@ def test_tls_with_a_private_ca_bundle(tmp_path: Path) -> None:
 
 
 def test_requirements_from_a_pyproject_without_a_lock() -> None:
-    from agent.capture import _dependencies_without_tomllib, pyproject_dependencies
+    from muster_agent.capture import _dependencies_without_tomllib, pyproject_dependencies
 
     text = (
         '[build-system]\nrequires = ["setuptools"]\n\n[project]\nname = "demo"\n'
@@ -202,7 +202,7 @@ def test_requirements_from_a_pyproject_without_a_lock() -> None:
 
 
 def test_the_entry_point_is_read_from_the_command() -> None:
-    from agent.capture import entry_point_of
+    from muster_agent.capture import entry_point_of
 
     assert entry_point_of(["python", "src/train.py", "--lr", "1"]) == "src/train.py"
     assert entry_point_of(["python3", "-m", "pkg.train"]) == "pkg.train"

@@ -29,8 +29,8 @@ from typing import Any
 
 import psutil
 
-from agent.isolation import PRIVATE_ENV, RunUser, as_user, base_environment, give_to
-from agent.spool import Spool
+from muster_agent.isolation import PRIVATE_ENV, RunUser, as_user, base_environment, give_to
+from muster_agent.spool import Spool
 
 log = logging.getLogger("muster.agent")
 
@@ -64,7 +64,7 @@ class RunContext:
     container_engine: str | None = None  # podman | docker: runs go into containers
     default_image: str | None = None
     gpu_passthrough: str = "none"  # cdi | docker | none
-    run_user: RunUser | None = None  # runs execute as this user (agent/isolation.py); None: the agent's own
+    run_user: RunUser | None = None  # runs execute as this user (muster_agent/isolation.py); None: the agent's own
     pass_env: tuple[str, ...] = ()  # more of the agent's variables a run gets (--pass-env)
     sdk_dir: str = SDK_DIR  # the `muster` module put on the run's PYTHONPATH
     build_dir: Path | None = None  # git mirrors and environments; state_dir when None
@@ -184,7 +184,7 @@ class Run:
             self.building = False
 
     def _build_then_spawn(self) -> None:
-        from agent.build import Builder, BuildError
+        from muster_agent.build import Builder, BuildError
 
         builder = Builder(
             self.ctx.build_dir or self.ctx.state_dir, lambda text: self._emit(text.encode()),
@@ -240,8 +240,8 @@ class Run:
         return self.ctx.default_image if self.ctx.container_engine else None
 
     def _start_container(self, code: Path) -> None:
-        from agent import container
-        from agent.build import BuildError, find_uv
+        from muster_agent import container
+        from muster_agent.build import BuildError, find_uv
 
         assert self.image is not None and self.ctx.container_engine is not None
         try:
@@ -394,7 +394,7 @@ class Run:
 
     def _signal_all(self, sig: int) -> None:
         if self.container_name and self.ctx.container_engine:
-            from agent import container
+            from muster_agent import container
 
             container.kill(self.ctx.container_engine, self.container_name, signal.Signals(sig).name)
         if self.proc is not None:
@@ -457,7 +457,7 @@ class Run:
     def _finish(self) -> None:
         self.finished = True
         if self.container_name and self.ctx.container_engine:
-            from agent import container
+            from muster_agent import container
 
             container.remove(self.ctx.container_engine, self.container_name)
         self.flush()
@@ -475,7 +475,7 @@ class Run:
             if ending.failure_class:
                 body["failure_class"] = ending.failure_class
             if self.venv is not None:
-                from agent.build import Builder
+                from muster_agent.build import Builder
 
                 body["frozen_requirements"] = Builder(self.ctx.state_dir, lambda _: None).freeze(self.venv)
             self.ctx.spool.put(self.id, "finish", body)

@@ -11,7 +11,7 @@ import threading
 import urllib.parse
 from typing import Any
 
-from agent import PROTOCOL, __version__
+from muster_agent import PROTOCOL, __version__
 
 
 class ApiError(Exception):

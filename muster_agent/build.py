@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.isolation import PRIVATE_ENV, RunUser, as_user
+from muster_agent.isolation import PRIVATE_ENV, RunUser, as_user
 
 GIT_TIMEOUT_S = 1800
 INSTALL_TIMEOUT_S = 3600
@@ -68,7 +68,7 @@ class Builder:
         self.emit = emit
         self.find_links = find_links or os.environ.get("MUSTER_AGENT_FIND_LINKS") or None
         # Builds run the experiment's code too (a package's setup.py): as the run's user when there is
-        # one, with the agent's tool settings (uv's, git's, pyenv's) but never its key (agent/isolation.py).
+        # one, with the agent's tool settings (uv's, git's, pyenv's) but never its key (muster_agent/isolation.py).
         self.user = user
         self.env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         self.env.setdefault("UV_CACHE_DIR", str(self.state / "uv-cache"))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.isolation import RunUser
+from muster_agent.isolation import RunUser
 
 log = logging.getLogger("muster.agent")
 MAX_LINE = 64 * 1024

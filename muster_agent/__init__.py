@@ -5,5 +5,5 @@ This package imports no Django and runs on Python 3.10 and later; it installs al
 """
 
 __version__ = "0.1.0"
-# The agent/server protocol; the server answers 426 when an agent is too old.
+# The muster_agent/server protocol; the server answers 426 when an agent is too old.
 PROTOCOL = 1

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
-from agent.client import ApiError, Client, ServerAway
-from agent.config import ConfigError, load, save
+from muster_agent import __version__
+from muster_agent.client import ApiError, Client, ServerAway
+from muster_agent.config import ConfigError, load, save
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_CONFLICT, EXIT_AWAY, EXIT_STOPPED = range(8)
 TERMINAL = {"completed", "failed", "stopped"}
@@ -194,7 +194,7 @@ def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
-    from agent.capture import CaptureError, capture
+    from muster_agent.capture import CaptureError, capture
 
     command = _command(args, "run")
     client = _client(args)
@@ -202,7 +202,7 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
         if args.snapshot:
             import hashlib
 
-            from agent.capture import capture_snapshot
+            from muster_agent.capture import capture_snapshot
 
             code, tarball = capture_snapshot(Path.cwd(), freeze=args.freeze)
             sha = hashlib.sha256(tarball).hexdigest()
@@ -212,7 +212,7 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
             code = capture(Path.cwd(), freeze=args.freeze)
     except CaptureError as e:
         raise UsageError(str(e)) from None
-    from agent.capture import entry_point_of
+    from muster_agent.capture import entry_point_of
 
     code["entry_point"] = args.entry_point or entry_point_of(command)
     body = {**_spec_body(args, command), **code}
@@ -327,8 +327,8 @@ def _action(verb: str, path: str) -> Any:
 
 
 def cmd_agent(args: argparse.Namespace, out: Out) -> int:
-    from agent.isolation import IsolationError
-    from agent.worker import Agent, Options, default_state_dir, install_signals
+    from muster_agent.isolation import IsolationError
+    from muster_agent.worker import Agent, Options, default_state_dir, install_signals
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),

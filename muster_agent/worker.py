@@ -25,13 +25,13 @@ from typing import Any
 
 import psutil
 
-from agent import __version__
-from agent.channel import Channel
-from agent.client import ApiError, Client, ServerAway
-from agent.isolation import IsolationError, can_reach, give_to, make_undumpable, run_user
-from agent.monitor import Gpus, Sampler, load_nvml
-from agent.runner import SDK_DIR, Ending, Run, RunContext, reap_orphans, set_subreaper
-from agent.spool import Spool
+from muster_agent import __version__
+from muster_agent.channel import Channel
+from muster_agent.client import ApiError, Client, ServerAway
+from muster_agent.isolation import IsolationError, can_reach, give_to, make_undumpable, run_user
+from muster_agent.monitor import Gpus, Sampler, load_nvml
+from muster_agent.runner import SDK_DIR, Ending, Run, RunContext, reap_orphans, set_subreaper
+from muster_agent.spool import Spool
 
 log = logging.getLogger("muster.agent")
 
@@ -55,7 +55,7 @@ class Options:
     container_engine: str | None = None  # podman | docker
     default_image: str | None = None
     gpu_passthrough: str = "cdi"  # cdi (podman) | docker | none
-    run_as: str | None = None  # the user runs execute as (agent/isolation.py: run_user)
+    run_as: str | None = None  # the user runs execute as (muster_agent/isolation.py: run_user)
     work_dir: Path | None = None  # the runs' working folders; state_dir/work when None
     pass_env: list[str] = field(default_factory=list)  # more of the agent's variables runs get
 
