@@ -71,7 +71,10 @@ def prepared_cursor() -> Any:
     raw = connection.connection
     if raw.prepare_threshold is None:  # Django's default: psycopg then prepares nothing, even when asked
         raw.prepare_threshold = ONLY_WHEN_ASKED
-    return connection._prepare_cursor(_preparing_cursor_class()(raw))  # type: ignore[attr-defined]
+    cursor = _preparing_cursor_class()(raw)
+    # What Django's own cursor() does with a new cursor, through its public methods.
+    connection.validate_thread_sharing()
+    return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
 
 
 @functools.cache

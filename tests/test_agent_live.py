@@ -236,7 +236,12 @@ def _cli(st: Stack, home: Path, *args: str, key: str | None = None, env: dict[st
         cli_env["MUSTER_API_KEY"] = key
     cli_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "muster_agent", *args], cwd=live.ROOT, env=cli_env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "muster_agent", *args],
+        cwd=live.ROOT,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
