@@ -54,7 +54,11 @@ def fresh_database(base_url: str, name: str) -> str:
 
 
 # Production mode (DEBUG off) over plain HTTP on loopback: a real key, no HTTPS redirect or secure cookies.
-BENCH_SETTINGS = {"SECRET_KEY": "bench-only-key-" + "0123456789abcdefghij" * 3, "HTTPS_ONLY": "false"}
+BENCH_SETTINGS = {
+    "DJANGO_SETTINGS_MODULE": "orchestration.settings",
+    "SECRET_KEY": "bench-only-key-" + "0123456789abcdefghij" * 3,
+    "HTTPS_ONLY": "false",
+}
 
 
 def prepared_database(svc: dict[str, str], name: str, **extra: str) -> tuple[dict[str, str], dict[str, str]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,10 @@ django_stubs_ext.monkeypatch()
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("MUSTER_VAR_DIR", str(BASE_DIR / "var")))
 
-TESTING = "pytest" in sys.modules or envbool("MUSTER_TESTING", False)
+# The test suite's settings (orchestration/settings_test.py, pytest's and the tools' settings
+# module) import these and change only what a test run needs; this is the one switch for the
+# defaults below that differ there.
+TESTING = os.environ.get("DJANGO_SETTINGS_MODULE") == "orchestration.settings_test"
 
 # The development key: fine for `make run` (DEBUG on) and tests, refused in production (below).
 DEV_SECRET_KEY = "dev-insecure-change-me-" + "0" * 32
@@ -140,8 +143,6 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
-if TESTING:
-    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -288,15 +289,15 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
 }
 
 # Domain settings.
-# Long-poll claims wait at most this long (tests cap it low through the environment).
-CLAIM_WAIT_MAX_S = envint("CLAIM_WAIT_MAX_S", 2 if TESTING else 30, minimum=0)
+# Long-poll claims wait at most this long.
+CLAIM_WAIT_MAX_S = envint("CLAIM_WAIT_MAX_S", 30, minimum=0)
 # Without Redis, a waiting claim re-checks the database this often (other processes' enqueues).
 CLAIM_CROSS_PROCESS_CHECK_S = envfloat("CLAIM_CROSS_PROCESS_CHECK_S", 1.0)
 WORKER_TIMEOUT_S = envint("WORKER_TIMEOUT", 30, minimum=1)
-# Reports are written in batches this often per server process (0: inline, as in tests).
-REPORT_FLUSH_S = envfloat("REPORT_FLUSH_S", 0.0 if TESTING else 1.0)
+# Reports are written in batches this often per server process (0: inline).
+REPORT_FLUSH_S = envfloat("REPORT_FLUSH_S", 1.0)
 # The claim and report counters (/metrics) go to Redis in one round trip this often per process (0: at once).
-COUNTER_FLUSH_S = envfloat("COUNTER_FLUSH_S", 0.0 if TESTING else 1.0)
+COUNTER_FLUSH_S = envfloat("COUNTER_FLUSH_S", 1.0)
 # The agents' claims and reports served straight from the ASGI entry point (orchestration/fastpath.py).
 FAST_PATH = envbool("FAST_PATH", True)
 # Under ASGI, how many requests' synchronous steps run at once per server process (the rest wait
@@ -319,7 +320,7 @@ STATS_TEN_MINUTE_RETENTION_DAYS = envint("STATS_TEN_MINUTE_RETENTION_DAYS", 40, 
 STATS_HOUR_RETENTION_DAYS = envint("STATS_HOUR_RETENTION_DAYS", 400, minimum=1)
 API_KEY_TOUCH_INTERVAL_S = 60
 # Seconds a successful key check is trusted in-process (revocation elsewhere takes this long).
-AUTH_CACHE_S = envfloat("AUTH_CACHE_S", 0.0 if TESTING else 10.0)
+AUTH_CACHE_S = envfloat("AUTH_CACHE_S", 10.0)
 
 LOGGING = {
     "version": 1,

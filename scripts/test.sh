@@ -9,12 +9,12 @@ $V/ruff check .
 $V/ruff format --check .
 echo "== the layers (import-linter, pyproject.toml)"
 $V/lint-imports --no-cache
-# Tools load the settings as the tests do (MUSTER_TESTING): no production key needed to check the code.
-echo "== mypy"; MUSTER_TESTING=1 $V/mypy
-echo "== migrations"; MUSTER_TESTING=1 $V/python manage.py makemigrations --check --dry-run
+# Tools load the test settings (orchestration/settings_test.py): no production key needed to check the code.
+echo "== mypy"; DJANGO_SETTINGS_MODULE=orchestration.settings_test $V/mypy
+echo "== migrations"; DJANGO_SETTINGS_MODULE=orchestration.settings_test $V/python manage.py makemigrations --check --dry-run
 mkdir -p var
 
-echo "== the agent alone on Python 3.10 (installed from agent/, no Django)"
+echo "== the agent alone on Python 3.10 (installed from muster_agent/, no Django)"
 PY310=$(scripts/find-python310) || { echo "no Python 3.10 found (pyenv install 3.10)" >&2; exit 1; }
 UV=$(command -v uv || echo .tools/bin/uv)
 if [ ! -x var/venv310/bin/python ] || [ muster_agent/pyproject.toml -nt var/venv310/.installed ]; then
@@ -22,7 +22,7 @@ if [ ! -x var/venv310/bin/python ] || [ muster_agent/pyproject.toml -nt var/venv
     $UV venv -q -p "$PY310" var/venv310
     touch var/venv310/.installed
 fi
-$UV pip install -q --python var/venv310/bin/python --reinstall-package muster-agent ./agent pytest
+$UV pip install -q --python var/venv310/bin/python --reinstall-package muster-agent ./muster_agent pytest
 rm -rf muster_agent/build muster_agent/*.egg-info
 var/venv310/bin/python -m pytest -q -c tests/agent/pytest.ini tests/agent
 

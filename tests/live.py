@@ -84,7 +84,14 @@ def _pg_admin(url: str) -> Any:
 
 # Live stacks run in production mode (DEBUG off) over plain HTTP on loopback: a real key (the
 # template's API-key digests depend on it), no HTTPS redirect or secure cookies.
-LIVE_SETTINGS = {"DEBUG": "false", "SECRET_KEY": "live-test-key-" + "0123456789abcdefghij" * 3, "HTTPS_ONLY": "false"}
+# A live stack runs production's settings module (not the tests'), with DEBUG off, a
+# production-grade key and plain HTTP on loopback.
+LIVE_SETTINGS = {
+    "DJANGO_SETTINGS_MODULE": "orchestration.settings",
+    "DEBUG": "false",
+    "SECRET_KEY": "live-test-key-" + "0123456789abcdefghij" * 3,
+    "HTTPS_ONLY": "false",
+}
 
 
 def template(base_dir: Path) -> dict[str, Any]:

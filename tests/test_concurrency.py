@@ -168,7 +168,7 @@ def test_4_sqlite_processes_claim_at_once_without_locking_errors() -> None:
             ),
         )
     db_name = connection.settings_dict["NAME"]
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_name}", "MUSTER_TESTING": "1"}
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_name}"}  # the tests' settings module, inherited
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.claimer", f"p{i}"],

@@ -368,7 +368,7 @@ PRODUCTION = {
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("MUSTER_TESTING", "SECRET_KEY", "DEBUG")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "SECRET_KEY", "DEBUG")}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,

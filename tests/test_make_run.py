@@ -83,7 +83,9 @@ def _an_ordinary_users_probe_finds_no_credentials(
 def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) -> None:
     var, home = tmp_path / "var", tmp_path / "home"
     env = {
-        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("MUSTER_")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE") and not k.startswith("MUSTER_")
     }
     env.update({"MUSTER_VAR_DIR": str(var), "MUSTER_PORT": str(spare_port()), "HOME": str(home)})
     run = subprocess.Popen(
@@ -164,7 +166,11 @@ def test_make_run_refuses_a_port_already_in_use(tmp_path: Path) -> None:
     """A second `make run` must not print the first one's URL as its own and then fail to bind."""
     import socket
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSTER_") and k != "DATABASE_URL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MUSTER_") and k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")
+    }
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
