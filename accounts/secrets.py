@@ -16,11 +16,12 @@ import re
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import connection
 
 from accounts.actor import Actor
 from accounts.models import UserSecret
 from core.audit import Change, audit_record
+from core.db import atomic
 from core.errors import Forbidden, InvalidInput, NotFound
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
@@ -68,7 +69,7 @@ def _owner(actor: Actor, owner: User | None) -> int:
     return owner.pk if owner is not None else actor.user_id
 
 
-@transaction.atomic
+@atomic
 def secret_set(*, actor: Actor, name: str, value: str, owner: User | None = None) -> UserSecret:
     """Create or replace a secret (an environment variable name and its value)."""
     if not actor.can_write:
@@ -86,7 +87,7 @@ def secret_set(*, actor: Actor, name: str, value: str, owner: User | None = None
     return secret
 
 
-@transaction.atomic
+@atomic
 def secret_delete(*, actor: Actor, name: str, owner: User | None = None) -> None:
     if not actor.can_write:
         raise Forbidden("this key is read-only")

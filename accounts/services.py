@@ -19,6 +19,7 @@ from django.utils import timezone
 from accounts.actor import Actor
 from accounts.models import ApiKey, KeyScope, Role
 from core.audit import Change, audit_record
+from core.db import atomic
 from core.errors import Forbidden, InvalidInput, NotFound
 
 ACCESS_PREFIX = "mk"
@@ -79,7 +80,7 @@ class QueueLimit:
 QUEUE_LIMIT = QueueLimit()
 
 
-@transaction.atomic
+@atomic
 def apikey_create(
     *,
     actor: Actor,
@@ -127,7 +128,7 @@ def apikey_create(
     return NewKey(key=key, secret=secret)
 
 
-@transaction.atomic
+@atomic
 def apikey_revoke(*, actor: Actor, access_key: str) -> ApiKey:
     """Revoke a key at once; revoking a revoked key is a no-op."""
     if actor.is_agent or not actor.can_write:
@@ -189,7 +190,7 @@ def apikey_forget_cached() -> None:
     _checked.clear()
 
 
-@transaction.atomic
+@atomic
 def admin_user_ensure(*, username: str, password: str) -> User:
     """Make (or reset the password of) the first-run admin account."""
     user = User.objects.filter(username=username).first()

@@ -19,12 +19,12 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 from django.conf import settings
-from django.db import transaction
 
 from accounts.actor import Actor
 from accounts.secrets import text_decrypt, text_encrypt
 from actions.models import CustomAction
 from core.audit import Change, audit_record
+from core.db import atomic
 from core.errors import Forbidden, InvalidInput, NotFound
 
 PLACEHOLDER = re.compile(r"\$\{(id|name|secret)\}")
@@ -191,7 +191,7 @@ def _fields(object_type: str, item: Mapping[str, Any], order: int) -> dict[str, 
     }
 
 
-@transaction.atomic
+@atomic
 def actions_sync(*, actor: Actor, path: Path) -> dict[str, int]:
     """Create or update, by name, every action the file lists; the file wins for those, others are kept.
 

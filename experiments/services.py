@@ -482,7 +482,7 @@ def experiment_stop(*, actor: Actor, experiment_id: str, message: str = "") -> O
         audit_record(actor=actor, change=Change("experiment", exp.pk, "stop_request", before, _snapshot(exp), message))
         return Outcome(exp)
     if attempt is not None:
-        _end_attempt(attempt, outcome=Status.STOPPED, failure_class=FailureClass.STOPPED, fenced=True)
+        _end_attempt(attempt, actor=actor, outcome=Status.STOPPED, failure_class=FailureClass.STOPPED, fenced=True)
     _move(actor=actor, exp=exp, to=Status.STOPPED, action="stop", message=message, finished_at=timezone.now())
     return Outcome(exp)
 
@@ -497,7 +497,7 @@ def experiment_reset(*, actor: Actor, experiment_id: str) -> Outcome:
     if exp.status == Status.QUEUED:
         raise Conflict(f"experiment {exp.pk} is queued: dequeue it first", field="status")
     if exp.status == Status.IN_PROGRESS and attempt is not None:
-        _end_attempt(attempt, outcome=Status.STOPPED, failure_class=FailureClass.STOPPED, fenced=True)
+        _end_attempt(attempt, actor=actor, outcome=Status.STOPPED, failure_class=FailureClass.STOPPED, fenced=True)
     _move(
         actor=actor,
         exp=exp,
@@ -796,6 +796,7 @@ def _record_usage(attempt: Attempt, exp: Experiment, ended: datetime) -> None:
 def _end_attempt(
     attempt: Attempt,
     *,
+    actor: Actor,
     outcome: Status,
     failure_class: str = "",
     exit_code: int | None = None,
@@ -820,7 +821,7 @@ def _end_attempt(
     if ended and attempt.worker_id is not None:
         from workers.services import worker_release
 
-        worker_release(worker_id=attempt.worker_id, gpus=attempt.gpus, cpus=attempt.cpus, memory_mb=attempt.memory_mb)
+        worker_release(actor=actor, attempt=attempt)
         # Capacity came back: wake the waiters on this worker's queues (its own long-poll among them).
         from workers.models import WorkerQueue
 
@@ -916,6 +917,7 @@ def attempt_finish(
         Attempt.objects.filter(pk=attempt.pk).update(frozen_requirements=frozen_requirements)
     _end_attempt(
         attempt,
+        actor=actor,
         outcome=outcome,
         failure_class=failure_class,
         exit_code=exit_code,
@@ -935,7 +937,7 @@ def attempt_fence(*, actor: Actor, attempt: Attempt, failure_class: str, message
     if attempt.finished_at is not None:
         return
     exp = _locked(attempt.experiment_id)
-    _end_attempt(attempt, outcome=Status.FAILED, failure_class=failure_class, message=message, fenced=True)
+    _end_attempt(attempt, actor=actor, outcome=Status.FAILED, failure_class=failure_class, message=message, fenced=True)
     if exp.current_attempt_id == attempt.pk and exp.status == Status.IN_PROGRESS:
         outcome = Status.STOPPED if exp.stop_requested_at is not None else Status.FAILED
         _settle_experiment(

@@ -61,6 +61,7 @@ def _name_taken(name: str, exclude: str | None = None) -> bool:
     return Queue.objects.filter(name__iexact=name).exclude(pk=exclude or "").exists()
 
 
+@atomic
 def queue_create(
     *,
     actor: Actor,
@@ -78,7 +79,7 @@ def queue_create(
     if _name_taken(name):
         raise Conflict(f"a queue named {name!r} already exists", field="name")
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # a savepoint: a racing twin's unique name is a Conflict
             queue = Queue.objects.create(
                 name=name,
                 display_name=display_name,
@@ -95,6 +96,7 @@ def queue_create(
     return queue
 
 
+@atomic
 def queue_update(*, actor: Actor, queue_id: str, changes: dict[str, Any]) -> Queue:
     """Rename, relabel, set the concurrency limit or the groups that may submit."""
     _admin(actor)
@@ -103,7 +105,7 @@ def queue_update(*, actor: Actor, queue_id: str, changes: dict[str, Any]) -> Que
     if unknown:
         raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # a savepoint: a racing rename to the same name is a Conflict
             queue = _locked(queue_id)
             before = _snapshot(queue)
             if "name" in changes:
@@ -127,19 +129,19 @@ def queue_update(*, actor: Actor, queue_id: str, changes: dict[str, Any]) -> Que
     return queue
 
 
+@atomic
 def queue_set_paused(*, actor: Actor, queue_id: str, paused: bool) -> Queue:
     """Pause (claims skip it) or resume a queue; asking for the current state is a no-op."""
     _admin(actor)
-    with transaction.atomic():
-        queue = _locked(queue_id)
-        if queue.paused == paused:
-            return queue
-        before = _snapshot(queue)
-        Queue.objects.filter(pk=queue.pk, paused=not paused).update(paused=paused, updated_at=timezone.now())
-        queue.paused = paused
-        audit_record(
-            actor=actor, change=Change("queue", queue.pk, "pause" if paused else "resume", before, _snapshot(queue))
-        )
+    queue = _locked(queue_id)
+    if queue.paused == paused:
+        return queue
+    before = _snapshot(queue)
+    Queue.objects.filter(pk=queue.pk, paused=not paused).update(paused=paused, updated_at=timezone.now())
+    queue.paused = paused
+    audit_record(
+        actor=actor, change=Change("queue", queue.pk, "pause" if paused else "resume", before, _snapshot(queue))
+    )
     if not paused:
         notify_queues([queue.pk])
     return queue

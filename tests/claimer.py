@@ -41,9 +41,7 @@ def main() -> None:
         claimed.append(claim.experiment.pk)
         # Finish at once (what the agent's finish does to capacity) so the worker keeps claiming.
         Attempt.objects.filter(pk=claim.attempt.pk).update(finished_at=timezone.now())
-        worker_release(
-            worker_id=worker.pk, gpus=claim.attempt.gpus, cpus=claim.attempt.cpus, memory_mb=claim.attempt.memory_mb
-        )
+        worker_release(actor=SYSTEM, attempt=claim.attempt)
     print(json.dumps({"claimed": claimed, "errors": errors}))
 
 

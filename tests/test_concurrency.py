@@ -103,12 +103,7 @@ def test_16_claimers_drain_5000_experiments_exactly_once_in_priority_order() -> 
                     return
                 # Finish at once so the worker's capacity is whole again for its next claim.
                 Attempt.objects.filter(pk=claim.attempt.pk).update(finished_at=timezone.now())
-                worker_release(
-                    worker_id=worker.pk,
-                    gpus=claim.attempt.gpus,
-                    cpus=claim.attempt.cpus,
-                    memory_mb=claim.attempt.memory_mb,
-                )
+                worker_release(actor=SYSTEM, attempt=claim.attempt)
                 with lock:
                     records.append(Record(worker.name, claim.experiment.pk, start, end))
         except Exception as exc:

@@ -93,3 +93,15 @@ def test_every_module_that_handles_requests_is_checked() -> None:
         "clearml_api/transport.py", "dashboard/metrics.py",
     ):  # fmt: skip
         assert module in thin
+
+
+def test_services_open_transactions_with_the_one_retrying_helper() -> None:
+    """Every service's transaction is core.db.atomic (retried on a deadlock when outermost);
+    transaction.atomic appears only as a savepoint inside one (to catch an IntegrityError)."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for app in APPS
+        for path in (ROOT / app).glob("services.py")
+        if "@transaction.atomic" in path.read_text()
+    ]
+    assert offenders == [], f"decorate with core.db.atomic instead: {offenders}"

@@ -133,14 +133,19 @@ def _check_name(actor: Actor, name: str) -> None:
         raise Forbidden(f"this key registers only workers named {key.worker_prefix}…", field="name")
 
 
+@atomic
 def worker_register(*, actor: Actor, reg: Registration) -> Worker:
-    """Register (or re-register) a worker; a new instance id ends the old instance's runs."""
+    """Register (or re-register) a worker; a new instance id ends the old instance's runs.
+
+    One transaction: the old instance's runs are ended first (the lock order is attempt,
+    experiment, worker: core/db.py), then the worker row is locked and written; a refusal
+    after that (another account's worker, live on another host) undoes it all.
+    """
     if not (actor.is_agent or actor.is_admin) or not actor.can_write:
         raise Forbidden("only agent keys register workers")
     _check_name(actor, reg.name)
     queues = resolve_queues(actor=actor, refs=list(reg.queues))
     declared = [q.pk for q in queues]
-    replaced: list[Attempt] = []
     now = timezone.now()
     timeout = worker_timeout_s(reg.timeout_s, 0.0)  # no report yet: no interval known
     values = {
@@ -163,8 +168,13 @@ def worker_register(*, actor: Actor, reg: Registration) -> Worker:
         "api_key": actor.key,
         "owner_id": actor.user_id,
     }
+    seen = Worker.objects.filter(name=reg.name).values("pk", "instance_id").first()
+    restarted = bool(seen and seen["instance_id"] and reg.instance_id and seen["instance_id"] != reg.instance_id)
+    if seen is not None and restarted:
+        replaced = list(Attempt.objects.filter(worker_id=seen["pk"], finished_at__isnull=True))
+        _fence_lost(actor, replaced, "the agent restarted (new instance id)")
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # a savepoint: a first registration racing this one is a Conflict
             worker = Worker.objects.select_for_update().filter(name=reg.name).first()
             if worker is None:
                 worker = Worker.objects.create(
@@ -176,13 +186,13 @@ def worker_register(*, actor: Actor, reg: Registration) -> Worker:
             before = _snapshot(worker)
             if not actor.is_admin and worker.owner_id != actor.user_id:
                 raise Forbidden(f"worker {reg.name!r} belongs to another account", field="name")
+            if seen is None or worker.pk != seen["pk"] or worker.instance_id != seen["instance_id"]:
+                raise Conflict(f"worker {reg.name!r} was registered at the same moment; retry", field="name")
             live = worker_is_live(worker)
             if live and worker.hostname and reg.hostname and worker.hostname != reg.hostname:
                 raise Conflict(
                     f"worker {reg.name!r} is live on host {worker.hostname}; pick another name", field="name"
                 )
-            if worker.instance_id and reg.instance_id and worker.instance_id != reg.instance_id:
-                replaced = list(Attempt.objects.filter(worker=worker, finished_at__isnull=True))
             for key, value in values.items():
                 setattr(worker, key, value)
             if not worker.draining:
@@ -194,8 +204,7 @@ def worker_register(*, actor: Actor, reg: Registration) -> Worker:
             audit_record(actor=actor, change=Change("worker", worker.name, "register", before, _snapshot(worker)))
     except IntegrityError:
         raise Conflict(f"worker {reg.name!r} was registered at the same moment; retry", field="name") from None
-    _fence_lost(actor, replaced, "the agent restarted (new instance id)")
-    worker_recount_usage(worker)
+    worker_recount_usage(actor=actor, worker=worker)
     return worker
 
 
@@ -205,15 +214,18 @@ def _fence_lost(actor: Actor, attempts: Sequence[Attempt], message: str) -> None
         attempt_fence(actor=actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message=message)
 
 
+@atomic
 def worker_unregister(*, actor: Actor, worker: Worker) -> None:
-    """Remove a worker; what it still ran is ended as worker lost (and retried by policy)."""
+    """Remove a worker; what it still ran is ended as worker lost (and retried by policy).
+
+    One transaction, in the lock order (the runs, their experiments, then the worker).
+    """
     if not actor.can_write:
         raise Forbidden("this key is read-only")
     _fence_lost(actor, list(Attempt.objects.filter(worker=worker, finished_at__isnull=True)), "unregistered")
-    with transaction.atomic():
-        before = _snapshot(worker)
-        Worker.objects.filter(pk=worker.pk).delete()
-        audit_record(actor=actor, change=Change("worker", worker.name, "unregister", before, {}))
+    before = _snapshot(worker)
+    Worker.objects.filter(pk=worker.pk).delete()
+    audit_record(actor=actor, change=Change("worker", worker.name, "unregister", before, {}))
 
 
 @atomic
@@ -270,27 +282,46 @@ def worker_set_runtime_properties(*, actor: Actor, worker: Worker, properties: S
     return worker
 
 
-def worker_release(*, worker_id: int, gpus: float, cpus: float, memory_mb: int) -> None:
-    """An attempt on this worker ended: give its capacity back; idle when nothing runs."""
+def worker_release(*, actor: Actor, attempt: Attempt) -> None:
+    """An attempt on its worker ended: give its capacity back (audited); idle when nothing runs.
+
+    Called inside the attempt's end, after its row and its experiment's (the lock order).
+    """
+    worker_id = attempt.worker_id
+    if worker_id is None:
+        return
     Worker.objects.filter(pk=worker_id).update(
-        used_gpus=Greatest(F("used_gpus") - gpus, Value(0.0)),
-        used_cpus=Greatest(F("used_cpus") - cpus, Value(0.0)),
-        used_memory_mb=Greatest(F("used_memory_mb") - memory_mb, Value(0)),
+        used_gpus=Greatest(F("used_gpus") - attempt.gpus, Value(0.0)),
+        used_cpus=Greatest(F("used_cpus") - attempt.cpus, Value(0.0)),
+        used_memory_mb=Greatest(F("used_memory_mb") - attempt.memory_mb, Value(0)),
     )
+    freed = {"attempt": attempt.pk, "gpus": attempt.gpus, "cpus": attempt.cpus, "memory_mb": attempt.memory_mb}
+    audit_record(actor=actor, change=Change("worker", attempt.worker_name, "release", {}, freed))
     if not Attempt.objects.filter(worker_id=worker_id, finished_at__isnull=True).exists():
         Worker.objects.filter(pk=worker_id, status=WorkerStatus.BUSY).update(
             status=WorkerStatus.IDLE, used_gpus=0, used_cpus=0, used_memory_mb=0
         )
 
 
-def worker_recount_usage(worker: Worker) -> None:
-    """Recompute what a worker's running attempts use (on registration, and by reconcilers)."""
+def _usage(worker_id: int) -> dict[str, float]:
+    row = Worker.objects.filter(pk=worker_id).values("used_gpus", "used_cpus", "used_memory_mb").first()
+    return {"gpus": row["used_gpus"], "cpus": row["used_cpus"], "memory_mb": row["used_memory_mb"]} if row else {}
+
+
+@atomic
+def worker_recount_usage(*, actor: Actor, worker: Worker) -> None:
+    """Recompute what a worker's running attempts use (on registration, and by reconcilers);
+    audited when the count it held was wrong."""
     used = Attempt.objects.filter(worker=worker, finished_at__isnull=True).aggregate(
         gpus=Sum("gpus"), cpus=Sum("cpus"), memory=Sum("memory_mb")
     )
-    Worker.objects.filter(pk=worker.pk).update(
-        used_gpus=used["gpus"] or 0, used_cpus=used["cpus"] or 0, used_memory_mb=used["memory"] or 0
-    )
+    after = {"gpus": float(used["gpus"] or 0), "cpus": float(used["cpus"] or 0), "memory_mb": used["memory"] or 0}
+    before = _usage(worker.pk)
+    if before and before != after:
+        Worker.objects.filter(pk=worker.pk).update(
+            used_gpus=after["gpus"], used_cpus=after["cpus"], used_memory_mb=after["memory_mb"]
+        )
+        audit_record(actor=actor, change=Change("worker", worker.name, "recount", before, after))
 
 
 # ---------------------------------------------------------------------------- reports and liveness
@@ -395,7 +426,7 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
     _fence_lost(actor, replaced, "the agent restarted (new instance id)")
     _fence_lost(actor, lost_claims, "the worker does not run it (the claim answer was lost)")
     if replaced or lost_claims:
-        worker_recount_usage(worker)
+        worker_recount_usage(actor=actor, worker=worker)
     return ReportAnswer(kill=kill, stop=stop, drain=worker.draining, queues=queues)
 
 
