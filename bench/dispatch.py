@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import psycopg
 
-from bench.common import PY, machine, percentile, prepared_database, production_server, services
+from bench.common import BENCH_SETTINGS, PY, machine, percentile, prepared_database, production_server, services
 from bench.httpclient import Connection
 
 QUEUES = ("bench-a", "bench-b", "bench-c")
@@ -95,15 +95,29 @@ async def client(url: str, key: str, names: list[str]) -> dict[str, object]:
     return {"latencies": latencies, "claimed": claimed, "errors": errors, "elapsed": time.perf_counter() - start}
 
 
+def _take_statement(db_url: str) -> str:
+    """The server's take, exactly: built from the models (queues/claim_sql.py: take_sql), so
+    this process sets Django up with production's settings against the bench's database."""
+    import django
+
+    os.environ.update({"DJANGO_SETTINGS_MODULE": "orchestration.settings", "DATABASE_URL": db_url, "DB_POOL": "false"})
+    os.environ.update(BENCH_SETTINGS)
+    django.setup()
+    from queues.claim_sql import take_sql
+
+    return take_sql()
+
+
 def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple[float, int]:
     """The same transaction as an HTTP claim, straight from psycopg, 32 threads.
 
     Lock the worker row with its usage and queues, take from the first queue that has a
     fitting entry: the same two statements the server runs, then commit.
     """
-    from queues.claim_sql import CLAIM_FIELDS, TAKE, lock_worker_sql  # plain SQL; loads no Django settings
+    from queues.claim_sql import CLAIM_FIELDS, lock_worker_sql  # plain SQL; loads no Django settings
 
     lock_sql = lock_worker_sql(CLAIM_FIELDS, "w.id = %s")  # with the serving rule, as the server's
+    take_sql = _take_statement(db_url)
 
     done = [0]
     lock = threading.Lock()
@@ -123,7 +137,7 @@ def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple
                             "actor": None, "actor_label": "bench",
                         }  # fmt: skip
                         params["now"] = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime())
-                        got = conn.execute(TAKE, params).fetchone()
+                        got = conn.execute(take_sql, params).fetchone()
                         if got:
                             break
                 if not got:

@@ -13,6 +13,16 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# Fields a user sets when creating or editing an experiment; everything else is state.
+SPEC_FIELDS = (
+    "name", "project", "tags", "command", "script", "working_dir", "repository", "branch",
+    "commit", "diff", "entry_point", "snapshot", "requirements", "python_version",
+    "container_image", "container_args", "setup_script", "env", "secret_env", "parameters",
+    "gpus", "gpu_type", "cpus", "memory_mb", "priority", "max_runtime_s", "retry_policy",
+    "stop_signal", "stop_grace_s",
+)  # fmt: skip
+
+
 class Status(models.TextChoices):
     """ClearML's core statuses (closed and published are not used)."""
 

@@ -8,7 +8,7 @@ from django.db.models import Q, QuerySet
 
 from accounts.secrets import secret_env_decrypt, secrets_for_run
 from core.errors import NotFound
-from experiments.models import Attempt, Experiment, LogChunk
+from experiments.models import SPEC_FIELDS, Attempt, Experiment, LogChunk
 
 TRUNCATION_MARKER = "\n[… the middle of this log was dropped to keep it under its size cap …]\n"
 
@@ -78,12 +78,8 @@ def log_page(*, experiment: Experiment, attempt_id: str | None, after: int | Non
     return LogPage(attempt=attempt.pk, truncated=attempt.log_truncated, chunks=chunks, next_after=next_after)
 
 
-RUN_FIELDS = (
-    "id", "name", "project", "command", "script", "working_dir", "repository", "branch", "commit", "diff",
-    "entry_point", "snapshot", "requirements", "python_version", "container_image", "container_args",
-    "setup_script", "env", "secret_env", "parameters", "gpus", "gpu_type", "cpus", "memory_mb", "priority",
-    "max_runtime_s", "retry_policy", "stop_signal", "stop_grace_s", "retry_count",
-)  # fmt: skip
+# What an agent needs to run an experiment: the spec (its labels aside), its id and retry count.
+RUN_FIELDS = ("id", *(f for f in SPEC_FIELDS if f != "tags"), "retry_count")
 
 
 def run_spec(experiment: Experiment, owner_secrets: list[tuple[str, str]] | None = None) -> dict[str, object]:

@@ -24,6 +24,7 @@ from core.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
 from experiments.models import (
     DEFAULT_RETRY_POLICY,
     FINISHED,
+    SPEC_FIELDS,
     Attempt,
     Experiment,
     FailureClass,
@@ -38,14 +39,6 @@ from queues.models import Queue, QueueEntry
 from queues.selectors import queue_find
 from queues.wakeup import notify_queues
 
-# Fields a user sets when creating or editing an experiment; everything else is state.
-SPEC_FIELDS = (
-    "name", "project", "tags", "command", "script", "working_dir", "repository", "branch",
-    "commit", "diff", "entry_point", "snapshot", "requirements", "python_version",
-    "container_image", "container_args", "setup_script", "env", "secret_env", "parameters",
-    "gpus", "gpu_type", "cpus", "memory_mb", "priority", "max_runtime_s", "retry_policy",
-    "stop_signal", "stop_grace_s",
-)  # fmt: skip
 # Fields that may change whatever the status (labels, not what runs).
 LABEL_FIELDS = frozenset({"name", "project", "tags"})
 STOP_SIGNALS = frozenset(s.name for s in signal.Signals if s.name.startswith("SIG") and "_" not in s.name)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 TAKE_TEMPLATE = """
 WITH picked AS (
     SELECT e.id, e.experiment_id, e.queue_id, e.added_at, e.gpus, e.cpus, e.memory_mb
-    FROM queues_queueentry e
+    FROM {entry_table} e
     WHERE e.queue_id = %(queue)s
       AND CASE WHEN e.gpus <= %(gpus)s AND e.cpus <= %(cpus)s AND e.memory_mb <= %(memory)s
                     AND (e.needs & %(missing)s) = 0
@@ -45,37 +45,27 @@ WITH picked AS (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM queues_queueentry d USING picked WHERE d.id = picked.id
+    DELETE FROM {entry_table} d USING picked WHERE d.id = picked.id
     RETURNING picked.*
 ), attempt AS (
-    INSERT INTO experiments_attempt (
-        id, experiment_id, number, worker_id, worker_name, queue_id, lease_token, gpus, cpus,
-        memory_mb, gpu_indexes, queued_at, claimed_at, wait_s, outcome, failure_class, message,
-        fenced, log_head_bytes, log_tail_bytes, log_truncated, resource_summary, frozen_requirements
-    )
-    SELECT %(attempt)s, gone.experiment_id,
-           COALESCE((SELECT MAX(a.number) FROM experiments_attempt a
-                     WHERE a.experiment_id = gone.experiment_id), 0) + 1,
-           %(worker)s, %(worker_name)s, gone.queue_id, %(token)s, gone.gpus, gone.cpus,
-           gone.memory_mb, '[]'::jsonb, gone.added_at, %(now)s,
-           GREATEST(EXTRACT(EPOCH FROM (%(now)s - gone.added_at)), 0), '', '', '',
-           false, 0, 0, false, '{}'::jsonb, ''
+    INSERT INTO {attempt_table} ({attempt_columns})
+    SELECT {attempt_values}
     FROM gone
     RETURNING id, number, experiment_id, queue_id, claimed_at, queued_at, wait_s
 ), moved AS (
-    UPDATE experiments_experiment x
+    UPDATE {experiment_table} x
     SET status = 'in_progress', current_attempt_id = attempt.id, status_message = '', updated_at = %(now)s
     FROM attempt
     WHERE x.id = attempt.experiment_id AND CASE WHEN x.status = 'queued' THEN true ELSE false END
     RETURNING {run_columns}
 ), audited AS (
-    INSERT INTO core_auditevent (at, actor_id, actor_label, object_type, object_id, action, before, after, message)
+    INSERT INTO {audit_table} (at, actor_id, actor_label, object_type, object_id, action, before, after, message)
     SELECT %(now)s, %(actor)s, %(actor_label)s, 'experiment', attempt.experiment_id, 'claim',
            jsonb_build_object('status', 'queued', 'queue', attempt.queue_id),
            jsonb_build_object('status', 'in_progress', 'attempt', attempt.id, 'worker', %(worker_name)s), ''
     FROM attempt
 ), busy AS (
-    UPDATE workers_worker w
+    UPDATE {worker_table} w
     SET status = 'busy',
         used_gpus = w.used_gpus + attempt_usage.gpus,
         used_cpus = w.used_cpus + attempt_usage.cpus,
@@ -87,20 +77,85 @@ WITH picked AS (
 SELECT moved.*, attempt.number AS attempt_number, attempt.claimed_at AS attempt_claimed_at,
        attempt.queued_at AS attempt_queued_at, attempt.wait_s AS attempt_wait_s,
        (SELECT COALESCE(json_agg(json_build_array(s.name, s.ciphertext) ORDER BY s.name), '[]'::json)::text
-        FROM accounts_usersecret s WHERE s.owner_id = moved.owner_id) AS owner_secrets
+        FROM {secret_table} s WHERE s.owner_id = moved.owner_id) AS owner_secrets
 FROM moved, attempt
 """
 
 
-# The experiment columns an agent needs (see experiments.selectors.RUN_FIELDS), not the row.
-RUN_COLUMNS = (
-    "id", "name", "project", "command", "script", "working_dir", "repository", "branch", "commit", "diff",
-    "entry_point", "snapshot", "requirements", "python_version", "container_image", "container_args",
-    "setup_script", "env", "secret_env", "parameters", "gpus", "gpu_type", "cpus", "memory_mb", "priority",
-    "max_runtime_s", "retry_policy", "stop_signal", "stop_grace_s", "retry_count", "status", "current_attempt_id",
-    "owner_id",
-)  # fmt: skip
-TAKE = TAKE_TEMPLATE.replace("{run_columns}", ", ".join(f"x.{c}" for c in RUN_COLUMNS))
+# What the take writes into a new attempt's columns from the picked entry and the parameters;
+# every other column gets its model field's default (take_sql), so a new column with a
+# default needs nothing here, and one without a default fails every claim test at once.
+ATTEMPT_VALUES = {
+    "id": "%(attempt)s",
+    "experiment_id": "gone.experiment_id",
+    "number": "COALESCE((SELECT MAX(a.number) FROM {attempt_table} a WHERE a.experiment_id = gone.experiment_id), 0) + 1",
+    "worker_id": "%(worker)s",
+    "worker_name": "%(worker_name)s",
+    "queue_id": "gone.queue_id",
+    "lease_token": "%(token)s",
+    "gpus": "gone.gpus",
+    "cpus": "gone.cpus",
+    "memory_mb": "gone.memory_mb",
+    "queued_at": "gone.added_at",
+    "claimed_at": "%(now)s",
+    "wait_s": "GREATEST(EXTRACT(EPOCH FROM (%(now)s - gone.added_at)), 0)",
+}
+
+
+def run_columns() -> tuple[str, ...]:
+    """The experiment columns the take returns: what an agent needs (RUN_FIELDS) and the claim's state."""
+    from experiments.selectors import RUN_FIELDS
+
+    return (*RUN_FIELDS, "status", "current_attempt_id", "owner_id")
+
+
+@functools.cache
+def take_sql() -> str:
+    """TAKE_TEMPLATE with the tables, the attempt's columns and their defaults read from the models."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db import connection
+
+    from accounts.models import UserSecret
+    from core.models import AuditEvent
+    from experiments.models import Attempt, Experiment
+    from queues.models import QueueEntry
+    from workers.models import Worker
+
+    connection.ensure_connection()
+    quote = connection.SchemaEditorClass(connection).quote_value
+    columns: list[str] = []
+    values: list[str] = []
+    for field in Attempt._meta.concrete_fields:
+        if field.column in ATTEMPT_VALUES:
+            value = ATTEMPT_VALUES[field.column]
+        else:
+            default = field.get_default()
+            if default is None and field.null:
+                continue  # NULL
+            if default is None:
+                raise ImproperlyConfigured(
+                    f"the claim cannot fill attempts.{field.column}: give the field a default "
+                    "or a value in queues/claim_sql.py: ATTEMPT_VALUES"
+                )
+            value = str(quote(field.get_db_prep_save(default, connection)))  # a text's % already doubled
+        columns.append(str(field.column))
+        values.append(value)
+    tables = {
+        "attempt_table": Attempt._meta.db_table,
+        "entry_table": QueueEntry._meta.db_table,
+        "experiment_table": Experiment._meta.db_table,
+        "audit_table": AuditEvent._meta.db_table,
+        "worker_table": Worker._meta.db_table,
+        "secret_table": UserSecret._meta.db_table,
+    }
+    attempt_values = ", ".join(values).replace("{attempt_table}", tables["attempt_table"])
+    later = {name: "{" + name + "}" for name in ("attempt_columns", "attempt_values", "run_columns")}
+    return (
+        TAKE_TEMPLATE.format_map({**tables, **later})  # the tables first: the defaults may hold braces
+        .replace("{attempt_columns}", ", ".join(columns))
+        .replace("{attempt_values}", attempt_values)
+        .replace("{run_columns}", ", ".join(f"x.{c}" for c in run_columns()))
+    )
 
 
 @functools.cache
@@ -128,12 +183,13 @@ def take(
     from experiments.models import Experiment
 
     with prepared_cursor() as cursor:
-        cursor.execute(TAKE, params)
+        cursor.execute(take_sql(), params)
         row = cursor.fetchone()
         if row is None:
             return None
-    values = _decoded(Experiment, RUN_COLUMNS, row[: len(RUN_COLUMNS)])
-    number, claimed_at, queued_at, wait_s, secrets = row[len(RUN_COLUMNS) :]
+    columns = run_columns()
+    values = _decoded(Experiment, columns, row[: len(columns)])
+    number, claimed_at, queued_at, wait_s, secrets = row[len(columns) :]
     owner_secrets = [(name, ciphertext) for name, ciphertext in json.loads(secrets)]
     return Experiment(**values), number, claimed_at, queued_at, wait_s, owner_secrets
 
@@ -190,6 +246,9 @@ def lock_worker(
 
 
 def enabled() -> bool:
+    """The claim runs as one statement: on PostgreSQL, unless CLAIM_IN_ONE_STATEMENT is off
+    (the tests run every dispatch test both ways: the two must agree)."""
+    from django.conf import settings
     from django.db import connection
 
-    return connection.vendor == "postgresql"
+    return connection.vendor == "postgresql" and settings.CLAIM_IN_ONE_STATEMENT

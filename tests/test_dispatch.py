@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -20,6 +22,16 @@ from workers.models import Worker
 from workers.services import worker_update
 
 pytestmark = pytest.mark.django_db
+# Every test here runs with the claim as one statement (PostgreSQL) and as the ORM's steps:
+# the two paths are one claim, and must agree.
+CLAIM_PATHS = ["one-statement", "orm"] if os.environ.get("DATABASE_URL", "").startswith("postgres") else ["orm"]
+
+
+@pytest.fixture(autouse=True, params=CLAIM_PATHS)
+def claim_path(request: pytest.FixtureRequest, settings: Any) -> str:
+    settings.CLAIM_IN_ONE_STATEMENT = request.param == "one-statement"
+    return str(request.param)
+
 
 MakeExp = Callable[..., Experiment]
 MakeWorker = Callable[..., Worker]
@@ -183,7 +195,7 @@ def test_the_claim_writes_no_queue_row(
     assert len(sql) <= 14
 
 
-# The take's parameters and their types as psycopg sends them (queues/claim_sql.py: TAKE).
+# The take's parameters and their types as psycopg sends them (queues/claim_sql.py: take_sql).
 TAKE_TYPES = {
     "queue": "text", "gpus": "float8", "cpus": "float8", "memory": "int8", "missing": "int4", "any_model": "bool",
     "models": "text[]", "attempt": "text", "worker": "int8", "worker_name": "text", "token": "text",
@@ -192,6 +204,7 @@ TAKE_TYPES = {
 
 
 @pytest.mark.postgres_only
+@pytest.mark.parametrize("claim_path", ["one-statement"], indirect=True)  # about that statement's plan
 def test_the_takes_generic_plan_walks_the_queue_in_order_and_probes_one_experiment(
     make_experiment: MakeExp, queue: Queue
 ) -> None:
@@ -205,7 +218,7 @@ def test_the_takes_generic_plan_walks_the_queue_in_order_and_probes_one_experime
     """
     import re
 
-    from queues.claim_sql import TAKE
+    from queues.claim_sql import take_sql
 
     make_experiment(queue=queue)
     with connection.cursor() as cursor:
@@ -221,7 +234,7 @@ def test_the_takes_generic_plan_walks_the_queue_in_order_and_probes_one_experime
             names.append(match[1])
         return f"${names.index(match[1]) + 1}"
 
-    sql = re.sub(r"%\((\w+)\)s", numbered, TAKE)
+    sql = re.sub(r"%\((\w+)\)s", numbered, take_sql())
     with connection.cursor() as cursor:
         cursor.execute(f"PREPARE take_plan ({', '.join(TAKE_TYPES[n] for n in names)}) AS {sql}")
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
@@ -233,3 +246,37 @@ def test_the_takes_generic_plan_walks_the_queue_in_order_and_probes_one_experime
     assert "Sort" not in plan and "Bitmap" not in plan, plan
     assert "experiment_status_idx" not in plan, plan
     assert "Index Cond: ((id)::text = (attempt_1.experiment_id)::text)" in plan, plan  # one probe by id
+
+
+@pytest.mark.postgres_only
+def test_both_claim_paths_write_the_same_attempt_experiment_worker_and_audit(
+    settings: Any, make_experiment: Callable[..., Experiment], make_worker: MakeWorker, queue: Queue,
+    agent_actor: Actor,
+) -> None:  # fmt: skip
+    """The one statement's columns and defaults come from the models: every field of what it
+    writes equals what the ORM's steps write for the same claim."""
+    from core.models import AuditEvent
+    from experiments.models import Attempt
+
+    skip = {"id", "experiment", "experiment_id", "claimed_at", "queued_at", "wait_s", "lease_token", "worker", "worker_id",
+            "worker_name"}  # fmt: skip
+    written = []
+    for one_statement in (True, False):
+        settings.CLAIM_IN_ONE_STATEMENT = one_statement
+        exp = make_experiment(queue=queue, gpus=0, cpus=2, memory_mb=512)
+        worker = make_worker(name=f"w-{one_statement}", queues=[queue])
+        claim = dispatch_claim(actor=agent_actor, worker=worker)
+        assert claim is not None and claim.experiment.pk == exp.pk
+        attempt = Attempt.objects.get(pk=claim.attempt.pk)
+        exp.refresh_from_db()
+        worker.refresh_from_db()
+        event = AuditEvent.objects.filter(object_id=exp.pk, action="claim").get()
+        written.append(
+            (
+                {f.name: getattr(attempt, f.name) for f in Attempt._meta.concrete_fields if f.name not in skip},
+                (exp.status, exp.current_attempt_id == attempt.pk, exp.status_message),
+                (worker.status, worker.used_cpus, worker.used_memory_mb),
+                (event.before, {k: v for k, v in event.after.items() if k not in ("attempt", "worker")}),
+            )
+        )
+    assert written[0] == written[1]
