@@ -280,3 +280,42 @@ def test_a_usual_report_is_answered_from_one_statement_on_postgresql(
     assert answer.stop == [claim.attempt.pk] and answer.kill == [] and answer.queues == ["default"]
     exp = Experiment.objects.get()
     assert exp.status == Status.IN_PROGRESS
+
+
+REPORT_BODIES = [
+    {},
+    {"instance_id": "i-1", "interval_s": 5, "running": [{"attempt": "a" * 32, "token": "t", "iteration": 3}]},
+    {"machine": {"cpu_percent": 50, "cpu_per_core": [1, 2], "gpus": [{"index": 0, "util": 5, "ecc_errors": 1}]}},
+    {"attempts": [{"attempt": "b" * 32, "cpu_percent": 10, "memory_mb": 5, "gpu_util": 1, "gpu_memory_mb": 2}]},
+    {"machine": {"cpu_percent": 250}},
+    {"machine": {"gpus": [{"index": 1025}]}},
+    {"machine": {"gpus": [{"util": 5}]}},
+    {"machine": {"cpu_per_core": [10, None]}},
+    {"machine": {"temperature": 5, "disk_free_mb": -1}},
+    {"running": [{"attempt": "nothex", "token": "t"}]},
+    {"running": [{"attempt": "a" * 32}]},
+    {"running": [{"attempt": "a" * 32, "token": ""}]},
+    {"running": [{"attempt": "a" * 32, "token": "t", "iteration": -1}]},
+    {"running": [{"attempt": "a" * 32, "token": "t"}] * 257},
+    {"attempts": [{"attempt": "a" * 32, "memory_mb": -5}]},
+    {"interval_s": 3601},
+    {"interval_s": None},
+    {"instance_id": "x" * 65},
+    {"instance_id": "x" * 64},
+]
+
+
+@pytest.mark.parametrize("body", REPORT_BODIES)
+def test_the_fast_checker_and_the_documented_serializer_agree(body: dict[str, Any]) -> None:
+    """One schema: the checker is compiled from ReportSerializer's fields, so both accept or refuse alike."""
+    from core.errors import InvalidInput
+    from workers.report_view import parse_report
+    from workers.serializers import ReportSerializer
+
+    documented = ReportSerializer(data=body).is_valid()
+    try:
+        parse_report(body)
+        fast = True
+    except InvalidInput:
+        fast = False
+    assert fast == documented

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsAgent, IsAnyRole, IsHumanUser, actor_of
-from core.counters import counter_incr
 from experiments.models import Capability, Experiment
 from experiments.selectors import RUN_FIELDS, run_spec
 from experiments.serializers import INT32
-from queues.dispatch import dispatch_claim
 from workers import selectors, services
 from workers.models import WORKER_NAME_RE, Worker
+from workers.serializers import ReportSerializer
 
 CAPABILITY_NAMES = {c.label: c.value for c in Capability}
 
@@ -187,58 +184,7 @@ class WorkerClaimView(APIView):
 
     @extend_schema(request=None, responses=ClaimSerializer, operation_id="workers_claim")
     def post(self, request: Request, name: str) -> Response:
-        claim = dispatch_claim(actor=actor_of(request), worker_name=name)
-        return Response(claim_payload(claim))
-
-
-class GpuStatSerializer(serializers.Serializer[Any]):
-    index = serializers.IntegerField(min_value=0, max_value=1024)
-    util = serializers.FloatField(min_value=0, max_value=100, required=False, allow_null=True)
-    memory_used_mb = serializers.FloatField(min_value=0, max_value=1e9, required=False, allow_null=True)
-    memory_free_mb = serializers.FloatField(min_value=0, max_value=1e9, required=False, allow_null=True)
-    temperature_c = serializers.FloatField(min_value=-100, max_value=300, required=False, allow_null=True)
-    ecc_errors = serializers.IntegerField(min_value=0, max_value=2**62, required=False, allow_null=True)
-
-
-def _rate() -> serializers.FloatField:
-    return serializers.FloatField(min_value=0, max_value=1e15, required=False, allow_null=True)
-
-
-class MachineStatsSerializer(serializers.Serializer[Any]):
-    cpu_percent = serializers.FloatField(min_value=0, max_value=100, required=False, allow_null=True)
-    cpu_per_core = serializers.ListField(
-        child=serializers.FloatField(min_value=0, max_value=100), max_length=1024, required=False
-    )
-    memory_used_mb = _rate()
-    memory_free_mb = _rate()
-    gpus = serializers.ListField(child=GpuStatSerializer(), max_length=64, required=False)
-    network_rx_bps = _rate()
-    network_tx_bps = _rate()
-    disk_read_bps = _rate()
-    disk_write_bps = _rate()
-    disk_free_mb = _rate()
-
-
-class RunningSerializer(serializers.Serializer[Any]):
-    attempt = serializers.RegexField(r"^[0-9a-f]{32}$")
-    token = serializers.CharField(max_length=64)
-    iteration = serializers.IntegerField(min_value=0, max_value=2**62, required=False, allow_null=True)
-
-
-class AttemptStatSerializer(serializers.Serializer[Any]):
-    attempt = serializers.RegexField(r"^[0-9a-f]{32}$")
-    cpu_percent = serializers.FloatField(min_value=0, max_value=100_000, required=False, allow_null=True)
-    memory_mb = _rate()
-    gpu_util = serializers.FloatField(min_value=0, max_value=100_000, required=False, allow_null=True)
-    gpu_memory_mb = _rate()
-
-
-class ReportSerializer(serializers.Serializer[Any]):
-    instance_id = serializers.CharField(max_length=64, required=False, allow_blank=True)
-    interval_s = serializers.FloatField(min_value=0, max_value=3600, required=False)
-    running = serializers.ListField(child=RunningSerializer(), max_length=256, required=False)
-    machine = MachineStatsSerializer(required=False)
-    attempts = serializers.ListField(child=AttemptStatSerializer(), max_length=256, required=False)
+        raise NotImplementedError("the schema's only: workers/claim_view.py serves the claim")
 
 
 class ReportAnswerSerializer(serializers.Serializer[Any]):
@@ -255,16 +201,10 @@ class ReportAnswerSerializer(serializers.Serializer[Any]):
 class WorkerReportView(APIView):
     """The heartbeat: what runs and what the machine uses; the answer says what to kill or stop."""
 
-    # Served by the plain view in workers/report_view.py; this one documents it (and delegates).
+    # Served by the plain view in workers/report_view.py; this one only documents it (schema_urls.py).
 
     permission_classes = [IsAgent]
 
     @extend_schema(request=ReportSerializer, responses=ReportAnswerSerializer, operation_id="workers_report")
     def post(self, request: Request, name: str) -> Response:
-        from workers.report_view import parse_report
-
-        if not re.fullmatch(WORKER_NAME_RE, name):
-            raise ValidationError({"name": ["worker names use only A-Z a-z 0-9 _ . , : @ -"]})
-        answer = services.worker_report(actor=actor_of(request), name=name, report=parse_report(request.data))
-        counter_incr("reports")
-        return Response(ReportAnswerSerializer(answer).data)
+        raise NotImplementedError("the schema's only: workers/report_view.py serves the report")

@@ -1,21 +1,24 @@
 """The report endpoint as a plain Django view: the hottest write path, kept lean.
 
 `POST /api/v1/workers/{name}/report/` arrives every 5 s from every agent. DRF's nested
-serializers cost more than the whole fast-path service call, so the body is checked here
-against the same limits as ReportSerializer (which still documents the endpoint in the
-OpenAPI schema); errors name the field, as DRF's would.
+serializers cost more than the whole fast-path service call, so the body is checked by a
+checker compiled once from ReportSerializer's own fields (workers/serializers.py, which
+also documents the endpoint in the OpenAPI schema); errors name the field, as DRF's would.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.core.validators import RegexValidator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework import serializers
 
 from core import jsonbody
 from core.api import error_body, too_large
@@ -24,9 +27,7 @@ from core.errors import InvalidInput, ServiceError
 from workers import services
 from workers.claim_view import _authenticate
 from workers.models import WORKER_NAME_RE
-
-ATTEMPT_ID = re.compile(r"^[0-9a-f]{32}$")
-BIG = 1e15
+from workers.serializers import ReportSerializer
 
 
 def _num(value: Any, path: str, lo: float, hi: float, *, integer: bool = False, null: bool = True) -> Any:
@@ -59,79 +60,69 @@ def _obj(value: Any, path: str) -> dict[str, Any]:
     return value
 
 
-MACHINE_RATES = (
-    "memory_used_mb", "memory_free_mb", "network_rx_bps", "network_tx_bps", "disk_read_bps", "disk_write_bps",
-    "disk_free_mb",
-)  # fmt: skip
-GPU_LIMITS = {"util": 100.0, "memory_used_mb": 1e9, "memory_free_mb": 1e9}
+Check = Callable[[Any, str], Any]
 
 
-def _machine(raw: Any) -> dict[str, Any]:
-    m = _obj(raw, "machine")
-    out: dict[str, Any] = {}
-    if "cpu_percent" in m:
-        out["cpu_percent"] = _num(m["cpu_percent"], "machine.cpu_percent", 0, 100)
-    if "cpu_per_core" in m:
-        cores = _list(m["cpu_per_core"], "machine.cpu_per_core", 1024)
-        out["cpu_per_core"] = [_num(c, f"machine.cpu_per_core[{i}]", 0, 100, null=False) for i, c in enumerate(cores)]
-    for key in MACHINE_RATES:
-        if key in m:
-            out[key] = _num(m[key], f"machine.{key}", 0, BIG)
-    if "gpus" in m:
-        gpus = []
-        for i, item in enumerate(_list(m["gpus"], "machine.gpus", 64)):
-            path = f"machine.gpus[{i}]"
-            g = _obj(item, path)
-            if "index" not in g:
-                raise InvalidInput("this field is required", field=f"{path}.index")
-            gpu: dict[str, Any] = {"index": _num(g["index"], f"{path}.index", 0, 1024, integer=True, null=False)}
-            for key, hi in GPU_LIMITS.items():
-                if key in g:
-                    gpu[key] = _num(g[key], f"{path}.{key}", 0, hi)
-            if "temperature_c" in g:
-                gpu["temperature_c"] = _num(g["temperature_c"], f"{path}.temperature_c", -100, 300)
-            if "ecc_errors" in g:
-                gpu["ecc_errors"] = _num(g["ecc_errors"], f"{path}.ecc_errors", 0, 2**62, integer=True)
-            gpus.append(gpu)
-        out["gpus"] = gpus
-    return out
+def _compile(field: serializers.Field[Any, Any, Any, Any]) -> Check:
+    """A checker for one declared field: its type, bounds, null, length and pattern, nothing more."""
+    if isinstance(field, serializers.Serializer):
+        subs = [(name, sub, _compile(sub)) for name, sub in field.fields.items()]
+
+        def check_object(value: Any, path: str) -> dict[str, Any]:
+            given = _obj(value, path or "body")
+            out: dict[str, Any] = {}
+            for name, sub, check in subs:
+                where = f"{path}.{name}" if path else name
+                if name in given:
+                    out[name] = check(given[name], where)
+                elif sub.required:
+                    raise InvalidInput("this field is required", field=where)
+            return out
+
+        return check_object
+    if isinstance(field, serializers.ListField):
+        item, most = _compile(field.child), field.max_length or 2**31
+        return lambda value, path: [item(v, f"{path}[{i}]") for i, v in enumerate(_list(value, path, most))]
+    if isinstance(field, serializers.RegexField):  # a CharField: checked first
+        pattern = re.compile(next(v.regex for v in field.validators if isinstance(v, RegexValidator)))
+
+        def check_pattern(value: Any, path: str) -> str:
+            if not isinstance(value, str) or not pattern.search(value):
+                raise InvalidInput(f"a string matching {pattern.pattern} is required", field=path)
+            return value
+
+        return check_pattern
+    if isinstance(field, serializers.CharField):
+        longest, blank = field.max_length or 2**31, field.allow_blank
+
+        def check_text(value: Any, path: str) -> str:
+            # No NUL: an unknown worker's report registers it, and PostgreSQL text refuses NUL (a 500 once).
+            if not isinstance(value, str) or len(value) > longest or "\x00" in value or not (value or blank):
+                raise InvalidInput(f"a string of 1 to {longest} characters, no NUL", field=path)
+            return value
+
+        return check_text
+    if isinstance(field, (serializers.IntegerField, serializers.FloatField)):
+        assert field.min_value is not None and field.max_value is not None  # every number in the report is bounded
+        lo, hi = float(field.min_value), float(field.max_value)
+        integer, null = isinstance(field, serializers.IntegerField), field.allow_null
+        return lambda value, path: _num(value, path, lo, hi, integer=integer, null=null)
+    raise TypeError(f"the report's checker does not know {type(field).__name__} (workers/serializers.py)")
 
 
-def _attempt_id(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not ATTEMPT_ID.match(value):
-        raise InvalidInput("an attempt id (32 hex characters) is required", field=path)
-    return value
+CHECK_REPORT = _compile(ReportSerializer())
 
 
 def parse_report(data: Any) -> services.Report:
-    """The report body, checked as ReportSerializer would; InvalidInput names the first bad field."""
-    body = _obj(data, "body")
-    instance_id = body.get("instance_id", "")
-    if not isinstance(instance_id, str) or len(instance_id) > 64 or "\x00" in instance_id:
-        # No NUL: an unknown worker's report registers it, and PostgreSQL text refuses NUL (a 500 once).
-        raise InvalidInput("a string of at most 64 characters, no NUL", field="instance_id")
-    interval = _num(body.get("interval_s", 0), "interval_s", 0, 3600, null=False)
-    running = []
-    for i, item in enumerate(_list(body.get("running", []), "running", 256)):
-        path = f"running[{i}]"
-        r = _obj(item, path)
-        token = r.get("token")
-        if not isinstance(token, str) or not 0 < len(token) <= 64:
-            raise InvalidInput("a lease token is required", field=f"{path}.token")
-        iteration = _num(r.get("iteration"), f"{path}.iteration", 0, 2**62, integer=True)
-        running.append(services.RunningAttempt(_attempt_id(r.get("attempt"), f"{path}.attempt"), token, iteration))
-    attempts = []
-    for i, item in enumerate(_list(body.get("attempts", []), "attempts", 256)):
-        path = f"attempts[{i}]"
-        a = _obj(item, path)
-        stat: dict[str, Any] = {"attempt": _attempt_id(a.get("attempt"), f"{path}.attempt")}
-        for key, hi in (("cpu_percent", 100_000), ("memory_mb", BIG), ("gpu_util", 100_000), ("gpu_memory_mb", BIG)):
-            if key in a:
-                stat[key] = _num(a[key], f"{path}.{key}", 0, hi)
-        attempts.append(stat)
-    machine = _machine(body["machine"]) if body.get("machine") is not None else {}
+    """The report body, checked against ReportSerializer's fields; InvalidInput names the first bad field."""
+    body = CHECK_REPORT(data, "")
+    running = [services.RunningAttempt(r["attempt"], r["token"], r.get("iteration")) for r in body.get("running", [])]
     return services.Report(
-        instance_id=instance_id, interval_s=interval, running=running, machine=machine, attempts=attempts
+        instance_id=body.get("instance_id", ""),
+        interval_s=float(body.get("interval_s", 0.0)),
+        running=running,
+        machine=body.get("machine", {}),
+        attempts=body.get("attempts", []),
     )
 
 
