@@ -12,7 +12,6 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.actor import request_actor
@@ -24,6 +23,7 @@ from core.pages import PAGE_ROWS, SPANS, json_view, page_action, refused, span_o
 from experiments import selectors, services
 from experiments.models import FINISHED, Experiment, Status
 from experiments.serializers import ExperimentCreateSerializer
+from queues import selectors as queue_selectors
 from workers.pages import attempt_graph, graph_window
 from workers.timeseries import parse_span
 
@@ -70,10 +70,9 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
 
 @login_required
 def experiments_page(request: HttpRequest) -> HttpResponse:
-    from queues.selectors import queue_names
 
     context = _list_context(request)
-    context.update({"section": "experiments", "queues": queue_names()})
+    context.update({"section": "experiments", "queues": queue_selectors.queue_names()})
     return render(request, "experiments/list.html", context)
 
 
@@ -112,49 +111,6 @@ def experiments_bulk(request: HttpRequest) -> HttpResponse:
 # -- the detail page -------------------------------------------------------------------------------
 
 
-def wait_reasons(exp: Experiment) -> dict[str, Any]:
-    """Where a queued experiment stands and every reason it is not running yet."""
-    from experiments.models import Attempt
-    from queues import positions
-    from queues.models import QueueEntry
-    from workers.models import Worker, WorkerStatus
-
-    entry = QueueEntry.objects.filter(experiment=exp).select_related("queue").first()
-    if entry is None:
-        return {}
-    queue = entry.queue
-    reasons = []
-    if queue.paused:
-        reasons.append("the queue is paused")
-    if queue.concurrency_limit is not None:
-        running = Attempt.objects.filter(queue=queue, finished_at__isnull=True).count()
-        if running >= queue.concurrency_limit:
-            reasons.append(f"the queue is at its limit ({running} of {queue.concurrency_limit} running)")
-    listening = Worker.objects.filter(queue_links__queue=queue, live_until__gte=timezone.now()).exclude(
-        status__in=[WorkerStatus.LOST, WorkerStatus.UNRESPONSIVE]
-    )
-    capacity = list(listening.values_list("gpus", "used_gpus", "draining"))
-    if not capacity:
-        reasons.append("no live worker listens to this queue")
-    else:
-        undrained = [(g, u) for g, u, d in capacity if not d]
-        if not undrained:
-            reasons.append("every worker listening to this queue is draining")
-        elif not any(g >= exp.gpus for g, _ in undrained):
-            reasons.append(f"no listening worker has {exp.gpus:g} GPUs")
-        elif not any(g - u >= exp.gpus for g, u in undrained):
-            reasons.append(f"no listening worker has {exp.gpus:g} GPUs free now")
-    index = positions.index_of(entry)
-    if index and not reasons:
-        reasons.append(f"{index} experiment{'s' if index != 1 else ''} ahead of it")
-    return {
-        "queue": queue,
-        "position": index + 1,
-        "total": QueueEntry.objects.filter(queue=queue).count(),
-        "reasons": reasons,
-    }
-
-
 def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     exp = selectors.experiment_get(pk)
     me = request_actor(request)
@@ -163,7 +119,7 @@ def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     return {
         "exp": exp,
         "attempts": list(selectors.attempt_list(pk).select_related("worker")),
-        "waiting": wait_reasons(exp) if status == Status.QUEUED else {},
+        "waiting": queue_selectors.wait_reasons(exp) if status == Status.QUEUED else {},
         "command": shlex.join(exp.command) if exp.command else "",
         "parameters": json.dumps(exp.parameters, indent=2) if exp.parameters else "",
         "metrics": json.dumps(exp.last_metrics, indent=2) if exp.last_metrics else "",
@@ -186,7 +142,6 @@ def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
 
 @login_required
 def experiment_page(request: HttpRequest, pk: str) -> HttpResponse:
-    from queues.selectors import queue_names
 
     try:
         context = _detail_context(request, pk)
@@ -194,7 +149,7 @@ def experiment_page(request: HttpRequest, pk: str) -> HttpResponse:
         return render(
             request, "experiments/missing.html", {"message": e.message, "section": "experiments"}, status=e.status
         )
-    context["queues"] = queue_names()
+    context["queues"] = queue_selectors.queue_names()
     return render(request, "experiments/detail.html", context)
 
 
@@ -285,11 +240,10 @@ def _form_data(post: Any) -> dict[str, Any]:
 
 @login_required
 def experiment_new(request: HttpRequest) -> HttpResponse:
-    from queues.selectors import queue_names
 
     context: dict[str, Any] = {
         "section": "experiments",
-        "queues": queue_names(),
+        "queues": queue_selectors.queue_names(),
     }
     if request.method != "POST":
         source = request.GET.get("from")

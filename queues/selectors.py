@@ -8,7 +8,10 @@ from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, Wh
 from django.db.models.functions import Coalesce, Greatest, Lower
 
 from core.errors import NotFound
+from experiments.models import Attempt, Experiment
+from queues import positions
 from queues.models import Queue, QueueEntry
+from workers.selectors import live_workers
 
 
 def _count(qs: QuerySet[Any]) -> Coalesce:
@@ -105,3 +108,44 @@ def queue_entry_rows(queue_id: str, limit: int) -> list[QueueEntry]:
               "experiment__status", "experiment__owner__username")
         .order_by("-priority", "position", "id")[:limit]
     )  # fmt: skip
+
+
+# -- an experiment's wait ---------------------------------------------------------------------
+
+
+def wait_reasons(exp: Experiment) -> dict[str, Any]:
+    """Where a queued experiment stands and every reason it is not running yet: the queue's
+    state, its limit, and the live workers that listen to it (workers' own rule of "live")."""
+
+    entry = QueueEntry.objects.filter(experiment=exp).select_related("queue").first()
+    if entry is None:
+        return {}
+    queue = entry.queue
+    reasons = []
+    if queue.paused:
+        reasons.append("the queue is paused")
+    if queue.concurrency_limit is not None:
+        running = Attempt.objects.filter(queue=queue, finished_at__isnull=True).count()
+        if running >= queue.concurrency_limit:
+            reasons.append(f"the queue is at its limit ({running} of {queue.concurrency_limit} running)")
+    listening = live_workers().filter(queue_links__queue=queue)
+    capacity = list(listening.values_list("gpus", "used_gpus", "draining"))
+    if not capacity:
+        reasons.append("no live worker listens to this queue")
+    else:
+        undrained = [(g, u) for g, u, d in capacity if not d]
+        if not undrained:
+            reasons.append("every worker listening to this queue is draining")
+        elif not any(g >= exp.gpus for g, _ in undrained):
+            reasons.append(f"no listening worker has {exp.gpus:g} GPUs")
+        elif not any(g - u >= exp.gpus for g, u in undrained):
+            reasons.append(f"no listening worker has {exp.gpus:g} GPUs free now")
+    index = positions.index_of(entry)
+    if index and not reasons:
+        reasons.append(f"{index} experiment{'s' if index != 1 else ''} ahead of it")
+    return {
+        "queue": queue,
+        "position": index + 1,
+        "total": QueueEntry.objects.filter(queue=queue).count(),
+        "reasons": reasons,
+    }
