@@ -1,4 +1,5 @@
-"""DRF authentication by API key (`Authorization: Bearer ACCESS.SECRET`)."""
+"""Authentication by API key (`Authorization: Bearer ACCESS.SECRET`): DRF's, and the plain
+views' (the claim, the report, snapshots), one rule for both."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from accounts.actor import Actor, actor_for_user
 from accounts.services import apikey_check
 
 
@@ -28,3 +30,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+def actor_from_authorization(header: str) -> Actor | None:
+    """The actor behind an Authorization header for the plain views, or None (no key, or not a valid one)."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() not in ("bearer", "token") or not token:
+        return None
+    key = apikey_check(token)
+    return actor_for_user(key.user, key) if key is not None else None

@@ -36,17 +36,17 @@ def too_large() -> tuple[int, dict[str, Any]]:
     return 413, error_body("too_large", f"the body is over the limit of {limit} bytes (MAX_REQUEST_BYTES)")
 
 
-def _first_message(detail: Any) -> tuple[str | None, str]:
+def first_error(detail: Any) -> tuple[str | None, str]:
     """The first field and message in a DRF error detail tree."""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            field, message = _first_message(value)
+            field, message = first_error(value)
             name = str(key) if key != "non_field_errors" else None
             if field and name:
                 return f"{name}.{field}", message
             return name or field, message
     if isinstance(detail, list) and detail:
-        return _first_message(detail[0])
+        return first_error(detail[0])
     return None, str(detail)
 
 
@@ -67,7 +67,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
-        field, message = _first_message(exc.detail)
+        field, message = first_error(exc.detail)
         text = f"{field}: {message}" if field else message
         response.data = error_body("invalid", text, field, fields=exc.detail)
     elif isinstance(exc, exceptions.APIException):

@@ -17,7 +17,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.actor import request_actor
 from actions.services import actions_for
 from core import jsonbody
-from core.api import _first_message
+from core.api import first_error
 from core.errors import InvalidInput, ServiceError
 from core.pages import PAGE_ROWS, SPANS, json_view, page_action, refused, span_of, with_toast
 from experiments import selectors, services
@@ -259,7 +259,7 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
         data = _form_data(request.POST)
         ser = ExperimentCreateSerializer(data=data)
         if not ser.is_valid():
-            field, message = _first_message(ser.errors)
+            field, message = first_error(ser.errors)
             raise InvalidInput(message, field=field)
         spec = dict(ser.validated_data)
         spec.pop("group", None)

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.db import connection
 from django.db.models import F, Max
 from django.utils import timezone
 
@@ -357,7 +358,7 @@ def experiment_enqueue(
         entry = QueueEntry.objects.filter(experiment=exp).first()
         if entry is not None and entry.queue_id == queue.pk and (priority is None or entry.priority == priority):
             return Outcome(exp, changed=False, warnings=warnings)
-        _entries_to_queue(actor=actor, entries=[entry] if entry else [], experiments=[exp], target=queue)
+        experiments_move_to_queue(actor=actor, entries=[entry] if entry else [], experiments=[exp], target=queue)
         return Outcome(exp, warnings=warnings)
     if exp.status == Status.IN_PROGRESS:
         raise _illegal(exp, "enqueue")
@@ -379,7 +380,7 @@ def experiment_enqueue(
     return Outcome(exp, warnings=warnings)
 
 
-def _entries_to_queue(
+def experiments_move_to_queue(
     *, actor: Actor, entries: Sequence[QueueEntry], experiments: Sequence[Experiment], target: Queue
 ) -> None:
     """Move entries to the end of another queue, in the order given (their priority kept).
@@ -945,3 +946,29 @@ def new_lease_token() -> str:
 def next_attempt_number(experiment_id: str) -> int:
     top = Attempt.objects.filter(experiment_id=experiment_id).aggregate(top=Max("number"))["top"]
     return (top or 0) + 1
+
+
+def experiments_advance_iterations(iterations: dict[str, int]) -> None:
+    """Move experiments' last iteration forward, never back, in one statement (rows in attempt id order),
+    from their current attempts' reports: {attempt id: iteration}.
+
+    The comparison is in the UPDATE itself, so two writers at once cannot move it back.
+    """
+    if not iterations:
+        return
+    table = Experiment._meta.db_table
+    items = sorted(iterations.items())
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            values = ", ".join(["(%s, %s::bigint)"] * len(items))
+            cur.execute(
+                f"UPDATE {table} AS x SET last_iteration = v.it FROM (VALUES {values}) AS v(attempt, it) "  # noqa: S608 - constants
+                "WHERE x.current_attempt_id = v.attempt AND (x.last_iteration IS NULL OR x.last_iteration < v.it)",
+                [p for item in items for p in item],
+            )
+            return
+        cur.executemany(
+            f"UPDATE {table} SET last_iteration = %s WHERE current_attempt_id = %s "  # noqa: S608 - constants
+            "AND (last_iteration IS NULL OR last_iteration < %s)",
+            [(it, attempt, it) for attempt, it in items],
+        )

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from accounts.authentication import actor_from_authorization
 from core.api import error_body
 from core.errors import ServiceError
 from experiments.snapshots import snapshot_for_reading, snapshot_store
-from workers.claim_view import _authenticate
 
 CHUNK = 1024 * 1024
 
@@ -22,7 +22,7 @@ def _chunks(request: HttpRequest) -> Iterator[bytes]:
 
 @csrf_exempt
 def snapshot_view(request: HttpRequest, sha256: str) -> HttpResponseBase:
-    actor = _authenticate(request.headers.get("Authorization", ""), release=False)
+    actor = actor_from_authorization(request.headers.get("Authorization", ""))
     if actor is None:
         return JsonResponse(error_body("not_authenticated", "a valid API key is required"), status=401)
     try:

@@ -14,7 +14,7 @@ from core.audit import Change, audit_record
 from core.db import atomic
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from experiments.models import Experiment
-from experiments.services import _entries_to_queue, experiments_dequeue_many
+from experiments.services import experiments_dequeue_many, experiments_move_to_queue
 from queues import positions
 from queues.access import may_enqueue
 from queues.models import Queue, QueueEntry
@@ -223,7 +223,7 @@ def queue_entries_move(
             raise Forbidden(f"you may not submit to queue {target.name}", field="value")
         exps = list(Experiment.objects.select_for_update().filter(pk__in=[e.experiment_id for e in entries]))
         by_id = {e.pk: e for e in exps}
-        _entries_to_queue(
+        experiments_move_to_queue(
             actor=actor, entries=entries, experiments=[by_id[e.experiment_id] for e in entries], target=target
         )
         return entries

@@ -19,8 +19,8 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from accounts.actor import Actor, actor_for_user
-from accounts.services import apikey_check
+from accounts.actor import Actor
+from accounts.authentication import actor_from_authorization
 from core.api import error_body
 from core.counters import PREFIX, counter_incr
 from core.errors import ServiceError
@@ -50,13 +50,8 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> Js
 
 
 def _authenticate(header: str, *, release: bool = True) -> Actor | None:
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() not in ("bearer", "token") or not token:
-        return None
     try:
-        key = apikey_check(token)
-        return actor_for_user(key.user, key) if key is not None else None
+        return actor_from_authorization(header)
     finally:
         if release:
             _release_connection()

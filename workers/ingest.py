@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, connections, transaction
 
+from experiments.services import experiments_advance_iterations
 from workers.models import AttemptStat, Worker, WorkerStat
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,6 @@ INGEST = Ingest()
 
 def write(items: list[Pending]) -> None:
     """Write a batch: stats in bulk, one heartbeat per worker (its latest), iterations forward."""
-    from workers.services import _advance_iterations
-
     latest: dict[int, Pending] = {}
     iterations: dict[str, int] = {}
     for item in items:
@@ -97,7 +96,7 @@ def write(items: list[Pending]) -> None:
         AttemptStat.objects.bulk_create([s for i in items for s in i.attempt_stats], batch_size=500)
         # Experiments before workers (core/db.py's lock order), workers in id order:
         # two flushers, or a flusher and a stop, never wait on each other in a cycle.
-        _advance_iterations(iterations)
+        experiments_advance_iterations(iterations)
         _touch([latest[k] for k in sorted(latest)])
 
 

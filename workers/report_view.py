@@ -20,12 +20,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 
+from accounts.authentication import actor_from_authorization
 from core import jsonbody
 from core.api import error_body, too_large
 from core.counters import counter_incr
 from core.errors import InvalidInput, ServiceError
 from workers import services
-from workers.claim_view import _authenticate
 from workers.models import WORKER_NAME_RE
 from workers.serializers import ReportSerializer
 
@@ -132,7 +132,7 @@ def report(authorization: str, name: str, body: bytes) -> tuple[int, dict[str, A
     Served by report_view under Django and, in the production server, straight from the
     ASGI entry point (orchestration/fastpath.py); both answer the same for the same request.
     """
-    actor = _authenticate(authorization, release=False)
+    actor = actor_from_authorization(authorization)
     if actor is None:
         return 401, error_body("not_authenticated", "a valid API key is required")
     if not (actor.is_agent or actor.is_admin):

@@ -19,9 +19,10 @@ from core.audit import Change, audit_record
 from core.db import atomic, prepared_cursor
 from core.errors import Conflict, Forbidden, InvalidInput
 from experiments.models import Attempt, Experiment, FailureClass
-from experiments.services import attempt_fence
+from experiments.services import attempt_fence, experiments_advance_iterations
 from queues.access import actor_servable_queue_ids, servable_queue_ids
 from queues.models import Queue
+from workers import ingest
 from workers.models import (
     WORKER_NAME_RE,
     AttemptStat,
@@ -422,7 +423,7 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
         queues = list(WorkerQueue.objects.filter(worker=worker).order_by("order").values_list("queue__name", flat=True))
     # After the worker's lock is gone: the lock order is attempt, experiment, worker
     # (core/db.py), so no experiment row is written while a worker row is held.
-    _advance_iterations(iterations)
+    experiments_advance_iterations(iterations)
     _fence_lost(actor, replaced, "the agent restarted (new instance id)")
     _fence_lost(actor, lost_claims, "the worker does not run it (the claim answer was lost)")
     if replaced or lost_claims:
@@ -432,8 +433,6 @@ def worker_report(*, actor: Actor, name: str, report: Report) -> ReportAnswer:
 
 def _report_fast(*, actor: Actor, name: str, report: Report) -> ReportAnswer | None:
     """The answer from reads alone, its writes queued; None when the report changes state."""
-    from workers.ingest import INGEST, Pending
-
     w, server_running, queues = _report_reads(name)
     if w is None or w["status"] in (WorkerStatus.UNRESPONSIVE, WorkerStatus.LOST):
         return None
@@ -455,8 +454,8 @@ def _report_fast(*, actor: Actor, name: str, report: Report) -> ReportAnswer | N
     interval = max(report.interval_s, 0.0)
     timeout = worker_timeout_s(w["timeout_s"], interval)
     stat, attempt_stats = _stat_rows(w["id"], now, report, valid_ids)
-    INGEST.add(
-        Pending(
+    ingest.INGEST.add(
+        ingest.Pending(
             worker_id=w["id"],
             at=now,
             live_until=now + timedelta(seconds=timeout),
@@ -536,31 +535,6 @@ def _report_reads(
     w["previous_report_at"] = _when(w["previous_report_at"])
     running = {a_id: (token, _when(claimed) or timezone.now(), _when(stop)) for a_id, token, claimed, stop in attempts}
     return w, running, queues
-
-
-def _advance_iterations(iterations: dict[str, int]) -> None:
-    """Move experiments' last iteration forward, never back, in one statement (rows in attempt id order).
-
-    The comparison is in the UPDATE itself, so two writers at once cannot move it back.
-    """
-    if not iterations:
-        return
-    table = Experiment._meta.db_table
-    items = sorted(iterations.items())
-    with connection.cursor() as cur:
-        if connection.vendor == "postgresql":
-            values = ", ".join(["(%s, %s::bigint)"] * len(items))
-            cur.execute(
-                f"UPDATE {table} AS x SET last_iteration = v.it FROM (VALUES {values}) AS v(attempt, it) "  # noqa: S608 - constants
-                "WHERE x.current_attempt_id = v.attempt AND (x.last_iteration IS NULL OR x.last_iteration < v.it)",
-                [p for item in items for p in item],
-            )
-            return
-        cur.executemany(
-            f"UPDATE {table} SET last_iteration = %s WHERE current_attempt_id = %s "  # noqa: S608 - constants
-            "AND (last_iteration IS NULL OR last_iteration < %s)",
-            [(it, attempt, it) for attempt, it in items],
-        )
 
 
 def _stat_rows(
