@@ -7,6 +7,7 @@ import signal
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ def _run(tmp_path: Path, spec: dict[str, Any], gpus: list[int] | None = None) ->
         python=sys.executable,
     )
     claim = {
-        "attempt": {"id": "a" * 32, "number": 1, "token": "tok", "queue": "default"},
+        # A fresh id per run: the tests find a run's processes by it, so two suites at once never meet.
+        "attempt": {"id": uuid.uuid4().hex, "number": 1, "token": "tok", "queue": "default"},
         "experiment": {"id": "e" * 32, "stop_signal": "SIGTERM", "stop_grace_s": 1, **spec},
     }
     return Run(ctx, claim, gpus or [], "channel-token")
