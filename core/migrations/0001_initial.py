@@ -4,48 +4,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-
-def _content_types(from_app: str, to_app: str, models: tuple[str, ...]):
-    """Keep the models' content types (and so permissions and admin history) under their new app."""
-
-    def move(apps, schema_editor):
-        ContentType = apps.get_model("contenttypes", "ContentType")
-        for model in models:
-            if not ContentType.objects.filter(app_label=to_app, model=model).exists():
-                ContentType.objects.filter(app_label=from_app, model=model).update(app_label=to_app)
-
-    def back(apps, schema_editor):
-        ContentType = apps.get_model("contenttypes", "ContentType")
-        for model in models:
-            if not ContentType.objects.filter(app_label=from_app, model=model).exists():
-                ContentType.objects.filter(app_label=to_app, model=model).update(app_label=from_app)
-
-    return migrations.RunPython(move, back)
-
-
-def _rename_tables(pairs: tuple[tuple[str, str], ...]):
-    """Rename tables so that every foreign key pointing at them follows, on SQLite too.
-
-    Django edits SQLite schemas with legacy_alter_table on, under which a rename leaves other
-    tables' REFERENCES naming the old table (AlterModelTable alone would break every insert
-    into a table that points here); with it off, SQLite rewrites those references.
-    PostgreSQL's constraints point at the table itself, whatever its name.
-    """
-
-    def rename(schema_editor, renames):
-        quote = schema_editor.quote_name
-        sqlite = schema_editor.connection.vendor == "sqlite"
-        if sqlite:
-            schema_editor.execute("PRAGMA legacy_alter_table = OFF")
-        for old, new in renames:
-            schema_editor.execute(f"ALTER TABLE {quote(old)} RENAME TO {quote(new)}")
-        if sqlite:
-            schema_editor.execute("PRAGMA legacy_alter_table = ON")
-
-    return migrations.RunPython(
-        lambda apps, schema_editor: rename(schema_editor, pairs),
-        lambda apps, schema_editor: rename(schema_editor, tuple((new, old) for old, new in pairs)),
-    )
+from core.migrate import move_content_types, rename_tables
 
 
 class Migration(migrations.Migration):
@@ -93,12 +52,12 @@ class Migration(migrations.Migration):
             ),
             ],
         ),
-        _content_types("orchestration", "core", ("servicebeat", "auditevent",)),
+        move_content_types("orchestration", "core", ("servicebeat", "auditevent",)),
         migrations.SeparateDatabaseAndState(
             state_operations=[
                 migrations.AlterModelTable(name='servicebeat', table=None),
                 migrations.AlterModelTable(name='auditevent', table=None),
             ],
-            database_operations=[_rename_tables((("orchestration_servicebeat", "core_servicebeat"), ("orchestration_auditevent", "core_auditevent"),))],
+            database_operations=[rename_tables((("orchestration_servicebeat", "core_servicebeat"), ("orchestration_auditevent", "core_auditevent"),))],
         ),
     ]
