@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, When
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Greatest, Lower
 
 from core.errors import NotFound
@@ -51,12 +52,26 @@ def queue_peek(queue_id: str) -> QueueEntry | None:
     return queue_entries(queue_id).order_by("-priority", "position", "id").first()
 
 
+def queues_find(refs: Sequence[str]) -> dict[str, Queue]:
+    """The queues these references name, each by the one "id or name" rule: its id, else its
+    name (case-insensitive); an id match wins over a queue whose name looks like that id.
+    One query whatever the number; a reference that names nothing is absent."""
+    refs = [ref for ref in refs if ref]
+    if not refs:
+        return {}
+    rows = list(
+        Queue.objects.annotate(name_lower=Lower("name")).filter(
+            Q(pk__in=refs) | Q(name_lower__in={ref.lower() for ref in refs})
+        )
+    )
+    by_id = {q.pk: q for q in rows}
+    by_name = {q.name.lower(): q for q in rows}
+    return {ref: by_id.get(ref) or by_name[ref.lower()] for ref in refs if ref in by_id or ref.lower() in by_name}
+
+
 def queue_find(ref: str) -> Queue | None:
-    """The queue a reference names: its id, else its name (case-insensitive). One query; an id
-    match wins over a queue whose name happens to look like that id. The only "id or name" rule."""
-    if not ref:
-        return None
-    return Queue.objects.filter(Q(pk=ref) | Q(name__iexact=ref)).order_by(Case(When(pk=ref, then=0), default=1)).first()
+    """The queue a reference names, by queues_find's rule (one query)."""
+    return queues_find([ref]).get(ref)
 
 
 # -- the QUEUES tab -----------------------------------------------------------------------------

@@ -303,3 +303,20 @@ def test_a_queue_is_found_by_id_or_by_name_and_an_id_wins(make_queue: Callable[.
     assert queue_find("pLAIN") == plain
     assert queue_find(impostor.pk) == impostor
     assert queue_find("nope") is None and queue_find("") is None
+
+
+def test_a_workers_queue_list_follows_the_same_rule_in_one_query(
+    make_queue: Callable[..., Queue], django_assert_num_queries: Any
+) -> None:
+    """Registration's batch lookup (workers/services.py: resolve_queues) is queues_find: the same rule."""
+    from queues.selectors import queues_find
+
+    plain = make_queue("Plain")
+    impostor = make_queue(plain.pk)
+    refs = [plain.pk, "pLAIN", impostor.pk, "nope", impostor.name.upper()]
+    with django_assert_num_queries(1):
+        found = queues_find(refs)
+    # The impostor's name in capitals is no id (ids are lowercase hex): it names the impostor.
+    assert found == {plain.pk: plain, "pLAIN": plain, impostor.pk: impostor, impostor.name.upper(): impostor}
+    for ref, queue in found.items():
+        assert queue_find(ref) == queue

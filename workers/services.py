@@ -22,6 +22,7 @@ from experiments.models import Attempt, Experiment, FailureClass
 from experiments.services import attempt_fence, experiments_advance_iterations
 from queues.access import actor_servable_queue_ids, servable_queue_ids
 from queues.models import Queue
+from queues.selectors import queues_find
 from workers import ingest
 from workers.models import (
     WORKER_NAME_RE,
@@ -80,23 +81,14 @@ def resolve_queues(
     """
     if len(refs) > MAX_QUEUES:
         raise InvalidInput(f"at most {MAX_QUEUES} queues", field="queues")
-    found = {q.pk: q for q in Queue.objects.filter(pk__in=refs)}
-    by_name = {q.name.lower(): q for q in Queue.objects.filter(name__in=refs)}
-    missing = [r for r in refs if r not in found and r.lower() not in by_name]
-    if missing:
-        # A second, case-insensitive pass for names written in another case.
-        for ref in list(missing):
-            q = Queue.objects.filter(name__iexact=ref).first()
-            if q is not None:
-                by_name[ref.lower()] = q
-                missing.remove(ref)
+    found = queues_find(refs)
+    missing = [r for r in refs if r not in found]
     if missing:
         raise InvalidInput(f"unknown queue {missing[0]!r}", field="queues")
     queues: list[Queue] = []
     for ref in refs:
-        q = found.get(ref) or by_name[ref.lower()]
-        if q not in queues:
-            queues.append(q)
+        if found[ref] not in queues:
+            queues.append(found[ref])
     if owner_id is None and key_id is None:
         servable = actor_servable_queue_ids(actor, [q.pk for q in queues])
     else:
