@@ -6,6 +6,7 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -184,7 +185,7 @@ class WorkerClaimView(APIView):
 
     @extend_schema(request=None, responses=ClaimSerializer, operation_id="workers_claim")
     def post(self, request: Request, name: str) -> Response:
-        raise NotImplementedError("the schema's only: workers/claim_view.py serves the claim")
+        raise MethodNotAllowed("POST", detail="documentation only: workers/claim_view.py serves the claim")
 
 
 class ReportAnswerSerializer(serializers.Serializer[Any]):
@@ -207,4 +208,4 @@ class WorkerReportView(APIView):
 
     @extend_schema(request=ReportSerializer, responses=ReportAnswerSerializer, operation_id="workers_report")
     def post(self, request: Request, name: str) -> Response:
-        raise NotImplementedError("the schema's only: workers/report_view.py serves the report")
+        raise MethodNotAllowed("POST", detail="documentation only: workers/report_view.py serves the report")
