@@ -5,8 +5,9 @@ class QueuesConfig(AppConfig):
     name = "queues"
 
     def ready(self) -> None:
+        # Imported here: models and services need the app registry, complete only now.
         from accounts.services import QUEUE_LIMIT
-        from actions.services import object_type_register  # app registry: after every app has loaded
+        from actions.services import object_type_register
         from queues.access import key_queues_resolve
         from queues.models import Queue
 

@@ -112,6 +112,8 @@ def run_columns() -> tuple[str, ...]:
 @functools.cache
 def take_sql() -> str:
     """TAKE_TEMPLATE with the tables, the attempt's columns and their defaults read from the models."""
+    # Imported here, not above: this module is read without Django set up (bench/dispatch.py's
+    # baseline builds its lock statement from it), and models need the app registry.
     from django.core.exceptions import ImproperlyConfigured
     from django.db import connection
 
