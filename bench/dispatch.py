@@ -96,14 +96,14 @@ async def client(url: str, key: str, names: list[str]) -> dict[str, object]:
 
 
 def _take_statement(db_url: str) -> str:
-    """The server's take, exactly: built from the models (queues/claim_sql.py: take_sql), so
+    """The server's take, exactly: built from the models (workers/claim_sql.py: take_sql), so
     this process sets Django up with production's settings against the bench's database."""
     import django
 
     os.environ.update({"DJANGO_SETTINGS_MODULE": "orchestration.settings", "DATABASE_URL": db_url, "DB_POOL": "false"})
     os.environ.update(BENCH_SETTINGS)
     django.setup()
-    from queues.claim_sql import take_sql
+    from workers.claim_sql import take_sql
 
     return take_sql()
 
@@ -114,7 +114,7 @@ def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple
     Lock the worker row with its usage and queues, take from the first queue that has a
     fitting entry: the same two statements the server runs, then commit.
     """
-    from queues.claim_sql import CLAIM_FIELDS, lock_worker_sql  # plain SQL; loads no Django settings
+    from workers.claim_sql import CLAIM_FIELDS, lock_worker_sql  # plain SQL; loads no Django settings
 
     lock_sql = lock_worker_sql(CLAIM_FIELDS, "w.id = %s")  # with the serving rule, as the server's
     take_sql = _take_statement(db_url)

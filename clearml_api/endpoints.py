@@ -146,7 +146,7 @@ def queues_add_task(call: Call) -> dict[str, Any]:
 @endpoint("queues.get_next_task")
 def queues_get_next_task(call: Call) -> dict[str, Any]:
     """Atomic pop: a claim with no worker named (bound by the worker's next status_report)."""
-    from queues.dispatch import Capacity, dispatch_claim
+    from workers.dispatch import Capacity, dispatch_claim
 
     queue = _queue(call.text("queue"))
     if not actor_servable_queue_ids(call.caller, [queue.pk]):
@@ -296,7 +296,7 @@ def workers_status_report(call: Call) -> dict[str, Any]:
         attempt_row = exp.current_attempt if exp is not None else None
         if attempt_row is not None and attempt_row.finished_at is None:
             if attempt_row.worker_id is None:
-                attempt_row = exp_services.attempt_bind(actor=actor, attempt_id=attempt_row.pk, worker_name=name)
+                attempt_row = worker_services.attempt_bind(actor=actor, attempt_id=attempt_row.pk, worker_name=name)
             if attempt_row.worker_name == name:
                 running.append(worker_services.RunningAttempt(attempt_id=attempt_row.pk, token=attempt_row.lease_token))
     worker = Worker.objects.get(name=name)

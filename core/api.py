@@ -19,6 +19,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import ServiceError
 
+# The largest value an integer column holds on every database we run on (PostgreSQL's integer).
+INT32 = 2_147_483_647
+
 MAX_JSON_BYTES = 64 * 1024
 
 

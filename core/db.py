@@ -17,6 +17,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
+from django.db.models import Count, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 ATTEMPTS = 4
 # psycopg prepares a statement after this many runs; Django's own cursors never prepare, so
@@ -106,3 +108,10 @@ def _preparing_cursor_class() -> type:
             return converted
 
     return PreparingCursor
+
+
+def correlated_count(qs: QuerySet[Any], on: str) -> Coalesce:
+    """A correlated COUNT(*) of `qs` (filtered on OuterRef("pk") through the field `on`): an
+    index scan per outer row, and no join that multiplies the outer rows."""
+    column = qs.model._meta.get_field(on).attname
+    return Coalesce(Subquery(qs.values(column).annotate(n=Count("*")).values("n")[:1]), 0)

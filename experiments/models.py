@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 from django.db import models
 
-
-def new_id() -> str:
-    """A 32-hex id, which also fits ClearML's wire format."""
-    return uuid.uuid4().hex
-
+from core.ids import new_id
 
 # Fields a user sets when creating or editing an experiment; everything else is state.
 SPEC_FIELDS = (

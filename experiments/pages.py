@@ -24,7 +24,8 @@ from experiments import selectors, services
 from experiments.models import FINISHED, Experiment, Status
 from experiments.serializers import ExperimentCreateSerializer
 from queues import selectors as queue_selectors
-from workers.pages import attempt_graph, graph_window
+from workers.graphs import attempt_graph, graph_window
+from workers.selectors import wait_reasons
 from workers.timeseries import parse_span
 
 LIST_ROWS = 50
@@ -119,7 +120,7 @@ def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     return {
         "exp": exp,
         "attempts": list(selectors.attempt_list(pk).select_related("worker")),
-        "waiting": queue_selectors.wait_reasons(exp) if status == Status.QUEUED else {},
+        "waiting": wait_reasons(exp) if status == Status.QUEUED else {},
         "command": shlex.join(exp.command) if exp.command else "",
         "parameters": json.dumps(exp.parameters, indent=2) if exp.parameters else "",
         "metrics": json.dumps(exp.last_metrics, indent=2) if exp.last_metrics else "",

@@ -7,13 +7,12 @@ from typing import Any
 
 from rest_framework import serializers
 
-from core.api import LimitedJSONField
+from core.api import INT32, LimitedJSONField
 from experiments.models import Attempt, Experiment, Status
 from experiments.text import clean_text
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MASK = "********"
-INT32 = 2_147_483_647
 
 
 def _text(max_length: int, **kw: Any) -> serializers.CharField:

@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import connection
-from django.db.models import F, Max
+from django.db.models import Max
 from django.utils import timezone
 
 from accounts.actor import Actor
@@ -22,6 +22,7 @@ from accounts.secrets import secret_env_encrypt
 from core.audit import Change, audit_record, audit_record_many
 from core.db import atomic
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
+from experiments.fleet import fleet
 from experiments.models import (
     DEFAULT_RETRY_POLICY,
     FINISHED,
@@ -35,7 +36,7 @@ from experiments.models import (
 )
 from experiments.text import clean_text
 from queues import positions
-from queues.access import actor_servable_queue_ids, may_enqueue
+from queues.access import actor_serves, may_enqueue
 from queues.models import Queue, QueueEntry
 from queues.selectors import queue_find
 from queues.wakeup import notify_queues
@@ -141,12 +142,6 @@ def resolve_queue(*, actor: Actor, queue_id: str | None = None, queue_name: str 
     return found
 
 
-def _live_listener_exists(queue: Queue) -> bool:
-    from workers.selectors import live_workers
-
-    return live_workers().filter(queue_links__queue=queue).exists()
-
-
 def validate_spec(values: Mapping[str, Any]) -> None:
     """Domain rules on an experiment's spec that a type check cannot express."""
     gpus = values.get("gpus")
@@ -232,7 +227,7 @@ def experiment_submit(
     queue = resolve_queue(actor=actor, queue_name=queue_name)
     if not may_enqueue(actor, queue):
         raise Forbidden(f"you may not submit to queue {queue.name}", field="queue")
-    warnings = [] if _live_listener_exists(queue) else [f"no live worker listens to queue {queue.name}"]
+    warnings = [] if fleet().listens(queue.pk) else [f"no live worker listens to queue {queue.name}"]
     exp = Experiment.objects.create(
         **values, status=Status.QUEUED, enqueue_status=Status.CREATED, queue=queue, queued_at=timezone.now()
     )
@@ -353,7 +348,7 @@ def experiment_enqueue(
     if priority is not None and priority != exp.priority:
         Experiment.objects.filter(pk=exp.pk).update(priority=priority)
         exp.priority = priority
-    warnings = [] if _live_listener_exists(queue) else [f"no live worker listens to queue {queue.name}"]
+    warnings = [] if fleet().listens(queue.pk) else [f"no live worker listens to queue {queue.name}"]
     if exp.status == Status.QUEUED:
         entry = QueueEntry.objects.filter(experiment=exp).first()
         if entry is not None and entry.queue_id == queue.pk and (priority is None or entry.priority == priority):
@@ -463,9 +458,7 @@ def experiment_stop(*, actor: Actor, experiment_id: str, message: str = "") -> O
         return Outcome(exp)
     if exp.status != Status.IN_PROGRESS:
         raise _illegal(exp, "stop")
-    from workers.selectors import worker_is_live
-
-    if attempt is not None and attempt.worker is not None and worker_is_live(attempt.worker):
+    if attempt is not None and attempt.worker_id is not None and fleet().runs(attempt.worker_id):
         if exp.stop_requested_at is not None:
             return Outcome(exp, changed=False)
         before = _snapshot(exp)
@@ -548,18 +541,13 @@ def _leased(*, actor: Actor, attempt_id: str, token: str) -> Attempt:
         if worker is None:
             # Claimed through ClearML's get_next_task, which names no worker: until a worker
             # binds it (attempt_bind), any agent key that may serve its queue may write to it.
-            if not actor.is_agent or actor.key is None or not _key_serves(actor, attempt.queue_id):
+            if not actor.is_agent or actor.key is None or not actor_serves(actor, attempt.queue_id):
                 raise Forbidden("this attempt was claimed for a queue your key does not serve")
         elif actor.key is None or worker.api_key_id != actor.key.pk:
             raise Forbidden("this attempt runs on a worker your key does not own")
     if not hmac.compare_digest(attempt.lease_token, token) or attempt.fenced:
         raise StaleLease()
     return attempt
-
-
-def _key_serves(actor: Actor, queue_id: str | None) -> bool:
-    """Whether a worker of this actor's key may serve the queue (queues/access.py)."""
-    return queue_id is not None and bool(actor_servable_queue_ids(actor, [queue_id]))
 
 
 def _agent_runs(actor: Actor, exp: Experiment) -> bool:
@@ -571,42 +559,8 @@ def _agent_runs(actor: Actor, exp: Experiment) -> bool:
     if attempt is None or attempt.finished_at is not None:
         return False
     if attempt.worker is None:
-        return _key_serves(actor, attempt.queue_id)
+        return actor_serves(actor, attempt.queue_id)
     return attempt.worker.api_key_id == actor.key.pk
-
-
-@atomic
-def attempt_bind(*, actor: Actor, attempt_id: str, worker_name: str) -> Attempt:
-    """Bind a claimed but unbound attempt to the worker that says it runs it; again is a no-op.
-
-    Once bound, only that worker's key may write to it (fencing), as for any other attempt.
-    """
-    from workers.models import Worker, WorkerStatus
-
-    attempt = Attempt.objects.select_for_update(of=("self",)).get(pk=attempt_id)
-    if attempt.worker_name == worker_name and attempt.worker_id is not None:
-        return attempt
-    if attempt.worker_id is not None:
-        raise Conflict(f"this attempt runs on worker {attempt.worker_name}", field="task")
-    if attempt.finished_at is not None:
-        raise Conflict("this attempt has already finished", field="task")
-    worker = Worker.objects.select_for_update().filter(name=worker_name).first()
-    if worker is None:
-        raise NotFound(f"worker {worker_name!r} is not registered", field="worker")
-    if not actor.is_admin and (actor.key is None or worker.api_key_id != actor.key.pk):
-        raise Forbidden(f"worker {worker_name!r} was registered with another key")
-    if not actor.is_admin and not _key_serves(actor, attempt.queue_id):
-        raise Forbidden("this attempt was claimed for a queue your key does not serve")
-    Attempt.objects.filter(pk=attempt.pk, worker__isnull=True).update(worker=worker, worker_name=worker.name)
-    Worker.objects.filter(pk=worker.pk).update(
-        used_gpus=F("used_gpus") + attempt.gpus,
-        used_cpus=F("used_cpus") + attempt.cpus,
-        used_memory_mb=F("used_memory_mb") + attempt.memory_mb,
-    )
-    Worker.objects.filter(pk=worker.pk, status=WorkerStatus.IDLE).update(status=WorkerStatus.BUSY)
-    attempt.worker, attempt.worker_name = worker, worker.name
-    audit_record(actor=actor, change=Change("attempt", attempt.pk, "bind", {"worker": None}, {"worker": worker.name}))
-    return attempt
 
 
 def attempts_unbound_expire(*, now: datetime | None = None) -> int:
@@ -813,13 +767,7 @@ def _end_attempt(
     for key, value in values.items():
         setattr(attempt, key, value)
     if ended and attempt.worker_id is not None:
-        from workers.services import worker_release
-
-        worker_release(actor=actor, attempt=attempt)
-        # Capacity came back: wake the waiters on this worker's queues (its own long-poll among them).
-        from workers.models import WorkerQueue
-
-        notify_queues(WorkerQueue.objects.filter(worker_id=attempt.worker_id).values_list("queue_id", flat=True))
+        fleet().release(actor=actor, attempt=attempt)
     exp = Experiment.objects.get(pk=attempt.experiment_id)
     _record_usage(attempt, exp, now)
 

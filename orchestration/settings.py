@@ -291,7 +291,7 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
 # Domain settings.
 # Long-poll claims wait at most this long.
 CLAIM_WAIT_MAX_S = envint("CLAIM_WAIT_MAX_S", 30, minimum=0)
-# On PostgreSQL the claim locks, picks and takes in one statement each (queues/claim_sql.py);
+# On PostgreSQL the claim locks, picks and takes in one statement each (workers/claim_sql.py);
 # off: the ORM's steps, as on SQLite (the same claim, more round trips).
 CLAIM_IN_ONE_STATEMENT = envbool("CLAIM_IN_ONE_STATEMENT", True)
 # Without Redis, a waiting claim re-checks the database this often (other processes' enqueues).

@@ -5,7 +5,7 @@
   agent key limited to some queues, when the queue is one of them.
 
 The serving rule is one SQL condition (SERVABLE_SQL), so the claim applies it inside the
-statement that locks the worker (queues/claim_sql.py, one round trip on PostgreSQL) and the
+statement that locks the worker (workers/claim_sql.py, one round trip on PostgreSQL) and the
 ORM paths (SQLite, the ClearML facade, key creation, registration) apply the same text.
 tests/test_isolation.py checks both against may_enqueue over every kind of owner and key.
 """
@@ -80,6 +80,11 @@ def actor_servable_queue_ids(actor: Actor, queue_ids: Iterable[str]) -> set[str]
     if actor.user_id is None and actor.key is None:
         return ids  # the system
     return servable_queue_ids(owner_id=actor.user_id, key_id=actor.key.pk if actor.key else None, queue_ids=ids)
+
+
+def actor_serves(actor: Actor, queue_id: str | None) -> bool:
+    """Whether a worker of this actor's key may serve the queue."""
+    return queue_id is not None and bool(actor_servable_queue_ids(actor, [queue_id]))
 
 
 def key_queues_resolve(*, owner: User, refs: Sequence[str]) -> list[str]:

@@ -11,6 +11,7 @@ from django.http import HttpRequest
 
 from accounts.admin_base import admin_actor, service_action
 from core.admin import ReadOnlyAdmin
+from experiments import queueing
 from queues import services
 from queues.models import Queue, QueueEntry
 
@@ -29,7 +30,7 @@ class QueueAdmin(admin.ModelAdmin[Queue]):
     actions = [
         service_action("Pause", lambda a, q: services.queue_set_paused(actor=a, queue_id=q.pk, paused=True)),
         service_action("Resume", lambda a, q: services.queue_set_paused(actor=a, queue_id=q.pk, paused=False)),
-        service_action("Clear", lambda a, q: services.queue_clear(actor=a, queue_id=q.pk)),
+        service_action("Clear", lambda a, q: queueing.queue_clear(actor=a, queue_id=q.pk)),
     ]
 
     def save_model(self, request: HttpRequest, obj: Queue, form: Any, change: bool) -> None:
@@ -47,12 +48,12 @@ class QueueAdmin(admin.ModelAdmin[Queue]):
         """The service already stored the groups."""
 
     def delete_model(self, request: HttpRequest, obj: Queue) -> None:
-        services.queue_delete(actor=admin_actor(request), queue_id=obj.pk)
+        queueing.queue_delete(actor=admin_actor(request), queue_id=obj.pk)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Queue]) -> None:
         actor = admin_actor(request)
         for queue in queryset:
-            services.queue_delete(actor=actor, queue_id=queue.pk)
+            queueing.queue_delete(actor=actor, queue_id=queue.pk)
 
 
 @admin.register(QueueEntry)

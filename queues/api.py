@@ -12,10 +12,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.permissions import AdminWritesHumanReads, IsHumanUser, actor_of
-from core.api import KeysetPagination
-from experiments.serializers import INT32
+from core.api import INT32, KeysetPagination
+from experiments import queueing
 from queues import selectors, services
 from queues.models import Queue, QueueEntry
+from workers.selectors import queue_listener_counts
 
 
 class QueueSerializer(serializers.ModelSerializer[Queue]):
@@ -76,9 +77,9 @@ class EntryPages(KeysetPagination):
 
 class MoveSerializer(serializers.Serializer[Any]):
     experiments = serializers.ListField(
-        child=serializers.RegexField(r"^[0-9a-f]{32}$"), min_length=1, max_length=services.MAX_BULK
+        child=serializers.RegexField(r"^[0-9a-f]{32}$"), min_length=1, max_length=queueing.MAX_BULK
     )
-    to = serializers.ChoiceField(choices=list(services.MOVE_TARGETS))
+    to = serializers.ChoiceField(choices=list(queueing.MOVE_TARGETS))
     value = serializers.CharField(
         max_length=100, required=False, help_text="index for 'position', places for 'by', queue id or name for 'queue'"
     )
@@ -102,7 +103,7 @@ class MoveSerializer(serializers.Serializer[Any]):
 
 class SelectionSerializer(serializers.Serializer[Any]):
     experiments = serializers.ListField(
-        child=serializers.RegexField(r"^[0-9a-f]{32}$"), min_length=1, max_length=services.MAX_BULK
+        child=serializers.RegexField(r"^[0-9a-f]{32}$"), min_length=1, max_length=queueing.MAX_BULK
     )
 
 
@@ -120,13 +121,13 @@ class QueueViewSet(viewsets.GenericViewSet[Queue]):
     pagination_class = None
 
     def get_queryset(self) -> QuerySet[Queue]:
-        return selectors.queue_list().prefetch_related("groups")
+        return selectors.queue_list(queue_listener_counts()).prefetch_related("groups")
 
     def list(self, request: Request) -> Response:
         return Response(QueueSerializer(self.get_queryset(), many=True).data)
 
     def retrieve(self, request: Request, pk: str) -> Response:
-        return Response(QueueSerializer(selectors.queue_get(pk)).data)
+        return Response(QueueSerializer(selectors.queue_get(pk, queue_listener_counts())).data)
 
     @extend_schema(request=QueueWriteSerializer, responses={201: QueueSerializer})
     def create(self, request: Request) -> Response:
@@ -134,36 +135,38 @@ class QueueViewSet(viewsets.GenericViewSet[Queue]):
         ser.is_valid(raise_exception=True)
         data = dict(ser.validated_data)
         queue = services.queue_create(actor=actor_of(request), **{**data, "group_ids": data.get("group_ids", [])})
-        return Response(QueueSerializer(selectors.queue_get(queue.pk)).data, status=status.HTTP_201_CREATED)
+        return Response(
+            QueueSerializer(selectors.queue_get(queue.pk, queue_listener_counts())).data, status=status.HTTP_201_CREATED
+        )
 
     @extend_schema(request=QueuePatchSerializer, responses=QueueSerializer)
     def partial_update(self, request: Request, pk: str) -> Response:
         ser = QueuePatchSerializer(data=request.data, partial=True)
         ser.is_valid(raise_exception=True)
         services.queue_update(actor=actor_of(request), queue_id=pk, changes=dict(ser.validated_data))
-        return Response(QueueSerializer(selectors.queue_get(pk)).data)
+        return Response(QueueSerializer(selectors.queue_get(pk, queue_listener_counts())).data)
 
     # 200 with how many waiting experiments went back (the schema said 204 and no body before).
     @extend_schema(responses={200: CountSerializer})
     def destroy(self, request: Request, pk: str) -> Response:
-        return Response({"count": services.queue_delete(actor=actor_of(request), queue_id=pk)})
+        return Response({"count": queueing.queue_delete(actor=actor_of(request), queue_id=pk)})
 
     @extend_schema(request=None, responses=CountSerializer)
     @action(detail=True, methods=["post"])
     def clear(self, request: Request, pk: str) -> Response:
-        return Response({"count": services.queue_clear(actor=actor_of(request), queue_id=pk)})
+        return Response({"count": queueing.queue_clear(actor=actor_of(request), queue_id=pk)})
 
     @extend_schema(request=None, responses=QueueSerializer)
     @action(detail=True, methods=["post"])
     def pause(self, request: Request, pk: str) -> Response:
         services.queue_set_paused(actor=actor_of(request), queue_id=pk, paused=True)
-        return Response(QueueSerializer(selectors.queue_get(pk)).data)
+        return Response(QueueSerializer(selectors.queue_get(pk, queue_listener_counts())).data)
 
     @extend_schema(request=None, responses=QueueSerializer)
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str) -> Response:
         services.queue_set_paused(actor=actor_of(request), queue_id=pk, paused=False)
-        return Response(QueueSerializer(selectors.queue_get(pk)).data)
+        return Response(QueueSerializer(selectors.queue_get(pk, queue_listener_counts())).data)
 
     @extend_schema(responses=EntrySerializer(many=True))
     @action(detail=True, methods=["get"], permission_classes=[IsHumanUser], pagination_class=EntryPages)
@@ -179,7 +182,7 @@ class QueueViewSet(viewsets.GenericViewSet[Queue]):
         ser = MoveSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         d = ser.validated_data
-        moved = services.queue_entries_move(
+        moved = queueing.queue_entries_move(
             actor=actor_of(request),
             queue_id=pk,
             experiment_ids=d["experiments"],
@@ -194,7 +197,7 @@ class QueueViewSet(viewsets.GenericViewSet[Queue]):
     def dequeue(self, request: Request, pk: str) -> Response:
         ser = SelectionSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        count = services.queue_entries_dequeue(
+        count = queueing.queue_entries_dequeue(
             actor=actor_of(request), queue_id=pk, experiment_ids=ser.validated_data["experiments"]
         )
         return Response({"count": count})

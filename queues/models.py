@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models.functions import Lower
 
-from experiments.models import new_id
+from core.ids import new_id
 
 
 class Queue(models.Model):

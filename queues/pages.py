@@ -13,15 +13,21 @@ from accounts.actor import request_actor
 from actions.services import actions_for
 from core.errors import InvalidInput, ServiceError
 from core.pages import PAGE_ROWS, SPANS, int_param, page_action, pager, sort_of, span_of, with_toast
+from experiments import queueing
 from queues import selectors, services
 from queues.models import Queue
+from workers.selectors import queue_listener_counts, workers_of_queue
 
 
 def _rows_context(request: HttpRequest) -> dict[str, Any]:
     sort, descending = sort_of(request, selectors.QUEUE_SORTS)
     page = pager(request, Queue.objects.count())
     offset = page["offset"]
-    rows = list(selectors.queue_table(sort, descending=descending)[offset : offset + PAGE_ROWS])
+    rows = list(
+        selectors.queue_table(sort, descending=descending, listeners=queue_listener_counts())[
+            offset : offset + PAGE_ROWS
+        ]
+    )
     for q in rows:
         q.busy_pct = round(100 * q.busy_count / q.worker_count) if q.worker_count else 0  # type: ignore[attr-defined]
     me = request_actor(request)
@@ -63,9 +69,7 @@ def queue_rows(request: HttpRequest) -> HttpResponse:
 
 
 def _panel_context(request: HttpRequest, queue_id: str) -> dict[str, Any] | None:
-    from workers.selectors import workers_of_queue
-
-    queue = selectors.queue_table().filter(pk=queue_id).first()
+    queue = selectors.queue_table(listeners=queue_listener_counts()).filter(pk=queue_id).first()
     if queue is None:
         return None
     me = request_actor(request)
@@ -142,13 +146,13 @@ def queue_tags(request: HttpRequest, pk: str) -> HttpResponse:
 
 @page_action
 def queue_delete(request: HttpRequest, pk: str) -> HttpResponse:
-    removed = services.queue_delete(actor=request_actor(request), queue_id=pk)
+    removed = queueing.queue_delete(actor=request_actor(request), queue_id=pk)
     return _changed(request, f"Queue deleted; {removed} pending experiments dequeued", close=True)
 
 
 @page_action
 def queue_clear(request: HttpRequest, pk: str) -> HttpResponse:
-    removed = services.queue_clear(actor=request_actor(request), queue_id=pk)
+    removed = queueing.queue_clear(actor=request_actor(request), queue_id=pk)
     return _changed(request, f"Cleared: {removed} experiments dequeued")
 
 
@@ -163,8 +167,8 @@ def _selection(request: HttpRequest) -> list[str]:
     ids = [i for raw in request.POST.getlist("experiments") for i in raw.split(",") if i]
     if not ids:
         raise InvalidInput("select at least one experiment", field="experiments")
-    if len(ids) > services.MAX_BULK:
-        raise InvalidInput(f"at most {services.MAX_BULK} experiments at once", field="experiments")
+    if len(ids) > queueing.MAX_BULK:
+        raise InvalidInput(f"at most {queueing.MAX_BULK} experiments at once", field="experiments")
     return ids
 
 
@@ -174,13 +178,13 @@ def entries_move(request: HttpRequest, pk: str) -> HttpResponse:
     ids = _selection(request)
     value = request.POST.get("value", "").strip()
     if to == "queue":
-        services.queue_entries_move(
+        queueing.queue_entries_move(
             actor=request_actor(request), queue_id=pk, experiment_ids=ids, to=to, target_queue=value
         )
         text = f"Moved {len(ids)} to {value}"
     else:
         number = int_param(request, "value") if to in ("position", "by") else None
-        services.queue_entries_move(actor=request_actor(request), queue_id=pk, experiment_ids=ids, to=to, value=number)
+        queueing.queue_entries_move(actor=request_actor(request), queue_id=pk, experiment_ids=ids, to=to, value=number)
         text = f"Moved {len(ids)}" + (" to the top" if to == "top" else " to the bottom" if to == "bottom" else "")
     context = _panel_context(request, pk)
     response = render(request, "queues/panel.html", context) if context else HttpResponse(status=204)
@@ -190,7 +194,7 @@ def entries_move(request: HttpRequest, pk: str) -> HttpResponse:
 @page_action
 def entries_dequeue(request: HttpRequest, pk: str) -> HttpResponse:
     ids = _selection(request)
-    removed = services.queue_entries_dequeue(actor=request_actor(request), queue_id=pk, experiment_ids=ids)
+    removed = queueing.queue_entries_dequeue(actor=request_actor(request), queue_id=pk, experiment_ids=ids)
     context = _panel_context(request, pk)
     response = render(request, "queues/panel.html", context) if context else HttpResponse(status=204)
     return with_toast(response, f"Dequeued {removed}", queuesChanged={}, clearSelection={})

@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Greatest, Lower
 
+from core.db import correlated_count
 from core.errors import NotFound
-from experiments.models import Attempt, Experiment
-from queues import positions
 from queues.models import Queue, QueueEntry
-from workers.selectors import live_workers
+
+# Annotations another app adds to each queue row, correlated to OuterRef("pk"): the queue
+# table's worker columns come from workers/selectors.py (queue_listener_counts), since the
+# queues app sits beneath workers and knows none (docs/architecture.md).
+Annotations = Mapping[str, Any]
+NONE: Annotations = MappingProxyType({})
 
 
-def _count(qs: QuerySet[Any]) -> Coalesce:
-    """A correlated COUNT(*) of `qs` (filtered on OuterRef("pk")): an index scan per row, no join fan-out."""
-    return Coalesce(
-        Subquery(qs.values(qs.model._meta.get_field("queue").attname).annotate(n=Count("*")).values("n")[:1]), 0
-    )
+def _entry_count() -> Coalesce:
+    return correlated_count(QueueEntry.objects.filter(queue=OuterRef("pk")), on="queue")
 
 
-def queue_list() -> QuerySet[Queue]:
-    from workers.models import WorkerQueue
-
-    return Queue.objects.annotate(
-        in_queue=_count(QueueEntry.objects.filter(queue=OuterRef("pk"))),
-        worker_count=_count(WorkerQueue.objects.filter(queue=OuterRef("pk"))),
-    ).order_by("name")
+def queue_list(listeners: Annotations = NONE) -> QuerySet[Queue]:
+    """Queues by name with their entry count and the `listeners` annotations."""
+    return Queue.objects.annotate(in_queue=_entry_count(), **listeners).order_by("name")
 
 
 def queue_names(limit: int = 500) -> list[str]:
@@ -36,9 +34,9 @@ def queue_names(limit: int = 500) -> list[str]:
     return list(Queue.objects.order_by(Lower("name")).values_list("name", flat=True)[:limit])
 
 
-def queue_get(queue_id: str) -> Queue:
+def queue_get(queue_id: str, listeners: Annotations = NONE) -> Queue:
     try:
-        return queue_list().get(pk=queue_id)
+        return queue_list(listeners).get(pk=queue_id)
     except Queue.DoesNotExist:
         raise NotFound(f"queue {queue_id} does not exist", field="id") from None
 
@@ -86,22 +84,19 @@ QUEUE_SORTS: dict[str, str | Lower] = {
 }
 
 
-def queue_table(sort: str = "name", *, descending: bool = False) -> QuerySet[Queue]:
+def queue_table(sort: str = "name", *, descending: bool = False, listeners: Annotations = NONE) -> QuerySet[Queue]:
     """Every column of the queue table in one query, whatever the number of queues, entries and workers.
 
     Counts and the next entry are correlated subqueries on indexed columns, so no join of
-    entries with workers ever multiplies rows.
+    entries with workers ever multiplies rows. A sort on a column that `listeners` does not
+    add falls back to the name.
     """
-    from workers.models import WorkerQueue, WorkerStatus
-
     entries = QueueEntry.objects.filter(queue=OuterRef("pk"))
-    links = WorkerQueue.objects.filter(queue=OuterRef("pk")).exclude(worker__status=WorkerStatus.LOST)
     head = entries.order_by("-priority", "position", "id")
 
     qs = Queue.objects.annotate(
-        in_queue=_count(entries),
-        worker_count=_count(links),
-        busy_count=_count(links.filter(worker__status=WorkerStatus.BUSY)),
+        in_queue=_entry_count(),
+        **listeners,
         next_id=Subquery(head.values("experiment_id")[:1]),
         next_name=Subquery(head.values("experiment__name")[:1]),
         last_updated=Greatest(
@@ -109,6 +104,8 @@ def queue_table(sort: str = "name", *, descending: bool = False) -> QuerySet[Que
         ),
     )
     key = QUEUE_SORTS.get(sort, QUEUE_SORTS["name"])
+    if isinstance(key, str) and key not in qs.query.annotations and key not in ("paused",):
+        key = QUEUE_SORTS["name"]
     expression: F | Lower = F(key) if isinstance(key, str) else key
     ordering = expression.desc() if descending else expression.asc()
     return qs.order_by(ordering, "name")
@@ -123,44 +120,3 @@ def queue_entry_rows(queue_id: str, limit: int) -> list[QueueEntry]:
               "experiment__status", "experiment__owner__username")
         .order_by("-priority", "position", "id")[:limit]
     )  # fmt: skip
-
-
-# -- an experiment's wait ---------------------------------------------------------------------
-
-
-def wait_reasons(exp: Experiment) -> dict[str, Any]:
-    """Where a queued experiment stands and every reason it is not running yet: the queue's
-    state, its limit, and the live workers that listen to it (workers' own rule of "live")."""
-
-    entry = QueueEntry.objects.filter(experiment=exp).select_related("queue").first()
-    if entry is None:
-        return {}
-    queue = entry.queue
-    reasons = []
-    if queue.paused:
-        reasons.append("the queue is paused")
-    if queue.concurrency_limit is not None:
-        running = Attempt.objects.filter(queue=queue, finished_at__isnull=True).count()
-        if running >= queue.concurrency_limit:
-            reasons.append(f"the queue is at its limit ({running} of {queue.concurrency_limit} running)")
-    listening = live_workers().filter(queue_links__queue=queue)
-    capacity = list(listening.values_list("gpus", "used_gpus", "draining"))
-    if not capacity:
-        reasons.append("no live worker listens to this queue")
-    else:
-        undrained = [(g, u) for g, u, d in capacity if not d]
-        if not undrained:
-            reasons.append("every worker listening to this queue is draining")
-        elif not any(g >= exp.gpus for g, _ in undrained):
-            reasons.append(f"no listening worker has {exp.gpus:g} GPUs")
-        elif not any(g - u >= exp.gpus for g, u in undrained):
-            reasons.append(f"no listening worker has {exp.gpus:g} GPUs free now")
-    index = positions.index_of(entry)
-    if index and not reasons:
-        reasons.append(f"{index} experiment{'s' if index != 1 else ''} ahead of it")
-    return {
-        "queue": queue,
-        "position": index + 1,
-        "total": QueueEntry.objects.filter(queue=queue).count(),
-        "reasons": reasons,
-    }

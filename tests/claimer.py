@@ -20,7 +20,7 @@ def main() -> None:
 
     from accounts.actor import SYSTEM
     from experiments.models import Attempt
-    from queues.dispatch import dispatch_claim
+    from workers.dispatch import dispatch_claim
     from workers.models import Worker
     from workers.services import worker_release
 

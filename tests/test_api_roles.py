@@ -41,9 +41,9 @@ from clearml_api import endpoints as _clearml_endpoints  # registers every Clear
 from clearml_api.transport import ENDPOINTS as CLEARML_ENDPOINTS
 from experiments.services import experiment_create, experiment_enqueue
 from experiments.snapshots import snapshot_store
-from queues.dispatch import dispatch_claim
 from queues.services import queue_create
 from tests.test_api import ROOT
+from workers.dispatch import dispatch_claim
 from workers.services import Registration, worker_register
 
 del _clearml_endpoints

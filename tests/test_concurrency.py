@@ -25,9 +25,9 @@ from django.utils import timezone
 
 from accounts.actor import SYSTEM
 from experiments.models import Attempt, Experiment, Status
-from queues.dispatch import dispatch_claim
 from queues.models import Queue, QueueEntry
 from queues.services import queue_create
+from workers.dispatch import dispatch_claim
 from workers.services import Registration, worker_register, worker_release
 
 ROOT = Path(__file__).resolve().parent.parent

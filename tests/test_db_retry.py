@@ -20,8 +20,8 @@ from accounts.actor import SYSTEM
 from core.db import atomic, is_transient
 from experiments.models import Experiment, Status
 from experiments.services import attempt_finish, attempt_start, experiment_reset, experiment_stop
-from queues.dispatch import dispatch_claim
 from tests.race import race
+from workers.dispatch import dispatch_claim
 from workers.models import Worker
 
 

@@ -14,10 +14,10 @@ from accounts.actor import Actor
 from core.errors import Forbidden
 from experiments import services
 from experiments.models import Capability, Experiment, Status
-from queues import dispatch
-from queues.dispatch import Capacity, dispatch_claim
 from queues.models import Queue, QueueEntry
 from queues.services import queue_set_paused, queue_update
+from workers import dispatch
+from workers.dispatch import Capacity, dispatch_claim
 from workers.models import Worker
 from workers.services import worker_update
 
@@ -195,7 +195,7 @@ def test_the_claim_writes_no_queue_row(
     assert len(sql) <= 14
 
 
-# The take's parameters and their types as psycopg sends them (queues/claim_sql.py: take_sql).
+# The take's parameters and their types as psycopg sends them (workers/claim_sql.py: take_sql).
 TAKE_TYPES = {
     "queue": "text", "gpus": "float8", "cpus": "float8", "memory": "int8", "missing": "int4", "any_model": "bool",
     "models": "text[]", "attempt": "text", "worker": "int8", "worker_name": "text", "token": "text",
@@ -218,7 +218,7 @@ def test_the_takes_generic_plan_walks_the_queue_in_order_and_probes_one_experime
     """
     import re
 
-    from queues.claim_sql import take_sql
+    from workers.claim_sql import take_sql
 
     make_experiment(queue=queue)
     with connection.cursor() as cursor:

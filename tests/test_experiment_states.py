@@ -13,8 +13,8 @@ from core.errors import Conflict, Forbidden, InvalidInput, StaleLease
 from core.models import AuditEvent
 from experiments import services
 from experiments.models import Attempt, Experiment, FailureClass, Status, UsageRecord
-from queues.dispatch import dispatch_claim
 from queues.models import Queue, QueueEntry
+from workers.dispatch import dispatch_claim
 from workers.models import Worker
 
 pytestmark = pytest.mark.django_db

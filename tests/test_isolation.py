@@ -31,11 +31,11 @@ from core.errors import Forbidden
 from experiments.models import Experiment, Status
 from experiments.services import experiment_clone, experiment_create, experiment_enqueue
 from queues.access import may_enqueue, servable_queue_ids
-from queues.dispatch import Capacity, dispatch_claim
 from queues.models import Queue
 from queues.services import queue_create
 from tests.test_api import ROOT
 from workers.api import claim_payload
+from workers.dispatch import Capacity, dispatch_claim
 from workers.models import Worker
 from workers.services import Registration, worker_register, worker_update
 

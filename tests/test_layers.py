@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import ast
+import inspect
+import tomllib
 from pathlib import Path
+
+from experiments.fleet import Fleet, fleet
+from workers.services import WorkersFleet
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every Django app of the project: a top-level folder with an apps.py.
@@ -105,3 +110,46 @@ def test_services_open_transactions_with_the_one_retrying_helper() -> None:
         if "@transaction.atomic" in path.read_text()
     ]
     assert offenders == [], f"decorate with core.db.atomic instead: {offenders}"
+
+
+FEATURE_APPS = ("workers", "experiments", "queues")
+
+
+def _feature_contract() -> dict[str, object]:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    return next(c for c in contracts if c["name"].startswith("The feature apps"))
+
+
+def test_every_module_of_the_feature_apps_has_a_layer() -> None:
+    """A new module in workers/, experiments/ or queues/ must take a place in the contract, or
+    import-linter would never check it."""
+    layers = _feature_contract()["layers"]
+    assert isinstance(layers, list)
+    named = [m.strip() for layer in layers for m in layer.split(":")]
+    assert len(named) == len(set(named)), "a module is named in two layers"
+    modules = {
+        f"{app}.{path.stem}"
+        for app in FEATURE_APPS
+        for path in (ROOT / app).glob("*.py")
+        if path.stem != "__init__"
+    }
+    assert modules - set(named) == set(), "give these modules a layer in pyproject.toml"
+    assert set(named) - modules == set(), "these modules in the contract do not exist"
+
+
+def test_the_domain_layers_run_workers_experiments_queues() -> None:
+    layers = _feature_contract()["layers"]
+    assert isinstance(layers, list)
+    firsts = [layer.split(":")[0].strip().split(".")[0] for layer in layers[1:]]
+    assert firsts == ["workers", "experiments", "queues"]
+    for layer, app in zip(layers[1:], firsts, strict=True):
+        assert {m.strip().split(".")[0] for m in layer.split(":")} == {app}, "a domain layer holds one app"
+
+
+def test_the_experiment_lifecycle_asks_the_workers_app_for_its_fleet() -> None:
+    provider = fleet()
+    assert isinstance(provider, WorkersFleet)
+    wanted = {n for n in vars(Fleet) if not n.startswith("_")}
+    assert wanted == {"listens", "runs", "release"}
+    for name in wanted:
+        assert inspect.signature(getattr(Fleet, name)) == inspect.signature(getattr(WorkersFleet, name)), name

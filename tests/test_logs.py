@@ -13,9 +13,9 @@ from core.errors import StaleLease
 from experiments import services
 from experiments.models import Experiment, LogChunk
 from experiments.selectors import TRUNCATION_MARKER, log_page
-from queues.dispatch import Claim, dispatch_claim
 from queues.models import Queue
 from tests.race import race
+from workers.dispatch import Claim, dispatch_claim
 from workers.models import Worker
 
 pytestmark = pytest.mark.django_db

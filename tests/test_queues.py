@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts.actor import Actor
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.models import AuditEvent
+from experiments import queueing
 from experiments.models import Experiment, Status
 from queues import positions, services
 from queues.models import Queue, QueueEntry
@@ -48,8 +49,8 @@ def test_users_cannot_manage_queues(alice_actor: Actor, queue: Queue) -> None:
         lambda: services.queue_create(actor=alice_actor, name="mine"),
         lambda: services.queue_update(actor=alice_actor, queue_id=queue.pk, changes={"name": "x1x"}),
         lambda: services.queue_set_paused(actor=alice_actor, queue_id=queue.pk, paused=True),
-        lambda: services.queue_clear(actor=alice_actor, queue_id=queue.pk),
-        lambda: services.queue_delete(actor=alice_actor, queue_id=queue.pk),
+        lambda: queueing.queue_clear(actor=alice_actor, queue_id=queue.pk),
+        lambda: queueing.queue_delete(actor=alice_actor, queue_id=queue.pk),
     ):
         with pytest.raises(Forbidden):
             call()
@@ -77,14 +78,14 @@ def test_pause_and_resume_repeat_as_no_ops(admin_actor: Actor, queue: Queue) -> 
 
 
 def test_clear_dequeues_everything_back_to_created(admin_actor: Actor, queue: Queue, filled: list[Experiment]) -> None:
-    assert services.queue_clear(actor=admin_actor, queue_id=queue.pk) == 5
+    assert queueing.queue_clear(actor=admin_actor, queue_id=queue.pk) == 5
     assert not QueueEntry.objects.exists()
     assert set(Experiment.objects.values_list("status", flat=True)) == {Status.CREATED}
     assert AuditEvent.objects.filter(object_type="experiment", action="clear").count() == 5
 
 
 def test_delete_dequeues_pending_experiments(admin_actor: Actor, queue: Queue, filled: list[Experiment]) -> None:
-    assert services.queue_delete(actor=admin_actor, queue_id=queue.pk) == 5
+    assert queueing.queue_delete(actor=admin_actor, queue_id=queue.pk) == 5
     assert not Queue.objects.exists()
     assert set(Experiment.objects.values_list("status", flat=True)) == {Status.CREATED}
 
@@ -126,7 +127,7 @@ def ids(exps: list[Experiment], names: str) -> list[str]:
 def test_moves_within_a_queue(
     admin_actor: Actor, queue: Queue, filled: list[Experiment], names: str, to: str, value: int | None, expected: str
 ) -> None:
-    services.queue_entries_move(
+    queueing.queue_entries_move(
         actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, names), to=to, value=value
     )
     assert "".join(order(queue)) == expected
@@ -137,10 +138,10 @@ def test_moving_past_another_priority_takes_that_priority(
 ) -> None:
     hi = make_experiment(queue=queue, name="hi", priority=10)
     lo = make_experiment(queue=queue, name="lo")
-    services.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=[lo.pk], to="top")
+    queueing.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=[lo.pk], to="top")
     assert order(queue) == ["lo", "hi"]
     assert QueueEntry.objects.get(experiment=lo).priority == 10
-    services.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=[hi.pk], to="top")
+    queueing.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=[hi.pk], to="top")
     assert order(queue) == ["hi", "lo"]
 
 
@@ -148,16 +149,16 @@ def test_move_to_another_queue_by_id_or_name_and_never_to_a_typo(
     admin_actor: Actor, queue: Queue, filled: list[Experiment], make_queue: Callable[..., Queue]
 ) -> None:
     other = make_queue("other")
-    services.queue_entries_move(
+    queueing.queue_entries_move(
         actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "bd"), to="queue", target_queue=other.pk
     )
     assert order(other) == ["b", "d"] and order(queue) == ["a", "c", "e"]
-    services.queue_entries_move(
+    queueing.queue_entries_move(
         actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "a"), to="queue", target_queue="OTHER"
     )
     assert order(other) == ["b", "d", "a"]
     with pytest.raises(NotFound, match="'othre' does not exist"):
-        services.queue_entries_move(
+        queueing.queue_entries_move(
             actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "c"), to="queue", target_queue="othre"
         )
     assert not Queue.objects.filter(name="othre").exists(), "an admin's typo made no queue"
@@ -167,27 +168,27 @@ def test_move_to_another_queue_by_id_or_name_and_never_to_a_typo(
 def test_users_move_only_their_own_and_cannot_create_queues(
     alice_actor: Actor, queue: Queue, filled: list[Experiment]
 ) -> None:
-    services.queue_entries_move(actor=alice_actor, queue_id=queue.pk, experiment_ids=ids(filled, "e"), to="top")
+    queueing.queue_entries_move(actor=alice_actor, queue_id=queue.pk, experiment_ids=ids(filled, "e"), to="top")
     with pytest.raises(NotFound):
-        services.queue_entries_move(
+        queueing.queue_entries_move(
             actor=alice_actor, queue_id=queue.pk, experiment_ids=ids(filled, "e"), to="queue", target_queue="nope"
         )
 
 
 def test_bulk_dequeue(admin_actor: Actor, queue: Queue, filled: list[Experiment]) -> None:
-    assert services.queue_entries_dequeue(actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "ace")) == 3
+    assert queueing.queue_entries_dequeue(actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "ace")) == 3
     assert order(queue) == ["b", "d"]
 
 
 def test_unknown_entries_and_targets_are_refused(admin_actor: Actor, queue: Queue, filled: list[Experiment]) -> None:
     with pytest.raises(NotFound):
-        services.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=["f" * 32], to="top")
+        queueing.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=["f" * 32], to="top")
     with pytest.raises(InvalidInput):
-        services.queue_entries_move(
+        queueing.queue_entries_move(
             actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "a"), to="sideways"
         )
     with pytest.raises(InvalidInput):
-        services.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "a"), to="by")
+        queueing.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=ids(filled, "a"), to="by")
 
 
 def _seed(queue: Queue, owner_id: int, n: int, *, gap: int) -> None:
@@ -228,7 +229,7 @@ def test_a_move_in_a_100000_entry_queue_touches_a_few_rows(admin_actor: Actor, q
     target = QueueEntry.objects.filter(queue=queue).order_by("position")[80_000]
     before = dict(QueueEntry.objects.values_list("pk", "position"))
     with CaptureQueriesContext(connection) as ctx:
-        services.queue_entries_move(
+        queueing.queue_entries_move(
             actor=admin_actor, queue_id=queue.pk, experiment_ids=[target.experiment_id], to="position", value=10
         )
     after = dict(QueueEntry.objects.values_list("pk", "position"))
@@ -238,7 +239,7 @@ def test_a_move_in_a_100000_entry_queue_touches_a_few_rows(admin_actor: Actor, q
     assert positions.index_of(QueueEntry.objects.get(pk=target.pk)) == 10
     # Moves to the top and bottom are as cheap.
     with CaptureQueriesContext(connection) as ctx:
-        services.queue_entries_move(
+        queueing.queue_entries_move(
             actor=admin_actor, queue_id=queue.pk, experiment_ids=[target.experiment_id], to="bottom"
         )
     assert len(ctx.captured_queries) <= 12 and len(_writes(ctx)) <= 2
@@ -253,7 +254,7 @@ def test_with_no_gap_left_a_bounded_window_is_renumbered(admin_actor: Actor, que
     QueueEntry.objects.bulk_update(packed, ["position"])
     target = QueueEntry.objects.filter(queue=queue).order_by("position")[1500]
     before = dict(QueueEntry.objects.values_list("pk", "position"))
-    services.queue_entries_move(
+    queueing.queue_entries_move(
         actor=admin_actor, queue_id=queue.pk, experiment_ids=[target.experiment_id], to="position", value=100
     )
     after = dict(QueueEntry.objects.values_list("pk", "position"))
@@ -270,7 +271,7 @@ def test_repeated_midpoint_moves_stay_ordered(admin_actor: Actor, queue: Queue, 
     _seed(queue, alice.pk, 50, gap=1024)
     for i in range(40):  # halving a 1024 gap runs out after ten moves: renumbering takes over
         entry = positions.ordered(queue.pk)[49]
-        services.queue_entries_move(
+        queueing.queue_entries_move(
             actor=admin_actor, queue_id=queue.pk, experiment_ids=[entry.experiment_id], to="position", value=1
         )
         assert positions.index_of(QueueEntry.objects.get(pk=entry.pk)) == 1, i
@@ -287,7 +288,7 @@ def test_a_bulk_move_to_another_queue_costs_the_same_queries_for_10_or_200(
     counts = []
     for selection in (ids[:10], ids[10:210]):
         with CaptureQueriesContext(connection) as ctx:
-            services.queue_entries_move(
+            queueing.queue_entries_move(
                 actor=admin_actor, queue_id=queue.pk, experiment_ids=selection, to="queue", target_queue=other.pk
             )
         counts.append(len(ctx.captured_queries))

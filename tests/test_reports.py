@@ -13,8 +13,8 @@ from rest_framework.test import APIClient
 from accounts.actor import Actor
 from experiments.models import Experiment, FailureClass, Status
 from experiments.services import experiment_stop
-from queues.dispatch import dispatch_claim
 from queues.models import Queue, QueueEntry
+from workers.dispatch import dispatch_claim
 from workers.models import AttemptStat, Worker, WorkerStat, WorkerStatus
 from workers.services import Report, RunningAttempt, worker_check_liveness, worker_report
 

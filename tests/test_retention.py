@@ -15,8 +15,8 @@ from core.models import AuditEvent
 from core.tasks import audit_purge_task
 from experiments.models import Experiment, LogChunk, UsageRecord
 from experiments.tasks import records_purge_task
-from queues.dispatch import dispatch_claim
 from queues.models import Queue
+from workers.dispatch import dispatch_claim
 from workers.models import Worker
 
 pytestmark = pytest.mark.django_db

@@ -18,9 +18,9 @@ from accounts.secrets import secret_set
 from core.errors import Forbidden
 from core.models import AuditEvent
 from experiments.models import Experiment
-from queues.dispatch import dispatch_claim
 from queues.models import Queue
 from workers.api import claim_payload
+from workers.dispatch import dispatch_claim
 from workers.models import Worker
 
 pytestmark = pytest.mark.django_db

@@ -12,8 +12,8 @@ from accounts.actor import Actor
 from core.errors import Conflict
 from core.models import AuditEvent
 from experiments.models import Attempt, Experiment, FailureClass, Status
-from queues.dispatch import dispatch_claim
 from queues.models import Queue
+from workers.dispatch import dispatch_claim
 from workers.models import Worker
 from workers.services import Registration, worker_recount_usage, worker_register, worker_unregister
 

@@ -13,9 +13,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsAgent, IsAnyRole, IsHumanUser, actor_of
+from core.api import INT32
 from experiments.models import Capability, Experiment
 from experiments.selectors import RUN_FIELDS, run_spec
-from experiments.serializers import INT32
 from workers import selectors, services
 from workers.models import WORKER_NAME_RE, Worker
 from workers.serializers import ReportSerializer

@@ -24,9 +24,9 @@ from accounts.authentication import actor_from_authorization
 from core.api import error_body
 from core.counters import PREFIX, counter_incr
 from core.errors import ServiceError
-from queues.dispatch import dispatch_claim
 from queues.wakeup import HUB, pass_on
 from workers.api import claim_payload
+from workers.dispatch import dispatch_claim
 from workers.selectors import worker_queue_ids_for_actor
 
 # Claim checks made by this process (tests read it to prove there is no thundering herd).

@@ -17,12 +17,13 @@ from django.utils import timezone
 from accounts.actor import SYSTEM, Actor
 from core.audit import Change, audit_record
 from core.db import atomic, prepared_cursor
-from core.errors import Conflict, Forbidden, InvalidInput
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from experiments.models import Attempt, Experiment, FailureClass
 from experiments.services import attempt_fence, experiments_advance_iterations
-from queues.access import actor_servable_queue_ids, servable_queue_ids
+from queues.access import actor_servable_queue_ids, actor_serves, servable_queue_ids
 from queues.models import Queue
 from queues.selectors import queues_find
+from queues.wakeup import notify_queues
 from workers import ingest
 from workers.models import (
     WORKER_NAME_RE,
@@ -34,7 +35,7 @@ from workers.models import (
     WorkerStatus,
     worker_timeout_s,
 )
-from workers.selectors import worker_is_live
+from workers.selectors import live_workers, worker_is_live
 
 MAX_QUEUES = 100
 
@@ -294,6 +295,56 @@ def worker_release(*, actor: Actor, attempt: Attempt) -> None:
         Worker.objects.filter(pk=worker_id, status=WorkerStatus.BUSY).update(
             status=WorkerStatus.IDLE, used_gpus=0, used_cpus=0, used_memory_mb=0
         )
+
+
+@atomic
+def attempt_bind(*, actor: Actor, attempt_id: str, worker_name: str) -> Attempt:
+    """Bind a claimed but unbound attempt to the worker that says it runs it; again is a no-op.
+
+    Once bound, only that worker's key may write to it (fencing), as for any other attempt.
+    """
+    attempt = Attempt.objects.select_for_update(of=("self",)).get(pk=attempt_id)
+    if attempt.worker_name == worker_name and attempt.worker_id is not None:
+        return attempt
+    if attempt.worker_id is not None:
+        raise Conflict(f"this attempt runs on worker {attempt.worker_name}", field="task")
+    if attempt.finished_at is not None:
+        raise Conflict("this attempt has already finished", field="task")
+    worker = Worker.objects.select_for_update().filter(name=worker_name).first()
+    if worker is None:
+        raise NotFound(f"worker {worker_name!r} is not registered", field="worker")
+    if not actor.is_admin and (actor.key is None or worker.api_key_id != actor.key.pk):
+        raise Forbidden(f"worker {worker_name!r} was registered with another key")
+    if not actor.is_admin and not actor_serves(actor, attempt.queue_id):
+        raise Forbidden("this attempt was claimed for a queue your key does not serve")
+    Attempt.objects.filter(pk=attempt.pk, worker__isnull=True).update(worker=worker, worker_name=worker.name)
+    Worker.objects.filter(pk=worker.pk).update(
+        used_gpus=F("used_gpus") + attempt.gpus,
+        used_cpus=F("used_cpus") + attempt.cpus,
+        used_memory_mb=F("used_memory_mb") + attempt.memory_mb,
+    )
+    Worker.objects.filter(pk=worker.pk, status=WorkerStatus.IDLE).update(status=WorkerStatus.BUSY)
+    attempt.worker, attempt.worker_name = worker, worker.name
+    audit_record(actor=actor, change=Change("attempt", attempt.pk, "bind", {"worker": None}, {"worker": worker.name}))
+    return attempt
+
+
+class WorkersFleet:
+    """The workers app's answers to the experiment lifecycle (experiments/fleet.py)."""
+
+    def listens(self, queue_id: str) -> bool:
+        return live_workers().filter(queue_links__queue_id=queue_id).exists()
+
+    def runs(self, worker_id: int) -> bool:
+        worker = Worker.objects.filter(pk=worker_id).only("status", "live_until").first()
+        return worker is not None and worker_is_live(worker)
+
+    def release(self, *, actor: Actor, attempt: Attempt) -> None:
+        if attempt.worker_id is None:
+            return
+        worker_release(actor=actor, attempt=attempt)
+        # Capacity came back: wake the waiters on this worker's queues (its own long-poll among them).
+        notify_queues(WorkerQueue.objects.filter(worker_id=attempt.worker_id).values_list("queue_id", flat=True))
 
 
 def _usage(worker_id: int) -> dict[str, float]:

@@ -23,12 +23,13 @@ from django.utils import timezone
 from accounts.actor import Actor
 from core.audit import Change, audit_record
 from core.errors import Conflict, Forbidden, NotFound
-from experiments.models import Attempt, Capability, Experiment, Status, new_id
+from core.ids import new_id
+from experiments.models import Attempt, Capability, Experiment, Status
 from experiments.services import new_lease_token, next_attempt_number
-from queues import claim_sql
 from queues.access import actor_servable_queue_ids, servable_queue_ids
-from queues.claim_sql import CLAIM_FIELDS
 from queues.models import Queue, QueueEntry
+from workers import claim_sql
+from workers.claim_sql import CLAIM_FIELDS
 from workers.models import Worker, WorkerQueue, WorkerStatus
 
 ALL_CAPABILITIES = sum(c.value for c in Capability)

@@ -137,7 +137,7 @@ def take_sql() -> str:
             if default is None:
                 raise ImproperlyConfigured(
                     f"the claim cannot fill attempts.{field.column}: give the field a default "
-                    "or a value in queues/claim_sql.py: ATTEMPT_VALUES"
+                    "or a value in workers/claim_sql.py: ATTEMPT_VALUES"
                 )
             value = str(quote(field.get_db_prep_save(default, connection)))  # a text's % already doubled
         columns.append(str(field.column))
