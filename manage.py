@@ -4,13 +4,13 @@
 import os
 import sys
 
+from django.core.management import execute_from_command_line
+
+from core.env import SettingError
+
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
-    from django.core.management import execute_from_command_line
-
-    from core.env import SettingError
-
     try:
         execute_from_command_line(sys.argv)
     except SettingError as e:  # a setting that cannot be used: say which and how to fix it, no traceback

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from django.contrib.auth.models import User
+
 from accounts.models import ApiKey, KeyScope, Role
 
 if TYPE_CHECKING:
@@ -40,7 +42,6 @@ SYSTEM = Actor(user_id=None, label="system", role=Role.ADMIN)
 
 def actor_for_user(user: AbstractBaseUser | AnonymousUser, key: ApiKey | None = None) -> Actor:
     """The actor for a signed-in user, or for a user acting through an API key."""
-    from django.contrib.auth.models import User
 
     assert isinstance(user, User)
     is_admin = user.is_superuser or user.is_staff

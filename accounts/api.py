@@ -14,8 +14,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import ApiKey, KeyScope, Role
+from accounts.actor import actor_for_user
+from accounts.models import ApiKey, KeyScope, Role, UserSecret
 from accounts.permissions import IsAdmin, IsHumanUser, actor_of
+from accounts.secrets import secret_delete, secret_set
 from accounts.services import apikey_create, apikey_revoke
 from accounts.throttle import WINDOW_S, client_address, login_failed, login_refused
 from core.api import NewestFirstCursor
@@ -142,7 +144,6 @@ class LoginView(APIView):
                 {"error": {"code": "authentication_failed", "message": "wrong username or password"}},
                 status=status.HTTP_401_UNAUTHORIZED,
             )
-        from accounts.actor import actor_for_user
 
         new = apikey_create(
             actor=actor_for_user(user), user=user, name=ser.validated_data.get("key_name") or "muster login"
@@ -208,8 +209,6 @@ class SecretListView(APIView):
 
     @extend_schema(responses=SecretSerializer(many=True), operation_id="secrets_list")
     def get(self, request: Request) -> Response:
-        from accounts.models import UserSecret
-
         rows = UserSecret.objects.filter(owner_id=actor_of(request).user_id).values("name", "updated_at")
         return Response(SecretSerializer(rows, many=True).data)
 
@@ -221,8 +220,6 @@ class SecretDetailView(APIView):
 
     @extend_schema(request=SecretValueSerializer, responses=SecretSerializer, operation_id="secrets_set")
     def put(self, request: Request, name: str) -> Response:
-        from accounts.secrets import secret_set
-
         ser = SecretValueSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         secret = secret_set(actor=actor_of(request), name=name, value=ser.validated_data["value"])
@@ -230,7 +227,5 @@ class SecretDetailView(APIView):
 
     @extend_schema(responses={204: None}, operation_id="secrets_delete")
     def delete(self, request: Request, name: str) -> Response:
-        from accounts.secrets import secret_delete
-
         secret_delete(actor=actor_of(request), name=name)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
+import httpx
 from django.conf import settings
+from django.urls import reverse
 
 from accounts.actor import Actor
 from accounts.secrets import text_decrypt, text_encrypt
@@ -92,7 +94,6 @@ def action_visible(action: CustomAction, actor: Actor) -> bool:
 
 def actions_for(object_type: str, actor: Actor) -> list[CustomAction]:
     """The actions of one object type that this actor sees (one query)."""
-    from django.urls import reverse
 
     found = [a for a in CustomAction.objects.filter(object_type=object_type) if action_visible(a, actor)]
     for action in found:
@@ -138,7 +139,6 @@ def action_issue(*, actor: Actor, action_id: int, object_id: str) -> dict[str, A
         raise Forbidden(
             f"custom actions with a secret may only call {', '.join(settings.CUSTOM_ACTION_HOSTS) or 'no host'}"
         )
-    import httpx
 
     audit_record(actor=actor, change=Change("custom_action", str(action.pk), "issue", {}, {"object": object_id}))
     try:

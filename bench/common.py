@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -44,7 +46,6 @@ def services() -> Iterator[dict[str, str]]:
 
 def fresh_database(base_url: str, name: str) -> str:
     """Drop and create `name` on the server of base_url; return its URL."""
-    import psycopg
 
     admin_url = base_url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -63,7 +64,6 @@ BENCH_SETTINGS = {
 
 def prepared_database(svc: dict[str, str], name: str, **extra: str) -> tuple[dict[str, str], dict[str, str]]:
     """A fresh, migrated and bootstrapped database `name`: (the server's environment, bootstrap.json)."""
-    import json
 
     env = {
         "DATABASE_URL": fresh_database(svc["DATABASE_URL"], name),

@@ -98,12 +98,12 @@ async def client(url: str, key: str, names: list[str]) -> dict[str, object]:
 def _take_statement(db_url: str) -> str:
     """The server's take, exactly: built from the models (workers/claim_sql.py: take_sql), so
     this process sets Django up with production's settings against the bench's database."""
-    import django
+    import django  # noqa: PLC0415 - this bench's parent process never loads Django
 
     os.environ.update({"DJANGO_SETTINGS_MODULE": "orchestration.settings", "DATABASE_URL": db_url, "DB_POOL": "false"})
     os.environ.update(BENCH_SETTINGS)
     django.setup()
-    from workers.claim_sql import take_sql
+    from workers.claim_sql import take_sql  # noqa: PLC0415 - models load only after django.setup()
 
     return take_sql()
 
@@ -114,10 +114,10 @@ def raw_sql_claims(db_url: str, worker_ids: list[int], n_expected: int) -> tuple
     Lock the worker row with its usage and queues, take from the first queue that has a
     fitting entry: the same two statements the server runs, then commit.
     """
-    from workers.claim_sql import CLAIM_FIELDS, lock_worker_sql  # plain SQL; loads no Django settings
+    take_sql = _take_statement(db_url)  # sets Django up in this process
+    from workers.claim_sql import CLAIM_FIELDS, lock_worker_sql  # noqa: PLC0415 - after django.setup()
 
     lock_sql = lock_worker_sql(CLAIM_FIELDS, "w.id = %s")  # with the serving rule, as the server's
-    take_sql = _take_statement(db_url)
 
     done = [0]
     lock = threading.Lock()

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import BENCH_SETTINGS, machine, percentile, prepared_database, services
@@ -114,8 +116,6 @@ ANALYZE;
 
 
 def seed(database_url: str) -> dict[str, int]:
-    import psycopg
-
     with psycopg.connect(database_url, autocommit=True) as conn:
         sql = SEED
         for name, value in (("WORKERS", WORKERS), ("QUEUES", QUEUES), ("QUEUED", QUEUED), ("DAYS", DAYS)):
@@ -143,12 +143,13 @@ class QueryCounter:
 
 
 def measure(rounds: int) -> list[tuple[str, float, float, int]]:
-    import django
+    import django  # noqa: PLC0415 - the measuring child alone loads Django (with the bench's settings)
 
     django.setup()
-    from django.contrib.auth.models import User
-    from django.db import connection
-    from django.test import Client
+    # Imported here, after django.setup(): models and the test client need the app registry.
+    from django.contrib.auth.models import User  # noqa: PLC0415
+    from django.db import connection  # noqa: PLC0415
+    from django.test import Client  # noqa: PLC0415
 
     client = Client()
     client.force_login(User.objects.get(username="admin"))

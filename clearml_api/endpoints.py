@@ -11,11 +11,16 @@ worker's key.
 from __future__ import annotations
 
 import re
+import shlex
 import statistics
 import time
+from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count
+from django.contrib.auth.models import User
+from django.db.models import Count, F, Window
+from django.db.models.functions import RowNumber
+from django.utils import timezone
 
 from accounts.actor import Actor
 from clearml_api.mapping import iso, project, queue_doc, script_changes, task_doc, worker_doc
@@ -30,6 +35,7 @@ from queues.models import Queue, QueueEntry
 from queues.selectors import queue_find
 from workers import selectors as worker_selectors
 from workers import services as worker_services
+from workers.dispatch import Capacity, dispatch_claim
 from workers.models import Worker, WorkerKind, WorkerQueue
 
 CLEARML_CAPABILITIES = Capability.SCRIPT | Capability.GIT  # literal scripts and git; no argv, no snapshots
@@ -47,7 +53,6 @@ def auth_login(call: Call) -> dict[str, Any]:
         raise ApiFailure(401, 20, "Unauthorized (log in with an API key)")
     raw = call.data.get("expiration_sec")
     expiry = int(raw) if isinstance(raw, (int, str)) and str(raw).isdigit() else 30 * 86400
-    from django.contrib.auth.models import User
 
     user = User.objects.get(pk=int(actor.user_id or 0))
     token = token_issue(access_key=call.key_access, user_id=user.pk, username=user.get_username(),
@@ -67,8 +72,6 @@ def _queue(ref: str) -> Queue:
 
 def _entries(queue_ids: list[str], limit: int) -> dict[str, list[Any]]:
     """The first `limit` entries of each queue in claim order, in one query for all of them."""
-    from django.db.models import F, Window
-    from django.db.models.functions import RowNumber
 
     order = [F("priority").desc(), F("position").asc(), F("id").asc()]
     rows = (
@@ -146,7 +149,6 @@ def queues_add_task(call: Call) -> dict[str, Any]:
 @endpoint("queues.get_next_task")
 def queues_get_next_task(call: Call) -> dict[str, Any]:
     """Atomic pop: a claim with no worker named (bound by the worker's next status_report)."""
-    from workers.dispatch import Capacity, dispatch_claim
 
     queue = _queue(call.text("queue"))
     if not actor_servable_queue_ids(call.caller, [queue.pk]):
@@ -316,10 +318,6 @@ def workers_get_all(call: Call) -> dict[str, Any]:
     qs = Worker.objects.order_by("name")
     last_seen = call.data.get("last_seen", 3600)
     if isinstance(last_seen, int) and last_seen > 0:
-        from datetime import timedelta
-
-        from django.utils import timezone
-
         qs = qs.filter(last_seen_at__gte=timezone.now() - timedelta(seconds=last_seen))
     pattern = call.data.get("worker_pattern")
     workers = list(qs[:5000])
@@ -483,8 +481,6 @@ def tasks_edit(call: Call) -> dict[str, Any]:
     if isinstance(runtime, dict):
         exp_services.experiment_set_runtime(actor=actor, experiment_id=task_id, runtime=runtime)
     if isinstance(container, dict) and not actor.is_agent:
-        import shlex
-
         changes = {"container_image": str(container.get("image") or ""),
                    "container_args": shlex.split(str(container.get("arguments") or "")),
                    "setup_script": str(container.get("setup_shell_script") or "")}  # fmt: skip

@@ -16,9 +16,12 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import DataError
 from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.actor import Actor, actor_for_user
+from accounts.models import ApiKey
+from accounts.services import apikey_check
 from clearml_api.tokens import API_VERSION, token_read
 from core import jsonbody
 from core.db import atomic
@@ -150,9 +153,6 @@ def _many(raw: bytes) -> bool:
 
 
 def _authenticate(request: HttpRequest) -> tuple[Actor | None, str]:
-    from accounts.models import ApiKey
-    from accounts.services import apikey_check
-
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "basic":
@@ -176,7 +176,6 @@ def _authenticate(request: HttpRequest) -> tuple[Actor | None, str]:
         key = ApiKey.objects.select_related("user").filter(access_key=payload.get("key", "")).first()
         if key is None or key.revoked_at is not None or not key.user.is_active:
             raise ApiFailure(401, 21, "Unauthorized (the token's key was revoked)")
-        from django.utils import timezone
 
         if key.expires_at is not None and key.expires_at <= timezone.now():
             raise ApiFailure(401, 21, "Unauthorized (the token's key expired)")
@@ -199,8 +198,6 @@ def _service_failure(e: ServiceError) -> ApiFailure:
 @csrf_exempt
 def dispatch(request: HttpRequest, path: str) -> JsonResponse:
     """Every ClearML call: route, authenticate, run the handler, wrap the answer."""
-    from clearml_api import endpoints  # noqa: F401 - registers the handlers
-
     call_id = uuid.uuid4().hex
     match = PATH.match(path)
     if match is None:

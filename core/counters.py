@@ -16,6 +16,8 @@ from collections import Counter
 
 from django.conf import settings
 
+from core.redis import redis_client
+
 PREFIX = "muster:counters:"
 NAMES = ("claim_checks", "claims", "reports")
 log = logging.getLogger(__name__)
@@ -59,7 +61,6 @@ COUNTS = _Counts()
 
 def _send(counts: Counter[str]) -> None:
     """Add counts in Redis, one round trip; a counter never fails a request."""
-    from core.redis import redis_client
 
     try:
         pipe = redis_client().pipeline(transaction=False)
@@ -83,8 +84,6 @@ def counters_flush() -> None:
 
 def counters_read() -> dict[str, int]:
     if settings.REDIS_URL:
-        from core.redis import redis_client
-
         with contextlib.suppress(Exception):
             values = redis_client().mget([PREFIX + n for n in NAMES])
             return {n: int(v or 0) for n, v in zip(NAMES, values, strict=True)}

@@ -81,9 +81,11 @@ def prepared_cursor() -> Any:
 
 @functools.cache
 def _preparing_cursor_class() -> type:
-    from django.db.backends.postgresql import base
-    from psycopg.errors import FeatureNotSupported
-    from psycopg.pq import TransactionStatus
+    # Imported here, not above: only a PostgreSQL connection needs this class, and the backend
+    # module loads psycopg and its adapters, which SQLite processes never use.
+    from django.db.backends.postgresql import base  # noqa: PLC0415
+    from psycopg.errors import FeatureNotSupported  # noqa: PLC0415
+    from psycopg.pq import TransactionStatus  # noqa: PLC0415
 
     server_binding: Any = base.ServerBindingCursor  # Django's cursor class when server_side_binding is on
 

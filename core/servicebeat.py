@@ -12,6 +12,7 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
@@ -57,8 +58,6 @@ def _beat_once() -> None:
 
 
 async def beat_forever() -> None:
-    from asgiref.sync import sync_to_async
-
     while True:
         await sync_to_async(_beat_once, thread_sensitive=False)()
         await asyncio.sleep(settings.SERVER_BEAT_S)

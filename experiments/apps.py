@@ -5,8 +5,9 @@ class ExperimentsConfig(AppConfig):
     name = "experiments"
 
     def ready(self) -> None:
-        from actions.services import object_type_register  # app registry: after every app has loaded
-        from experiments.models import Experiment
+        # Imported here, not above: models and services need the app registry, ready only now.
+        from actions.services import object_type_register  # noqa: PLC0415
+        from experiments.models import Experiment  # noqa: PLC0415
 
         object_type_register(
             "experiment", lambda pk: Experiment.objects.filter(pk=pk).values_list("name", flat=True).first()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
 from core.api import INT32, LimitedJSONField
@@ -207,8 +208,6 @@ class LogBatchSerializer(LeaseSerializer):
     chunks = serializers.ListField(child=LogChunkInSerializer(), max_length=1000)
 
     def validate_chunks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from django.conf import settings
-
         size = sum(len(c["text"].encode()) for c in value)
         if size > settings.MAX_LOG_BATCH_BYTES:
             raise serializers.ValidationError(f"a batch carries at most {settings.MAX_LOG_BATCH_BYTES} bytes of text")

@@ -17,7 +17,7 @@ from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
-from accounts.actor import Actor
+from accounts.actor import SYSTEM, Actor
 from accounts.secrets import secret_env_encrypt
 from core.audit import Change, audit_record, audit_record_many
 from core.db import atomic
@@ -31,6 +31,7 @@ from experiments.models import (
     Experiment,
     FailureClass,
     LogChunk,
+    Snapshot,
     Status,
     UsageRecord,
 )
@@ -173,8 +174,6 @@ def validate_spec(values: Mapping[str, Any]) -> None:
         raise InvalidInput("give a command or a script, not both", field="script")
     snapshot = values.get("snapshot")
     if snapshot:
-        from experiments.models import Snapshot
-
         if not Snapshot.objects.filter(pk=snapshot).exists():
             raise InvalidInput(f"snapshot {str(snapshot)[:12]} was not uploaded", field="snapshot")
         if values.get("repository"):
@@ -565,7 +564,6 @@ def _agent_runs(actor: Actor, exp: Experiment) -> bool:
 
 def attempts_unbound_expire(*, now: datetime | None = None) -> int:
     """Retry (or fail) attempts claimed through ClearML's get_next_task that no worker bound in time."""
-    from accounts.actor import SYSTEM
 
     now = now or timezone.now()
     deadline = now - timedelta(seconds=settings.CLEARML_BIND_TIMEOUT_S)

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,7 +136,6 @@ class Builder:
 
     def unpack_snapshot(self, sha256: str, dest: Path, fetch: Callable[[str], bytes]) -> None:
         """A snapshot tarball (cached by its digest, checked) extracted safely into dest."""
-        import tarfile
 
         cached = self.state / "snapshots" / f"{sha256}.tar.gz"
         if not cached.exists():

@@ -9,9 +9,14 @@ this Python's version.
 
 from __future__ import annotations
 
+import ast
+import gzip
+import io
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +65,7 @@ def requirements_of(root: Path, *, freeze: bool) -> str:
 def pyproject_dependencies(text: str) -> list[str]:
     """[project].dependencies of a pyproject.toml (tomllib on 3.11+, a careful reader on 3.10)."""
     try:
-        import tomllib
+        import tomllib  # noqa: PLC0415 - Python 3.11+ only; the agent also runs on 3.10
     except ImportError:  # Python 3.10
         return _dependencies_without_tomllib(text)
     try:
@@ -72,9 +77,6 @@ def pyproject_dependencies(text: str) -> list[str]:
 
 
 def _dependencies_without_tomllib(text: str) -> list[str]:
-    import ast
-    import re
-
     section = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
     if section is None:
         return []
@@ -139,9 +141,6 @@ def snapshot_tarball(cwd: Path, *, max_bytes: int = 100 * 1024 * 1024) -> tuple[
     Deterministic (sorted names, zero times and owners), so the same tree has the same digest
     and is uploaded once.
     """
-    import gzip
-    import io
-    import tarfile
 
     root = Path(_git(cwd.resolve(), "rev-parse", "--show-toplevel").strip())
     names = sorted({n for n in _git(root, "ls-files", "-z", "-co", "--exclude-standard").split("\0") if n})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -20,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from muster_agent import __version__
+from muster_agent.capture import CaptureError, capture, capture_snapshot, entry_point_of
 from muster_agent.client import ApiError, Client, ServerAway
 from muster_agent.config import ConfigError, load, save
+from muster_agent.isolation import IsolationError
+from muster_agent.worker import Agent, Options, default_state_dir, install_signals
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_CONFLICT, EXIT_AWAY, EXIT_STOPPED = range(8)
 TERMINAL = {"completed", "failed", "stopped"}
@@ -39,7 +43,7 @@ class Out:
         self.console: Any = None
         if sys.stdout.isatty():  # piped output stays plain and untruncated (grep, awk, cut)
             try:
-                from rich.console import Console
+                from rich.console import Console  # noqa: PLC0415 - rich is the optional [cli] extra
 
                 self.console = Console(highlight=False, soft_wrap=True)
             except ImportError:
@@ -53,8 +57,8 @@ class Out:
             self.data(rows)
             return
         if self.console is not None:
-            from rich.table import Table
-            from rich.text import Text
+            from rich.table import Table  # noqa: PLC0415 - rich is the optional [cli] extra
+            from rich.text import Text  # noqa: PLC0415 - rich is the optional [cli] extra
 
             t = Table(title=title or None, show_edge=False, header_style="bold")
             for key, label in columns:
@@ -194,16 +198,10 @@ def _unwrap(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
-    from muster_agent.capture import CaptureError, capture
-
     command = _command(args, "run")
     client = _client(args)
     try:
         if args.snapshot:
-            import hashlib
-
-            from muster_agent.capture import capture_snapshot
-
             code, tarball = capture_snapshot(Path.cwd(), freeze=args.freeze)
             sha = hashlib.sha256(tarball).hexdigest()
             client.upload(f"snapshots/{sha}/", tarball, "application/gzip")
@@ -212,7 +210,6 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
             code = capture(Path.cwd(), freeze=args.freeze)
     except CaptureError as e:
         raise UsageError(str(e)) from None
-    from muster_agent.capture import entry_point_of
 
     code["entry_point"] = args.entry_point or entry_point_of(command)
     body = {**_spec_body(args, command), **code}
@@ -327,9 +324,6 @@ def _action(verb: str, path: str) -> Any:
 
 
 def cmd_agent(args: argparse.Namespace, out: Out) -> int:
-    from muster_agent.isolation import IsolationError
-    from muster_agent.worker import Agent, Options, default_state_dir, install_signals
-
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(threadName)s %(message)s",

@@ -11,6 +11,7 @@ nothing of it runs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ from typing import Any
 
 import psutil
 
+from muster_agent import container
+from muster_agent.build import Builder, BuildError, find_uv
 from muster_agent.isolation import PRIVATE_ENV, RunUser, as_user, base_environment, give_to
 from muster_agent.spool import Spool
 
@@ -184,8 +187,6 @@ class Run:
             self.building = False
 
     def _build_then_spawn(self) -> None:
-        from muster_agent.build import Builder, BuildError
-
         builder = Builder(
             self.ctx.build_dir or self.ctx.state_dir, lambda text: self._emit(text.encode()),
             find_links=self.ctx.find_links, user=self.ctx.run_user,
@@ -240,9 +241,6 @@ class Run:
         return self.ctx.default_image if self.ctx.container_engine else None
 
     def _start_container(self, code: Path) -> None:
-        from muster_agent import container
-        from muster_agent.build import BuildError, find_uv
-
         assert self.image is not None and self.ctx.container_engine is not None
         try:
             extra = container.check_args(list(self.spec.get("container_args") or []))
@@ -394,8 +392,6 @@ class Run:
 
     def _signal_all(self, sig: int) -> None:
         if self.container_name and self.ctx.container_engine:
-            from muster_agent import container
-
             container.kill(self.ctx.container_engine, self.container_name, signal.Signals(sig).name)
         if self.proc is not None:
             try:
@@ -457,8 +453,6 @@ class Run:
     def _finish(self) -> None:
         self.finished = True
         if self.container_name and self.ctx.container_engine:
-            from muster_agent import container
-
             container.remove(self.ctx.container_engine, self.container_name)
         self.flush()
         ending = self.ending or self._ending_from_exit()
@@ -475,8 +469,6 @@ class Run:
             if ending.failure_class:
                 body["failure_class"] = ending.failure_class
             if self.venv is not None:
-                from muster_agent.build import Builder
-
                 body["frozen_requirements"] = Builder(self.ctx.state_dir, lambda _: None).freeze(self.venv)
             self.ctx.spool.put(self.id, "finish", body)
         else:
@@ -516,7 +508,6 @@ def set_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants (Linux); False elsewhere."""
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -9,6 +9,7 @@ retried with backoff and the spool keeps what is not delivered yet.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -418,7 +419,6 @@ class Agent:
 
     def _following_logs(self, attempt_id: str, first: Path) -> list[tuple[Path, dict[str, Any]]]:
         out: list[tuple[Path, dict[str, Any]]] = []
-        import json
 
         files = sorted((self.spool.root / attempt_id).glob("*.json"))
         size = first.stat().st_size

@@ -6,6 +6,7 @@ class OrchestrationConfig(AppConfig):
     verbose_name = "Orchestration"
 
     def ready(self) -> None:
-        from orchestration import checks, schema  # register the system checks and the OpenAPI extension
+        # Imported for their side effect: registering the system checks and the OpenAPI extension.
+        from orchestration import checks, schema  # noqa: PLC0415
 
         del checks, schema

@@ -8,110 +8,31 @@ events and runs the server heartbeat (core/servicebeat.py) in each server proces
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core import signals
 from django.core.asgi import get_asgi_application
 from django.core.handlers.asgi import ASGIHandler
-from django.db import close_old_connections, reset_queries
+from django.db import DatabaseError, close_old_connections, connections, reset_queries
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
-get_asgi_application()  # django.setup()
+get_asgi_application()  # django.setup(): the settings and the app registry, before any app's module
 
-from django.conf import settings  # noqa: E402 - after setup
+# ruff: noqa: E402 - every import below needs the setup above
+from django.conf import settings
 
-from orchestration.fastpath import route, serve  # noqa: E402 - after setup
-
-IDLE_REQUEST_THREADS = 64
-
-
-class Gate:
-    """At most `limit` requests' synchronous steps run at once in this process; the rest wait their turn.
-
-    Under a backlog (a burst of reports, a thousand long-polls re-claiming at once) every
-    request in flight has its own thread, and runnable threads contending for one GIL
-    cost CPU in switching: with 32 clients a report cost 4.9 ms of server CPU against 3.7
-    to 4.1 ms one at a time, and more under a deeper backlog (bench/request_cpu.py,
-    docs/BENCHMARKS.md). Waiting threads sleep on the semaphore instead. A step that runs inside
-    another (async_to_sync back into the loop, then a sync step again) runs on the same
-    thread, which already holds its turn.
-
-    A step gives its database connections back (to the pool) when its turn ends, as Django
-    does at the end of a request with CONN_MAX_AGE = 0 (the only setting the pool allows):
-    otherwise a request waiting for its turn could hold the pooled connection that every
-    step holding a turn waits for.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.turns = threading.BoundedSemaphore(limit)
-        self.held = threading.local()
-
-    def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self.held, "turn", False):
-            return fn(*args, **kwargs)
-        with self.turns:
-            self.held.turn = True
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.held.turn = False
-                _give_back_connections()
-
-
-def _give_back_connections() -> None:
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        if conn.in_atomic_block:
-            continue
-        if conn.settings_dict["CONN_MAX_AGE"] == 0:
-            conn.close()
-        else:  # what request_finished's close_old_connections does
-            conn.close_if_unusable_or_obsolete()
-
-
-class GatedExecutor(ThreadPoolExecutor):
-    """A request's single thread, whose work items wait for their turn at GATE."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return super().submit(GATE.run, fn, *args, **kwargs)
-
-
-class RequestThreads:
-    """Single-thread executors for requests' synchronous work, reused from one request to the next.
-
-    Django's handler gives every request a fresh one, so every request that runs any sync
-    code (a view, a database step) starts a thread and joins it afterwards: about a fifth of
-    a small request's cost here. The semantics stay Django's: one request's sync calls run
-    one at a time on one thread, which serves no other request meanwhile.
-    """
-
-    def __init__(self, idle_max: int = IDLE_REQUEST_THREADS) -> None:
-        self.idle: list[ThreadPoolExecutor] = []
-        self.idle_max = idle_max
-        self.lock = threading.Lock()
-
-    def take(self) -> ThreadPoolExecutor:
-        with self.lock:
-            if self.idle:
-                return self.idle.pop()
-        return GatedExecutor(max_workers=1, thread_name_prefix="request")
-
-    def give(self, executor: ThreadPoolExecutor) -> None:
-        with self.lock:
-            if len(self.idle) < self.idle_max:
-                self.idle.append(executor)
-                return
-        executor.shutdown(wait=False)
-
-
-GATE = Gate(settings.REQUEST_STEPS_RUNNING)
-REQUEST_THREADS = RequestThreads()
+from accounts.actor import SYSTEM
+from actions.services import actions_sync
+from core.counters import counters_flush
+from core.errors import ServiceError
+from core.servicebeat import beat_forever
+from orchestration.fastpath import route, serve
+from orchestration.threads import REQUEST_THREADS
+from workers.ingest import INGEST
 
 
 class Handler(ASGIHandler):
@@ -151,21 +72,13 @@ _beat: dict[str, asyncio.Task[None]] = {}
 
 def _start_beat() -> None:
     if "task" not in _beat or _beat["task"].done():
-        from core.servicebeat import beat_forever
-
         _beat["task"] = asyncio.get_running_loop().create_task(beat_forever())
 
 
 async def _flush_reports() -> None:
     """Write the reports still queued in this process before it exits."""
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-
-    from workers.ingest import INGEST
 
     def flush() -> None:
-        from core.counters import counters_flush
-
         try:
             INGEST.flush()
             counters_flush()
@@ -177,23 +90,11 @@ async def _flush_reports() -> None:
 
 async def _sync_actions() -> None:
     """Custom actions from CUSTOM_ACTIONS_FILE, by name, as each server process starts."""
-    import logging
-
-    from asgiref.sync import sync_to_async
-    from django.conf import settings
 
     if not settings.CUSTOM_ACTIONS_FILE:
         return
 
     def sync() -> None:
-        from pathlib import Path
-
-        from django.db import DatabaseError, connections
-
-        from accounts.actor import SYSTEM
-        from actions.services import actions_sync
-        from core.errors import ServiceError
-
         try:
             actions_sync(actor=SYSTEM, path=Path(settings.CUSTOM_ACTIONS_FILE))
         except (OSError, ValueError, ServiceError, DatabaseError) as e:  # another process may sync at once
@@ -224,6 +125,6 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     _start_beat()  # servers that send no lifespan events
     fast = route(scope)
     if fast is not None:  # an agent's claim or report (orchestration/fastpath.py)
-        await serve(*fast, scope, receive, send)
+        await serve(fast, scope, receive, send)
         return
     await django_application(scope, receive, send)

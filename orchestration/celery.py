@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
 
@@ -17,7 +18,6 @@ app.autodiscover_tasks()
 @app.on_after_finalize.connect
 def _ensure_broker_folders(sender: Celery, **_kwargs: object) -> None:
     """The filesystem broker needs its folders to exist before the first message."""
-    from django.conf import settings
 
     if settings.CELERY_BROKER_URL == "filesystem://":
         for key in ("data_folder_in", "processed_folder", "control_folder"):

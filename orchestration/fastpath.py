@@ -9,12 +9,14 @@ two endpoints, which take only an API key, a path and a JSON body, set no cookie
 render no page.
 
 So the production entry point (orchestration/asgi.py) hands exactly those requests here:
-POST, the exact path, an allowed Host, no HTTPS redirect due. They run the same
-functions the Django views run (workers/claim_view.py: claim, workers/report_view.py:
-report), on the same reused request thread behind the same gate, and answer with the
-same headers the middleware would add; tests/test_fastpath.py compares the two answers
-for the same requests. Anything else (another method, a trailing-slash redirect, a bad
-Host) goes to Django as before. FAST_PATH=false sends everything to Django.
+POST, the exact path, and a request that Django's middleware lets through to a view (an
+allowed Host, no HTTPS redirect due). They run the same functions the Django views run
+(workers/claim_view.py: claim, workers/report_view.py: report), on the same reused request
+thread behind the same gate, and answer with the headers that settings.MIDDLEWARE itself
+adds to a JSON answer for that Host and scheme (run once per pair, then remembered);
+tests/test_fastpath.py compares the two answers for the same requests. Anything else
+(another method, a trailing-slash redirect, a bad Host) goes to Django as before.
+FAST_PATH=false sends everything to Django.
 """
 
 from __future__ import annotations
@@ -22,19 +24,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import io
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
+from django.core.exceptions import MiddlewareNotUsed
+from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http.request import split_domain_port, validate_host
-from django.utils.csp import build_policy
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.utils.module_loading import import_string
 
 from core.api import error_body, too_large
+from orchestration.threads import REQUEST_THREADS
 from workers.claim_view import claim
 from workers.report_view import report
 
@@ -60,22 +71,71 @@ def _header(scope: dict[str, Any], name: bytes) -> str:
     return ""
 
 
-_host_ok: dict[str, bool] = {}  # a server sees a handful of Host values
+# What Django's middleware makes of a fast answer, by what it depends on: the headers it adds,
+# or None where it answers otherwise (a disallowed Host, an HTTPS redirect due), so that Django
+# serves that request. A server sees a handful of keys; cleared when a setting changes (tests).
+_verdicts: dict[tuple[str, str, bool], list[tuple[bytes, bytes]] | None] = {}
+VERDICTS_MAX = 64
 
 
-def _allowed_host(host: str) -> bool:
-    """Host is checked as Django's request.get_host() would (USE_X_FORWARDED_HOST goes to Django)."""
-    known = _host_ok.get(host)
-    if known is None:
-        domain, _port = split_domain_port(host)
-        known = bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
-        if len(_host_ok) < 64:
-            _host_ok[host] = known
-    return known
+@receiver(setting_changed)
+def _forget_verdicts(**_kwargs: Any) -> None:
+    _verdicts.clear()
 
 
-def route(scope: dict[str, Any]) -> tuple[str, str] | None:
-    """The endpoint and worker name when this request is one the fast path serves, else None."""
+def _json_answer(_request: HttpRequest) -> HttpResponse:
+    return HttpResponse(b"{}", content_type="application/json")
+
+
+def _middleware_chain() -> Callable[[HttpRequest], HttpResponseBase]:
+    """settings.MIDDLEWARE around a view that answers JSON, built by the middleware protocol
+    (each takes the next callable), as Django's handler builds its own."""
+    handler: Callable[[HttpRequest], HttpResponseBase] = _json_answer
+    for path in reversed(settings.MIDDLEWARE):
+        try:
+            handler = import_string(path)(handler)
+        except MiddlewareNotUsed:
+            continue
+    return handler
+
+
+def _verdict(scope: dict[str, Any]) -> list[tuple[bytes, bytes]] | None:
+    """The headers the middleware adds to this request's JSON answer, or None if it would not let
+    the view answer. Django decides: the request is Django's own, built from the scope, and the
+    chain is settings.MIDDLEWARE itself, so a header middleware added later applies here too."""
+    request = ASGIRequest(scope, io.BytesIO())
+    key = (request.META.get("HTTP_HOST", ""), request.META.get("HTTP_X_FORWARDED_HOST", ""), request.is_secure())
+    if key in _verdicts:
+        return _verdicts[key]
+    try:
+        response = _middleware_chain()(request)
+    except Exception:  # DisallowedHost and the like: Django answers that request itself
+        verdict = None
+    else:
+        answered = isinstance(response, HttpResponse) and response.status_code == 200 and response.content == b"{}"
+        skip = {"content-type", "content-length"}
+        verdict = (
+            [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items() if k.lower() not in skip]
+            if answered
+            else None
+        )
+    if len(_verdicts) < VERDICTS_MAX:
+        _verdicts[key] = verdict
+    return verdict
+
+
+@dataclass(frozen=True)
+class Fast:
+    """A request the fast path serves: which endpoint, for which worker, with which headers."""
+
+    endpoint: str
+    name: str
+    headers: list[tuple[bytes, bytes]]
+
+
+def route(scope: dict[str, Any]) -> Fast | None:
+    """The endpoint, the worker's name and the middleware's headers when this request is one
+    the fast path serves, else None."""
     if scope["type"] != "http" or scope["method"] != "POST" or not settings.FAST_PATH:
         return None
     path: str = scope["path"]
@@ -85,60 +145,10 @@ def route(scope: dict[str, Any]) -> tuple[str, str] | None:
     match = ROUTE.match(path)
     if match is None:
         return None
-    if settings.USE_X_FORWARDED_HOST or not _allowed_host(_header(scope, b"host")):
+    headers = _verdict(scope)
+    if headers is None:
         return None
-    if settings.SECURE_SSL_REDIRECT and not _secure(scope):
-        return None
-    return match["endpoint"], match["name"]
-
-
-def _secure(scope: dict[str, Any]) -> bool:
-    if scope.get("scheme") == "https":
-        return True
-    proxy = settings.SECURE_PROXY_SSL_HEADER
-    if proxy:
-        header, value = proxy
-        wire = header.removeprefix("HTTP_").lower().replace("_", "-").encode()
-        return _header(scope, wire).split(",")[0].strip() == value
-    return False
-
-
-def _headers(scope: dict[str, Any], body: bytes) -> list[tuple[bytes, bytes]]:
-    """What the Django view's answer carries: its own headers and the security middleware's."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if settings.X_FRAME_OPTIONS:
-        headers.append((b"x-frame-options", settings.X_FRAME_OPTIONS.encode()))
-    if settings.SECURE_HSTS_SECONDS and _secure(scope):
-        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
-        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
-            hsts += "; includeSubDomains"
-        if settings.SECURE_HSTS_PRELOAD:
-            hsts += "; preload"
-        headers.append((b"strict-transport-security", hsts.encode()))
-    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
-        headers.append((b"x-content-type-options", b"nosniff"))
-    if settings.SECURE_REFERRER_POLICY:
-        policy = settings.SECURE_REFERRER_POLICY
-        if not isinstance(policy, str):
-            policy = ",".join(policy)
-        headers.append((b"referrer-policy", policy.encode()))
-    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
-        headers.append((b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()))
-    if settings.SECURE_CSP:
-        headers.append((b"content-security-policy", _csp_header()))
-    return headers
-
-
-_csp_built: dict[int, bytes] = {}
-
-
-def _csp_header() -> bytes:
-    """The policy ContentSecurityPolicyMiddleware sends (ours has no nonce: built once per setting)."""
-    config = settings.SECURE_CSP
-    built = _csp_built.get(id(config))
-    if built is None:
-        built = _csp_built[id(config)] = build_policy(config, None).encode()
-    return built
+    return Fast(match["endpoint"], match["name"], headers)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -157,10 +167,8 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def serve(endpoint: str, name: str, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    """Answer one claim or report (route() said this request is one)."""
-    from orchestration.asgi import REQUEST_THREADS  # the module that imports this one
-
+async def serve(fast: Fast, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """Answer one claim or report (route() said this request is one, and with which headers)."""
     try:
         body = await _read_body(receive)
     except Disconnected:
@@ -172,11 +180,11 @@ async def serve(endpoint: str, name: str, scope: dict[str, Any], receive: Receiv
         executor = REQUEST_THREADS.take()
         try:
             async with ThreadSensitiveContext(executor=executor):
-                if endpoint == "claim":
+                if fast.endpoint == "claim":
                     query = dict(_query(scope))
-                    answered = await _unless_gone(claim(authorization, name, query.get("wait")), receive)
+                    answered = await _unless_gone(claim(authorization, fast.name, query.get("wait")), receive)
                 else:
-                    answered = await _unless_gone(sync_to_async(report)(authorization, name, body), receive)
+                    answered = await _unless_gone(sync_to_async(report)(authorization, fast.name, body), receive)
             if answered is None:
                 return  # the agent went away: a dead agent's long-poll neither waits nor claims on
             status, answer = answered
@@ -188,7 +196,9 @@ async def serve(endpoint: str, name: str, scope: dict[str, Any], receive: Receiv
     if 400 <= status < 500:
         logger.warning("%s: %s", http.HTTPStatus(status).phrase, scope["path"])
     content = json.dumps(answer, cls=DjangoJSONEncoder).encode()
-    await send({"type": "http.response.start", "status": status, "headers": _headers(scope, content)})
+    length = str(len(content)).encode()
+    sent = [(b"content-type", b"application/json"), (b"content-length", length), *fast.headers]
+    await send({"type": "http.response.start", "status": status, "headers": sent})
     await send({"type": "http.response.body", "body": content})
 
 
@@ -214,7 +224,5 @@ async def _disconnected(receive: Receive) -> None:
 
 
 def _query(scope: dict[str, Any]) -> list[tuple[str, str]]:
-    from urllib.parse import parse_qsl
-
     raw: bytes = scope.get("query_string", b"")
     return parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if raw else []

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from django.db import connection
 
 from core.errors import Forbidden, InvalidInput
+from queues.selectors import queue_find
 
 if TYPE_CHECKING:  # no model at import time: bench/dispatch.py reads SERVABLE_SQL without Django set up
     from django.contrib.auth.models import User
@@ -92,7 +93,6 @@ def key_queues_resolve(*, owner: User, refs: Sequence[str]) -> list[str]:
 
     A key never lets its worker serve more than its owner may enqueue to (the claim checks it again).
     """
-    from queues.selectors import queue_find  # models load with Django: not at import (see above)
 
     ids: list[str] = []
     for ref in refs:

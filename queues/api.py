@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
@@ -47,8 +48,6 @@ class QueueWriteSerializer(serializers.Serializer[Any]):
     )
 
     def validate_group_ids(self, value: list[int]) -> list[int]:
-        from django.contrib.auth.models import Group
-
         found = set(Group.objects.filter(pk__in=value).values_list("pk", flat=True))
         missing = [g for g in value if g not in found]
         if missing:

@@ -5,11 +5,11 @@ class QueuesConfig(AppConfig):
     name = "queues"
 
     def ready(self) -> None:
-        # Imported here: models and services need the app registry, complete only now.
-        from accounts.services import QUEUE_LIMIT
-        from actions.services import object_type_register
-        from queues.access import key_queues_resolve
-        from queues.models import Queue
+        # Imported here, not above: models and services need the app registry, ready only now.
+        from accounts.services import QUEUE_LIMIT  # noqa: PLC0415
+        from actions.services import object_type_register  # noqa: PLC0415
+        from queues.access import key_queues_resolve  # noqa: PLC0415
+        from queues.models import Queue  # noqa: PLC0415
 
         QUEUE_LIMIT.rule = key_queues_resolve
 

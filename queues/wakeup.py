@@ -20,8 +20,11 @@ import threading
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import transaction
+
+from core.redis import redis_client
 
 log = logging.getLogger(__name__)
 CHANNEL_PREFIX = "muster:queue:"
@@ -39,8 +42,6 @@ def publish(queue_ids: list[str], hops: int = 0) -> None:
     """Publish now (callers are after commit): Redis for other processes, the hub for this one."""
     message_id = f"{secrets.token_hex(8)}:{hops}"
     if settings.REDIS_URL:
-        from core.redis import redis_client
-
         try:
             client = redis_client()
             for queue_id in queue_ids:
@@ -123,8 +124,6 @@ class Hub:
         return False
 
     async def _listen(self, ready: asyncio.Event) -> None:
-        import redis.asyncio as aioredis
-
         client = aioredis.Redis.from_url(settings.REDIS_URL)
         try:
             pubsub = client.pubsub()

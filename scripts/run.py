@@ -9,12 +9,17 @@ after AGENT_RESTARTS deaths within a minute it is left down and the server keeps
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +35,6 @@ def manage(*args: str) -> str:
 
 
 def wait_until_up(url: str, timeout: float = 30) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -44,7 +47,8 @@ def wait_until_up(url: str, timeout: float = 30) -> None:
 def login_cli(url: str, key: str) -> str:
     """Point the `muster` CLI at this server unless it is already logged in elsewhere."""
     sys.path.insert(0, str(ROOT))
-    from muster_agent.config import config_path, save, saved
+    # Imported here: the repository goes on sys.path just above (this script runs from scripts/).
+    from muster_agent.config import config_path, save, saved  # noqa: PLC0415
 
     current = saved().get("server")
     if current and current != url:
@@ -71,7 +75,6 @@ def run_user() -> tuple[str | None, str]:
     """As root: the unprivileged user runs execute as (created on first use); else none, and why."""
     if os.geteuid() != 0:
         return None, "as your own user (start make run as root to run them as an unprivileged user)"
-    import pwd
 
     name = os.environ.get("MUSTER_RUN_AS") or RUN_USER
     try:
@@ -96,8 +99,6 @@ def agent_work_dir() -> Path:
     given = os.environ.get("MUSTER_WORK_DIR")
     if given:
         return Path(given)
-    import hashlib
-    import tempfile
 
     tag = hashlib.sha256(str(VAR.resolve()).encode()).hexdigest()[:12]
     base = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())  # noqa: S108 - our own folder
@@ -124,8 +125,6 @@ def agent_environment(key: Path) -> dict[str, str]:
 
 def port_taken(host: str, port: int) -> bool:
     """Whether something already listens there (another `make run`, say)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1)
         return s.connect_ex((host, port)) == 0

@@ -13,16 +13,17 @@ import time
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
-    import django
+    import django  # noqa: PLC0415 - a child process: settings first, then Django
 
     django.setup()
-    from django.utils import timezone
+    # Imported here, after django.setup(): models and services need the app registry.
+    from django.utils import timezone  # noqa: PLC0415
 
-    from accounts.actor import SYSTEM
-    from experiments.models import Attempt
-    from workers.dispatch import dispatch_claim
-    from workers.models import Worker
-    from workers.services import worker_release
+    from accounts.actor import SYSTEM  # noqa: PLC0415
+    from experiments.models import Attempt  # noqa: PLC0415
+    from workers.dispatch import dispatch_claim  # noqa: PLC0415
+    from workers.models import Worker  # noqa: PLC0415
+    from workers.services import worker_release  # noqa: PLC0415
 
     worker = Worker.objects.get(name=sys.argv[1])
     claimed, errors = [], []

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.core.cache import cache
 from django.db import connection
 from rest_framework.test import APIClient
 
@@ -18,6 +20,7 @@ from experiments.models import Experiment
 from experiments.services import experiment_create, experiment_enqueue
 from queues.models import Queue
 from queues.services import queue_create
+from tests import live
 from workers.models import Worker
 from workers.services import Registration, worker_register
 
@@ -29,7 +32,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     They are deselected, not skipped: neither run claims to have tried them.
     """
-    from django.conf import settings
 
     other = {"sqlite_only"} if connection.vendor == "postgresql" else {"postgres_only", "browser", "clearml_agent"}
     if not settings.REDIS_URL:
@@ -153,7 +155,6 @@ def make_worker(agent_actor: Actor) -> Callable[..., Worker]:
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
     """Throttle counters live in the cache; each test starts with none."""
-    from django.core.cache import cache
 
     cache.clear()
 
@@ -168,8 +169,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """A failing test beside a live stack gets the errors its server, celery and agents logged."""
     report = yield
     if report.failed:
-        from tests import live
-
         for stack in live.OPEN_STACKS:
             excerpt = live.error_excerpts(stack.dir)
             if excerpt:
@@ -178,8 +177,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from django.conf import settings
-
     # WhiteNoise warns on every request when the collected-static folder does not exist.
     Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 
@@ -187,6 +184,5 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="module")
 def st(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A live Muster for a test module (tests/live.py): server process, celery with beat; agents on demand."""
-    from tests import live
 
     yield from live.module_stack(tmp_path_factory, "live")

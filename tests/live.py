@@ -8,6 +8,7 @@ PostgreSQL database in the PostgreSQL run) and copied for each stack. Agents are
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import pwd
@@ -16,12 +17,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 
 from bench.common import spare_port
 from muster_agent.client import ApiError, Client, ServerAway
@@ -77,8 +81,6 @@ def _outer_pg() -> str | None:
 
 
 def _pg_admin(url: str) -> Any:
-    import psycopg
-
     return psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
 
 
@@ -337,10 +339,6 @@ class DropProxy:
     """
 
     def __init__(self, upstream_port: int, drop: dict[str, int]):
-        import http.client
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
         self.budget = dict(drop)
         self.dropped: dict[str, int] = dict.fromkeys(drop, 0)
         self.forwarded: dict[str, int] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import textwrap
@@ -81,8 +82,6 @@ INSIDE = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.container
 def test_a_podman_run_sees_its_slots_parameters_and_secrets(st: Stack) -> None:
-    import hashlib
-
     assert IMAGE, "scripts/test-image.sh sets MUSTER_TEST_IMAGE (make test runs it)"
     st.queue("ctr")
     st.start_agent("ctr-1", ["ctr"], "--gpus", "0,1", "--container-engine", "podman", "--gpu-passthrough", "none")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -228,8 +230,6 @@ def test_answers_lost_after_the_server_committed_store_logs_and_status_once(st: 
 
 
 def _cli(st: Stack, home: Path, *args: str, key: str | None = None, env: dict[str, str] | None = None) -> Any:
-    import subprocess
-
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("MUSTER_")}
     cli_env.update({"MUSTER_CONFIG": str(home / "config.json"), "PYTHONPATH": str(live.ROOT), "COLUMNS": "200"})
     if key:
@@ -246,8 +246,6 @@ def _cli(st: Stack, home: Path, *args: str, key: str | None = None, env: dict[st
 
 
 def test_every_cli_command_against_the_live_server(st: Stack, tmp_path: Path) -> None:
-    import json
-
     q = _q(st, "live-cli")
     st.start_agent("cli-1", [q], "--cpu-only")
     r = _cli(
@@ -355,8 +353,6 @@ def test_a_box_that_fails_quickly_again_and_again_drains_itself(st: Stack) -> No
 
 
 def test_a_users_secret_reaches_the_run_and_never_its_log(st: Stack) -> None:
-    import hashlib
-
     q = _q(st, "live-secrets")
     st.start_agent("secrets-1", [q], "--cpu-only")
     st.admin.request("PUT", "secrets/WANDB_API_KEY/", {"value": "wandb-0123456789"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -302,7 +305,6 @@ def test_health_endpoints() -> None:
 def test_apikey_command_makes_lists_and_revokes(alice: Any) -> None:
     out = StringIO()
     call_command("apikey", "create", "--user", "alice", "--role", "agent", "--json", stdout=out)
-    import json
 
     made = json.loads(out.getvalue())
     assert apikey_check(made["token"]) is not None
@@ -314,12 +316,6 @@ def test_apikey_command_makes_lists_and_revokes(alice: Any) -> None:
 
 
 def test_apikey_command_limits_an_agent_key_to_queues_by_name_or_id(alice: Any, make_queue: Any) -> None:
-    import json
-
-    from django.core.management.base import CommandError
-
-    from accounts.models import ApiKey
-
     gpu, cpu = make_queue("gpu"), make_queue("cpu")
     out = StringIO()
     call_command(
@@ -357,8 +353,6 @@ def test_the_schema_and_docs_are_served(admin_api: APIClient) -> None:
 
 
 def test_admin_password_logins_are_throttled(alice: Any) -> None:
-    from django.test import Client
-
     client = Client()
     codes = [client.post("/admin/login/", {"username": "alice", "password": "wrong"}).status_code for _ in range(12)]
     assert codes[0] == 200 and codes[-1] == 429

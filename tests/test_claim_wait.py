@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
+from django.db import connection, connections
+from django.db.backends import utils
 from django.test import AsyncClient
 
 from accounts.actor import SYSTEM, actor_for_user
 from accounts.models import Role
 from accounts.services import apikey_create
+from bench.common import spare_port
+from bench.httpclient import Connection
+from core.redis import redis_client
 from experiments.services import experiment_create, experiment_enqueue
 from queues.services import queue_create
 from tests.live import LIVE_SETTINGS
@@ -25,8 +33,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 
 
 def _world(n_workers: int = 1) -> dict[str, Any]:
-    from django.db import connections
-
     try:
         return _make_world(n_workers)
     finally:
@@ -46,7 +52,6 @@ def _make_world(n_workers: int) -> dict[str, Any]:
 
 def _enqueue(world: dict[str, Any]) -> str:
     """Enqueue from another thread, as another request would; its connection is closed after."""
-    from django.db import connections
 
     try:
         exp = experiment_create(actor=world["alice"], spec={"name": "job", "command": ["true"]})
@@ -106,15 +111,6 @@ async def test_an_idle_wait_checks_the_database_the_same_number_of_times_for_1s_
 @pytest.mark.redis_only
 async def test_one_enqueue_wakes_one_of_50_waiters_on_a_real_server(settings: Any) -> None:
     """50 idle agents long-poll a real server process; one enqueue causes at most 2 claim checks."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from django.db import connection
-
-    from bench.common import spare_port
-    from bench.httpclient import Connection
-    from core.redis import redis_client
 
     # The server runs in production mode, as before the key check: the keys are digested with a
     # production-grade key, which the server is given too.
@@ -191,7 +187,6 @@ async def test_one_enqueue_wakes_one_of_50_waiters_on_a_real_server(settings: An
 
 def _wait_for_other_sessions_to_end() -> None:
     """Until the server's sessions are gone (this thread's own and the test's main one aside)."""
-    from django.db import connection, connections
 
     try:
         for _ in range(50):
@@ -212,7 +207,6 @@ def _wait_for_other_sessions_to_end() -> None:
 @pytest.mark.slow
 async def test_an_idle_wait_issues_the_same_sql_for_1s_and_30s(settings: Any, monkeypatch: Any) -> None:
     """No polling: the SQL an idle long-poll runs does not grow with its length (every thread counted)."""
-    from django.db.backends import utils
 
     settings.CLAIM_WAIT_MAX_S = 30
     world = await sync_to_async(_world)()

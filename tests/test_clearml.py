@@ -12,11 +12,12 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from accounts.actor import SYSTEM
+from accounts.actor import SYSTEM, actor_for_user
 from accounts.models import Role
-from accounts.services import NewKey, apikey_create
+from accounts.services import NewKey, apikey_create, apikey_revoke
+from clearml_api.tokens import token_issue
 from experiments.models import Attempt, Experiment, LogChunk, Status
-from experiments.services import attempts_unbound_expire
+from experiments.services import attempts_unbound_expire, experiment_create, experiment_enqueue
 from queues.models import Queue
 from workers.models import Worker, WorkerKind
 
@@ -58,7 +59,6 @@ class Agent:
 
 
 def SYSTEM_USER() -> Any:  # noqa: N802 - reads as the constant it stands for
-    from accounts.actor import actor_for_user
 
     return actor_for_user(User.objects.filter(is_superuser=True).first())  # type: ignore[arg-type]
 
@@ -118,8 +118,6 @@ def test_the_envelope_paths_and_errors(agent: Agent, queue: Queue) -> None:
 
 
 def test_login_tokens_are_checked_and_revocation_ends_them(agent: Agent, agent_key: NewKey) -> None:
-    from accounts.services import apikey_revoke
-
     payload = json.loads(base64.urlsafe_b64decode(agent.token.split(".")[1] + "=="))
     assert payload["api_version"] == "2.31" and payload["feature_set"] == "basic" and payload["exp"] > payload["iat"]
     assert agent.raw("queues.get_all", auth="Bearer " + agent.token[:-3] + "abc").status_code == 401
@@ -138,7 +136,6 @@ def test_queue_names_tags_and_the_paused_queue(agent: Agent, make_queue: Callabl
     tags = agent.call("queues.get_all", {"id": [q.pk], "only_fields": ["id", "tags"]})["queues"][0]["tags"]
     assert tags == ["gpu", "force_workers:off"]
     assert agent.raw("queues.get_all", {"name": "(["}).status_code == 400
-    from experiments.services import experiment_create, experiment_enqueue
 
     for i in range(3):
         exp = experiment_create(actor=SYSTEM_USER(), spec={"name": f"e{i}", "script": SCRIPT})
@@ -286,8 +283,6 @@ def test_agent_keys_do_what_an_agent_needs_and_nothing_more(
 
 def test_expired_tokens_and_paused_queues(agent: Agent, agent_key: NewKey, make_queue: Callable[..., Queue],
                                           enqueue: Callable[..., str]) -> None:  # fmt: skip
-    from clearml_api.tokens import token_issue
-
     old = token_issue(access_key=agent_key.key.access_key, user_id=agent_key.key.user_id, username="x", role="agent",
                       expiry_s=-5)  # fmt: skip
     assert agent.raw("queues.get_all", auth=f"Bearer {old}").status_code == 401

@@ -6,10 +6,14 @@ between their queues, abort on our stop, report failures, send machine stats, ob
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,10 +83,6 @@ def started(stack: Stack, exp_id: str) -> str:
 
 
 def facade(stack: Stack, endpoint: str, data: dict[str, Any]) -> dict[str, Any]:
-    import base64
-    import json
-    import urllib.request
-
     access, secret = stack.admin_key.split(".", 1)
     basic = "Basic " + base64.b64encode(f"{access}:{secret}".encode()).decode()
     request = urllib.request.Request(  # noqa: S310 - the live stack
@@ -135,7 +135,6 @@ def test_clearml_agent_3_serves_our_queues(cs: Stack) -> None:
     hi = next(q for q in cs.admin.request("GET", "queues/") if q["name"] == "cl-hi")
     cs.admin.request("PATCH", f"queues/{hi['id']}/", {"tags": ["force_workers:off"]})
     held = cs.enqueue("cl-hi", name="held", script=script(1))
-    import time
 
     time.sleep(6)
     assert cs.experiment(held["id"])["status"] == "queued"

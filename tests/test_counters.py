@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pytest
 
+from core import redis as muster_redis
 from core.counters import COUNTS, counter_incr, counters_flush, counters_read
 
 
@@ -44,9 +46,6 @@ def test_threads_that_race_to_the_first_send_share_one_client_and_lose_no_count(
     Each must get the one client: a second one, collected at once, closed its pool under a
     pipeline still using it, and those counts were lost (a flaky exact-count test).
     """
-    import threading
-
-    from core import redis as muster_redis
 
     settings.COUNTER_FLUSH_S = 0  # each count sent at once, from its own thread
     before = counters_read()["claim_checks"]

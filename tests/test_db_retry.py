@@ -12,12 +12,13 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from accounts.actor import SYSTEM
-from core.db import atomic, is_transient
+from core.db import atomic, is_transient, prepared_cursor
 from experiments.models import Experiment, Status
 from experiments.services import attempt_finish, attempt_start, experiment_reset, experiment_stop
 from tests.race import race
@@ -163,10 +164,6 @@ def test_a_stop_racing_the_agents_finish_ends_in_one_outcome(
 @pytest.mark.postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_prepared_statement_survives_a_migration_that_changes_a_column_type() -> None:
-    import psycopg
-
-    from core.db import prepared_cursor
-
     with connection.cursor() as cur:
         cur.execute("CREATE TABLE prep_probe (id int PRIMARY KEY, v int)")
         cur.execute("INSERT INTO prep_probe VALUES (1, 2)")

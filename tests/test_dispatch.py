@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,11 +13,13 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.actor import Actor
 from core.errors import Forbidden
+from core.models import AuditEvent
 from experiments import services
-from experiments.models import Capability, Experiment, Status
+from experiments.models import Attempt, Capability, Experiment, Status
 from queues.models import Queue, QueueEntry
 from queues.services import queue_set_paused, queue_update
 from workers import dispatch
+from workers.claim_sql import take_sql
 from workers.dispatch import Capacity, dispatch_claim
 from workers.models import Worker
 from workers.services import worker_update
@@ -216,9 +219,6 @@ def test_the_takes_generic_plan_walks_the_queue_in_order_and_probes_one_experime
     default estimates said about one entry fits), and read every queued experiment through
     the status index: both O(queue length) per claim.
     """
-    import re
-
-    from workers.claim_sql import take_sql
 
     make_experiment(queue=queue)
     with connection.cursor() as cursor:
@@ -255,8 +255,6 @@ def test_both_claim_paths_write_the_same_attempt_experiment_worker_and_audit(
 ) -> None:  # fmt: skip
     """The one statement's columns and defaults come from the models: every field of what it
     writes equals what the ORM's steps write for the same claim."""
-    from core.models import AuditEvent
-    from experiments.models import Attempt
 
     skip = {"id", "experiment", "experiment_id", "claimed_at", "queued_at", "wait_s", "lease_token", "worker", "worker_id",
             "worker_name"}  # fmt: skip

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 
 from accounts.actor import Actor, actor_for_user
 from accounts.secrets import secret_env_decrypt
@@ -423,7 +424,6 @@ def test_another_users_clone_carries_no_secrets(
 def test_someone_else_cannot_change_my_experiment(
     make_experiment: Callable[..., Experiment], bob: Any, queue: Queue
 ) -> None:
-    from accounts.actor import actor_for_user
 
     exp = make_experiment()
     with pytest.raises(Forbidden):
@@ -433,14 +433,12 @@ def test_someone_else_cannot_change_my_experiment(
 def test_a_queue_restricted_to_a_group_refuses_others(
     make_experiment: Callable[..., Experiment], make_queue: Callable[..., Queue], alice_actor: Actor, team: Any
 ) -> None:
-    from django.contrib.auth.models import Group
 
     private = make_queue("private", group_ids=[Group.objects.create(name="others").pk])
     exp = make_experiment()
     with pytest.raises(Forbidden, match="may not submit"):
         services.experiment_enqueue(actor=alice_actor, experiment_id=exp.pk, queue_id=private.pk)
     shared = make_queue("shared", group_ids=[team.pk])
-    from accounts.actor import actor_for_user
 
     member = actor_for_user(exp.owner)  # groups are read when the actor is made
     services.experiment_enqueue(actor=member, experiment_id=exp.pk, queue_id=shared.pk)

@@ -11,17 +11,22 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.test import override_settings
+from django.utils import timezone
 
-from accounts.services import NewKey
+from accounts.actor import SYSTEM
+from accounts.models import Role
+from accounts.services import NewKey, apikey_create
 from experiments.models import Status
-from orchestration import fastpath
-from orchestration.asgi import django_application
+from orchestration import asgi, fastpath
+from orchestration.asgi import Handler, django_application
 from queues.models import Queue
+from workers import claim_view, services
 from workers.models import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,7 +76,7 @@ async def _fast(scope: dict[str, Any], body: bytes, chunk: int = 0) -> Answer:
     assert target is not None, "the fast path should serve this request"
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await fastpath.serve(*target, scope, receive, send)
+        await fastpath.serve(target, scope, receive, send)
 
     return await _drive(app, scope, body, chunk)
 
@@ -83,6 +88,10 @@ def both(method: str, path: str, token: str | None, body: Any = None, query: str
     django = asyncio.run(_drive(django_application, dict(scope), raw))
     fast = asyncio.run(_fast(dict(scope), raw, chunk=7))  # the body in pieces, as a socket gives it
     return django, fast
+
+
+def _served(fast: fastpath.Fast | None) -> tuple[str, str] | None:
+    return None if fast is None else (fast.endpoint, fast.name)
 
 
 def _same(django: Answer, fast: Answer) -> None:
@@ -171,7 +180,6 @@ def test_a_body_over_the_limit_is_413_naming_the_setting(worker: Worker, agent_k
 def test_an_error_in_the_service_is_a_json_500_and_is_logged(
     worker: Worker, agent_key: NewKey, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from workers import services
 
     def broken(**kw: Any) -> Any:
         raise RuntimeError("boom")
@@ -196,29 +204,46 @@ def test_an_error_in_the_service_is_a_json_500_and_is_logged(
     ],
 )
 def test_other_requests_are_left_to_django(method: str, path: str, host: str) -> None:
-    with override_settings(ALLOWED_HOSTS=["127.0.0.1"]):
-        fastpath._host_ok.clear()
-        try:
-            assert fastpath.route(_scope(method, path, "t", host=host)) is None
-        finally:
-            fastpath._host_ok.clear()
+    with override_settings(ALLOWED_HOSTS=["127.0.0.1"]):  # override_settings clears the remembered verdicts
+        assert fastpath.route(_scope(method, path, "t", host=host)) is None
 
 
 def test_the_setting_and_https_redirects_send_everything_to_django() -> None:
     scope = _scope("POST", "/api/v1/workers/fast-0/claim/", "t")
-    assert fastpath.route(scope) == ("claim", "fast-0")
+    assert _served(fastpath.route(scope)) == ("claim", "fast-0")
     with override_settings(FAST_PATH=False):
         assert fastpath.route(scope) is None
     with override_settings(SECURE_SSL_REDIRECT=True):
         assert fastpath.route(scope) is None  # Django redirects it
-        assert fastpath.route({**scope, "scheme": "https"}) == ("claim", "fast-0")
+        assert _served(fastpath.route({**scope, "scheme": "https"})) == ("claim", "fast-0")
 
 
-def test_a_claim_through_the_fast_path_runs_no_middleware(
+class TraceHeader:
+    """A header middleware a deployment might add after the fact."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        response = self.get_response(request)
+        response["X-Served-By"] = "muster"
+        return response
+
+
+def test_a_header_middleware_added_later_applies_to_the_fast_answers_too(worker: Worker, agent_key: NewKey) -> None:
+    raw = json.dumps({"status": "idle"}).encode()
+    scope = _scope("POST", "/api/v1/workers/fast-0/report/", agent_key.token)
+    with override_settings(MIDDLEWARE=[*settings.MIDDLEWARE, "tests.test_fastpath.TraceHeader"]):
+        django = asyncio.run(_drive(Handler(), dict(scope), raw))  # a handler that loads the new list
+        fast = asyncio.run(_fast(dict(scope), raw))
+    assert fast[1]["x-served-by"] == "muster"
+    _same(django, fast)
+
+
+def test_a_claim_through_the_fast_path_skips_djangos_handler(
     worker: Worker, agent_key: NewKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    from orchestration import asgi
 
     async def counting(*args: Any) -> None:
         calls.append("django")
@@ -245,19 +270,12 @@ async def _drive_no_answer(app: Callable[..., Any], scope: dict[str, Any]) -> No
 
 @pytest.fixture
 def alice_key(alice: Any) -> NewKey:
-    from accounts.actor import SYSTEM
-    from accounts.models import Role
-    from accounts.services import apikey_create
-
     return apikey_create(actor=SYSTEM, user=alice, role=Role.USER)
 
 
 def test_a_long_poll_for_another_keys_worker_or_an_unknown_one_is_refused(
     worker: Worker, agent_key: NewKey, admin_user: Any
 ) -> None:
-    from accounts.actor import SYSTEM
-    from accounts.models import Role
-    from accounts.services import apikey_create
 
     other = apikey_create(actor=SYSTEM, user=admin_user, role=Role.AGENT, name="other agent")
     for token, path, status in (
@@ -274,7 +292,6 @@ def test_a_long_poll_whose_agent_goes_away_stops_at_once(
 ) -> None:
     """Django cancels a view when its client disconnects; the fast path must too, or a dead agent's wait
     would go on checking (and could claim work for nobody) until it times out."""
-    from workers import claim_view
 
     monkeypatch.setattr(settings, "REDIS_URL", "")
     monkeypatch.setattr(settings, "CLAIM_CROSS_PROCESS_CHECK_S", 0.1)  # without Redis: a check every 0.1 s
@@ -297,7 +314,7 @@ def test_a_long_poll_whose_agent_goes_away_stops_at_once(
             sent.append(message)
 
         started = asyncio.get_running_loop().time()
-        await fastpath.serve(*target, scope, receive, send)
+        await fastpath.serve(target, scope, receive, send)
         return asyncio.get_running_loop().time() - started
 
     claim_view.STATS["checks"] = 0
@@ -312,11 +329,6 @@ def test_only_the_agents_own_request_counts_as_a_sign_of_life(
     worker: Worker, agent_key: NewKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A long-poll's later checks are the server's, not the agent's: they must not move last_seen_at."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from workers import claim_view
 
     monkeypatch.setattr(settings, "REDIS_URL", "")
     monkeypatch.setattr(settings, "CLAIM_CROSS_PROCESS_CHECK_S", 0.1)

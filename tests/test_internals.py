@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from asgiref.sync import ThreadSensitiveContext
 from django.core.handlers.asgi import ASGIHandler
+from django.db.backends.postgresql import base, operations
 from django.utils.deprecation import MiddlewareMixin
+from psycopg._cursor_base import BaseCursor
 
 
 def _digest(obj: Any) -> str:
@@ -60,8 +62,6 @@ def test_a_thread_sensitive_context_takes_an_executor() -> None:
 
 
 def test_psycopg_still_converts_queries_where_core_db_hooks_in() -> None:
-    from psycopg._cursor_base import BaseCursor
-
     assert "_convert_query" in vars(BaseCursor), (
         "psycopg's BaseCursor._convert_query moved: core/db.py (PreparingCursor) overrides it"
     )
@@ -72,8 +72,6 @@ def test_psycopg_still_converts_queries_where_core_db_hooks_in() -> None:
 
 
 def test_django_reads_the_last_statement_from_the_cursors_query() -> None:
-    from django.db.backends.postgresql import base, operations
-
     assert hasattr(base, "ServerBindingCursor"), "Django's ServerBindingCursor is gone: core/db.py subclasses it"
     assert "cursor._query" in inspect.getsource(operations.DatabaseOperations.last_executed_query), (
         "Django's query log no longer reads cursor._query: core/db.py (PreparingCursor._convert_query) sets it"

@@ -7,6 +7,8 @@ import inspect
 import tomllib
 from pathlib import Path
 
+from django.conf import settings
+
 from experiments.fleet import Fleet, fleet
 from workers.services import WorkersFleet
 
@@ -85,8 +87,6 @@ def test_thin_layers_call_services_instead_of_writing_models() -> None:
 
 
 def test_the_apps_are_the_installed_ones() -> None:
-    from django.conf import settings
-
     assert set(APPS) == {app for app in settings.INSTALLED_APPS if (ROOT / app / "apps.py").exists()}
 
 
@@ -128,10 +128,7 @@ def test_every_module_of_the_feature_apps_has_a_layer() -> None:
     named = [m.strip() for layer in layers for m in layer.split(":")]
     assert len(named) == len(set(named)), "a module is named in two layers"
     modules = {
-        f"{app}.{path.stem}"
-        for app in FEATURE_APPS
-        for path in (ROOT / app).glob("*.py")
-        if path.stem != "__init__"
+        f"{app}.{path.stem}" for app in FEATURE_APPS for path in (ROOT / app).glob("*.py") if path.stem != "__init__"
     }
     assert modules - set(named) == set(), "give these modules a layer in pyproject.toml"
     assert set(named) - modules == set(), "these modules in the contract do not exist"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -164,7 +165,6 @@ def test_make_run_serves_a_first_experiment_and_stops_cleanly(tmp_path: Path) ->
 
 def test_make_run_refuses_a_port_already_in_use(tmp_path: Path) -> None:
     """A second `make run` must not print the first one's URL as its own and then fail to bind."""
-    import socket
 
     env = {
         k: v

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
-from django.db import connections
+from django.core import signals
+from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections, connections, reset_queries
 from django.test import AsyncClient
 from django.utils import deprecation
 
@@ -21,6 +23,7 @@ from accounts.actor import SYSTEM
 from accounts.models import Role
 from accounts.services import apikey_create
 from orchestration import middleware
+from orchestration.asgi import start_requests_without_a_hop
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 
@@ -86,12 +89,6 @@ async def test_csrf_is_still_enforced_in_the_event_loop(hops: list[str]) -> None
 
 
 async def test_under_asgi_a_request_starts_without_a_thread_hop_and_still_closes_its_connections() -> None:
-    from django.core import signals
-    from django.core.handlers.asgi import ASGIHandler
-    from django.db import close_old_connections, reset_queries
-
-    from orchestration.asgi import start_requests_without_a_hop
-
     start_requests_without_a_hop()  # (also done at import; Django's test client reconnects it per request)
     try:
         sync_receivers, _ = signals.request_started._live_receivers(ASGIHandler)  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -22,9 +23,10 @@ from actions.models import CustomAction
 from actions.services import action_issue, action_render, actions_sync
 from core.errors import Forbidden
 from experiments.models import Experiment, Status
+from orchestration.asgi import _sync_actions
 from queues import positions
 from queues.models import Queue, QueueEntry
-from workers.models import Rollup, Worker
+from workers.models import Rollup, Worker, WorkerStat
 from workers.timeseries import stats_sample
 
 pytestmark = pytest.mark.django_db
@@ -238,8 +240,6 @@ def test_a_user_cannot_drain_or_rewire_workers(
 
 
 def _report(worker: str, at_offset_s: int, **values: Any) -> None:
-    from workers.models import WorkerStat
-
     WorkerStat.objects.create(
         worker=Worker.objects.get(name=worker), at=timezone.now() - timezone.timedelta(seconds=at_offset_s), **values
     )
@@ -502,9 +502,6 @@ def test_actions_sync_from_a_file_and_secret_actions_go_through_the_server_to_al
 def test_each_server_process_syncs_the_actions_file_as_it_starts(
     transactional_db: Any, tmp_path: Path, settings: Any
 ) -> None:
-    import asyncio
-
-    from orchestration.asgi import _sync_actions
 
     config = tmp_path / "actions.toml"
     config.write_text(

@@ -17,7 +17,7 @@ from experiments import queueing
 from experiments.models import Experiment, Status
 from queues import positions, services
 from queues.models import Queue, QueueEntry
-from queues.selectors import queue_find, queue_peek
+from queues.selectors import queue_find, queue_peek, queues_find
 
 pytestmark = pytest.mark.django_db
 
@@ -310,7 +310,6 @@ def test_a_workers_queue_list_follows_the_same_rule_in_one_query(
     make_queue: Callable[..., Queue], django_assert_num_queries: Any
 ) -> None:
     """Registration's batch lookup (workers/services.py: resolve_queues) is queues_find: the same rule."""
-    from queues.selectors import queues_find
 
     plain = make_queue("Plain")
     impostor = make_queue(plain.pk)

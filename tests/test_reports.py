@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.actor import Actor
+from core.errors import InvalidInput
 from experiments.models import Experiment, FailureClass, Status
 from experiments.services import experiment_stop
 from queues.models import Queue, QueueEntry
+from workers import ingest
 from workers.dispatch import dispatch_claim
+from workers.ingest import Pending, write
 from workers.models import AttemptStat, Worker, WorkerStat, WorkerStatus
+from workers.report_view import parse_report
+from workers.serializers import ReportSerializer
 from workers.services import Report, RunningAttempt, worker_check_liveness, worker_report
 
 pytestmark = pytest.mark.django_db
@@ -213,9 +221,6 @@ def test_report_through_the_api(setup: Any, agent_api: APIClient) -> None:
 
 def _queued_ingest(monkeypatch: Any, settings: Any) -> Any:
     """A batch writer that only queues (its flusher thread is never started) until the test flushes."""
-    import threading
-
-    from workers import ingest
 
     settings.REPORT_FLUSH_S = 60
     batch = ingest.Ingest()
@@ -227,8 +232,6 @@ def _queued_ingest(monkeypatch: Any, settings: Any) -> Any:
 def test_reports_are_written_in_batches_with_a_fixed_number_of_statements(
     make_worker: Callable[..., Worker], agent_actor: Actor, monkeypatch: Any, settings: Any
 ) -> None:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     batch = _queued_ingest(monkeypatch, settings)
     workers = [make_worker(f"batch:{i}") for i in range(12)]
@@ -251,7 +254,6 @@ def test_reports_are_written_in_batches_with_a_fixed_number_of_statements(
 def test_a_batch_never_moves_a_heartbeat_backwards(
     make_worker: Callable[..., Worker], agent_actor: Actor, monkeypatch: Any, settings: Any
 ) -> None:
-    from workers.ingest import Pending, write
 
     w = make_worker("batch:late")
     now = timezone.now()
@@ -265,8 +267,6 @@ def test_a_batch_never_moves_a_heartbeat_backwards(
 def test_a_usual_report_is_answered_from_one_statement_on_postgresql(
     setup: Any, agent_actor: Actor, alice_actor: Actor, monkeypatch: Any, settings: Any
 ) -> None:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     worker, claim = setup
     _queued_ingest(monkeypatch, settings)
@@ -308,9 +308,6 @@ REPORT_BODIES = [
 @pytest.mark.parametrize("body", REPORT_BODIES)
 def test_the_fast_checker_and_the_documented_serializer_agree(body: dict[str, Any]) -> None:
     """One schema: the checker is compiled from ReportSerializer's fields, so both accept or refuse alike."""
-    from core.errors import InvalidInput
-    from workers.report_view import parse_report
-    from workers.serializers import ReportSerializer
 
     documented = ReportSerializer(data=body).is_valid()
     try:

@@ -1,4 +1,4 @@
-"""orchestration/asgi.py: Gate: at most N requests' sync steps run at once; each step gives its connections back."""
+"""orchestration/threads.py: Gate: at most N requests' sync steps run at once; each step gives its connections back."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from concurrent.futures import Future
 import pytest
 from django.db import connection
 
-from orchestration import asgi
-from orchestration.asgi import Gate, GatedExecutor
+from orchestration import threads
+from orchestration.threads import Gate, GatedExecutor
 
 
 def test_no_more_than_the_limit_run_at_once_and_every_step_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(asgi, "GATE", Gate(3))
+    monkeypatch.setattr(threads, "GATE", Gate(3))
     lock = threading.Lock()
     running, most, done = [0], [0], []
 
@@ -38,7 +38,7 @@ def test_no_more_than_the_limit_run_at_once_and_every_step_runs(monkeypatch: pyt
 
 def test_a_step_inside_a_step_on_the_same_thread_keeps_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     gate = Gate(1)
-    monkeypatch.setattr(asgi, "GATE", gate)
+    monkeypatch.setattr(threads, "GATE", gate)
     ex = GatedExecutor(max_workers=1)
     # As async_to_sync inside a sync step brings a nested sync step back to the same thread.
     assert ex.submit(lambda: gate.run(lambda: "inner")).result(timeout=5) == "inner"
@@ -47,7 +47,7 @@ def test_a_step_inside_a_step_on_the_same_thread_keeps_its_turn(monkeypatch: pyt
 
 @pytest.mark.django_db(transaction=True)
 def test_a_step_gives_its_database_connection_back_unless_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(asgi, "GATE", Gate(2))
+    monkeypatch.setattr(threads, "GATE", Gate(2))
     ex = GatedExecutor(max_workers=1)
 
     def query() -> None:

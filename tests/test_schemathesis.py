@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 import schemathesis
 from django.contrib.auth.models import User
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
+from rest_framework.test import APIClient
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
@@ -35,8 +38,6 @@ pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
 @pytest.fixture
 def keep_test_connection() -> Iterator[None]:
     """The WSGI handler closes connections after each request; the test's transaction needs its own."""
-    from django.core.signals import request_finished, request_started
-    from django.db import close_old_connections
 
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
@@ -95,8 +96,6 @@ def _fill(template: Any, value: str) -> Any:
 
 @pytest.mark.parametrize("value", ["x" * 4096, "a\x00b", "\x00" * 10, "é" * 2000])
 def test_every_body_survives_long_and_nul_strings(auth_headers: dict[str, str], value: str) -> None:
-    from rest_framework.test import APIClient
-
     raw = schema.raw_schema
     components = raw["components"]["schemas"]
     client = APIClient()

@@ -17,7 +17,8 @@ from accounts.models import UserSecret
 from accounts.secrets import secret_set
 from core.errors import Forbidden
 from core.models import AuditEvent
-from experiments.models import Experiment
+from experiments.models import Experiment, Status
+from experiments.services import attempt_finish, experiment_rerun
 from queues.models import Queue
 from workers.api import claim_payload
 from workers.dispatch import dispatch_claim
@@ -89,8 +90,6 @@ def test_a_rerun_of_repository_code_gets_the_frozen_requirements(
     alice_actor: Actor, queue: Queue, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker],
     agent_actor: Actor,
 ) -> None:  # fmt: skip
-    from experiments.models import Status
-    from experiments.services import attempt_finish, experiment_rerun
 
     exp = make_experiment(queue=queue, repository="file:///repo.git", commit="a" * 40, requirements="torch>=2\n")
     worker = make_worker("frz:0", queues=[queue])

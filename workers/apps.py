@@ -6,10 +6,10 @@ class WorkersConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here, not above: models and services need the app registry, which is ready only now.
-        from actions.services import object_type_register
-        from experiments.fleet import fleet_provide
-        from workers.models import Worker
-        from workers.services import WorkersFleet
+        from actions.services import object_type_register  # noqa: PLC0415
+        from experiments.fleet import fleet_provide  # noqa: PLC0415
+        from workers.models import Worker  # noqa: PLC0415
+        from workers.services import WorkersFleet  # noqa: PLC0415
 
         object_type_register(
             "worker", lambda name: Worker.objects.filter(name=name).values_list("name", flat=True).first()

@@ -24,13 +24,20 @@ from __future__ import annotations
 import functools
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+
+from accounts.models import UserSecret
+from core.db import prepared_cursor
+from core.models import AuditEvent
+from experiments.models import Attempt, Experiment
+from experiments.selectors import RUN_FIELDS
 from queues.access import servable_sql
-
-if TYPE_CHECKING:
-    from experiments.models import Experiment
-    from workers.models import Worker
+from queues.models import QueueEntry
+from workers.models import Worker
 
 TAKE_TEMPLATE = """
 WITH picked AS (
@@ -104,7 +111,6 @@ ATTEMPT_VALUES = {
 
 def run_columns() -> tuple[str, ...]:
     """The experiment columns the take returns: what an agent needs (RUN_FIELDS) and the claim's state."""
-    from experiments.selectors import RUN_FIELDS
 
     return (*RUN_FIELDS, "status", "current_attempt_id", "owner_id")
 
@@ -112,16 +118,6 @@ def run_columns() -> tuple[str, ...]:
 @functools.cache
 def take_sql() -> str:
     """TAKE_TEMPLATE with the tables, the attempt's columns and their defaults read from the models."""
-    # Imported here, not above: this module is read without Django set up (bench/dispatch.py's
-    # baseline builds its lock statement from it), and models need the app registry.
-    from django.core.exceptions import ImproperlyConfigured
-    from django.db import connection
-
-    from accounts.models import UserSecret
-    from core.models import AuditEvent
-    from experiments.models import Attempt, Experiment
-    from queues.models import QueueEntry
-    from workers.models import Worker
 
     connection.ensure_connection()
     quote = connection.SchemaEditorClass(connection).quote_value
@@ -181,8 +177,6 @@ def take(
 ) -> tuple[Experiment, int, datetime, datetime, float, list[tuple[str, str]]] | None:
     """Run the take for one queue; the experiment (as moved), its attempt's facts and its owner's
     secrets (name, ciphertext: the claim's answer needs them, so they ride on the same round trip), or None."""
-    from core.db import prepared_cursor
-    from experiments.models import Experiment
 
     with prepared_cursor() as cursor:
         cursor.execute(take_sql(), params)
@@ -232,8 +226,6 @@ def lock_worker(
     A queue the worker lists but may no longer serve (its owner left the queue's groups, the
     queue's groups changed) is left out here, inside the claim (queues/access.py).
     """
-    from core.db import prepared_cursor
-    from workers.models import Worker
 
     where, arg = ("w.id = %s", pk) if pk is not None else ("w.name = %s", name)
     sql = lock_worker_sql(columns, where)
@@ -250,7 +242,5 @@ def lock_worker(
 def enabled() -> bool:
     """The claim runs as one statement: on PostgreSQL, unless CLAIM_IN_ONE_STATEMENT is off
     (the tests run every dispatch test both ways: the two must agree)."""
-    from django.conf import settings
-    from django.db import connection
 
     return connection.vendor == "postgresql" and settings.CLAIM_IN_ONE_STATEMENT

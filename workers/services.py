@@ -18,6 +18,7 @@ from accounts.actor import SYSTEM, Actor
 from core.audit import Change, audit_record
 from core.db import atomic, prepared_cursor
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.servicebeat import server_state
 from experiments.models import Attempt, Experiment, FailureClass
 from experiments.services import attempt_fence, experiments_advance_iterations
 from queues.access import actor_servable_queue_ids, actor_serves, servable_queue_ids
@@ -631,7 +632,6 @@ def worker_check_liveness(*, since: datetime, now: datetime | None = None) -> di
     """
     now = now or timezone.now()
     counts = {"unresponsive": 0, "lost": 0}
-    from core.servicebeat import server_state
 
     server_away, server_up_since = server_state(now)
     if server_away:

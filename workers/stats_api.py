@@ -11,6 +11,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsAnyRole, IsHumanUser, actor_of
+from experiments.selectors import attempt_of
+from queues.selectors import queue_get
 from workers import selectors
 from workers.timeseries import Series, parse_span, series
 
@@ -44,8 +46,6 @@ class QueueStatsView(APIView):
 
     @extend_schema(parameters=[SPAN], responses=SeriesSerializer, operation_id="queues_stats")
     def get(self, request: Request, pk: str) -> Response:
-        from queues.selectors import queue_get
-
         queue = queue_get(pk)
         return _answer(series("queue", queue.pk, parse_span(request.query_params.get("span"))))
 
@@ -59,8 +59,6 @@ class ExperimentStatsView(APIView):
         operation_id="experiments_stats",
     )
     def get(self, request: Request, pk: str) -> Response:
-        from experiments.selectors import attempt_of
-
         attempt_id = attempt_of(pk, request.query_params.get("attempt"))
         return _answer(series("attempt", attempt_id, parse_span(request.query_params.get("span"))))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.utils import timezone
 
+from experiments.services import attempts_unbound_expire
 from workers import timeseries
 from workers.services import worker_check_liveness
 
@@ -14,8 +15,6 @@ _STARTED = timezone.now()
 
 @shared_task(name="workers.check_liveness", time_limit=120, soft_time_limit=100)
 def check_liveness() -> dict[str, int]:
-    from experiments.services import attempts_unbound_expire
-
     verdicts = worker_check_liveness(since=_STARTED)
     verdicts["unbound_expired"] = attempts_unbound_expire()
     return verdicts

@@ -22,6 +22,10 @@ from django.db import connection, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
+from core.errors import InvalidInput
+from core.retention import purge_before
+from experiments.models import Attempt
+from queues.models import Queue, QueueEntry
 from workers.models import AttemptStat, Rollup, Worker, WorkerQueue, WorkerStat, WorkerStatus
 
 LEVELS = (60, 600, 3600)
@@ -123,8 +127,6 @@ def _epoch_avg_sql(column: str) -> str:
 
 def stats_sample(now: datetime | None = None) -> int:
     """Sample every queue (length, average and max wait, listening and busy workers) and the fleet."""
-    from experiments.models import Attempt
-    from queues.models import Queue, QueueEntry
 
     now = now or timezone.now()
     at = now.replace(microsecond=0)
@@ -227,7 +229,6 @@ def stats_rollup(now: datetime | None = None) -> dict[int, int]:
 
 def stats_purge(now: datetime | None = None) -> dict[str, int]:
     """Delete what is older than each level's retention, in bounded batches."""
-    from core.retention import purge_before
 
     now = now or timezone.now()
     keep = retention()
@@ -255,7 +256,6 @@ class Series:
 
 def parse_span(value: str | None, default: int = 3 * 3600) -> int:
     """'3h', '6h', '1d', '30d', '90m' or seconds; from 10 minutes to 31 days."""
-    from core.errors import InvalidInput
 
     if not value:
         return default

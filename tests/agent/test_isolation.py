@@ -6,6 +6,7 @@ The whole of it, as a run of an ordinary user under `make run` as root, is tests
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -63,8 +64,6 @@ def test_an_unknown_run_user_is_refused_with_how_to_make_it() -> None:
 
 
 def test_the_agents_own_user_means_no_switch() -> None:
-    import pwd
-
     assert isolation.run_user(pwd.getpwuid(os.geteuid()).pw_name) is None
     if os.geteuid() != 0:
         assert isolation.run_user(None) is None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -14,8 +17,9 @@ from typing import Any
 import psutil
 import pytest
 
+import tests.fake_nvml as nvml
 from muster_agent.monitor import Gpus, Sampler
-from muster_agent.runner import Ending, Run, RunContext
+from muster_agent.runner import Ending, Run, RunContext, reap_orphans
 from muster_agent.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +162,6 @@ def test_a_command_that_cannot_start_fails_cleanly(tmp_path: Path) -> None:
 @pytest.fixture
 def fake_nvml(monkeypatch: Any) -> Any:
     monkeypatch.syspath_prepend(str(ROOT))
-    import tests.fake_nvml as nvml
 
     return nvml
 
@@ -227,15 +230,11 @@ def test_secret_values_are_masked_in_the_shipped_output(tmp_path: Path) -> None:
     _drive(run)
     text = "".join(c["text"] for m in _messages(run) if m["kind"] == "logs" for c in m["body"]["chunks"])
     assert "hf_supersecret" not in text and "token ***" in text
-    import hashlib
 
     assert hashlib.sha256(b"hf_supersecret").hexdigest() in text  # the run itself saw the real value
 
 
 def test_the_gpu_check_script_prints_what_the_agent_would_report() -> None:
-    import json
-    import subprocess
-
     env = {**os.environ, "MUSTER_AGENT_NVML": "tests.fake_nvml", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gpu-check.py"), "--seconds", "1"],
@@ -247,9 +246,6 @@ def test_the_gpu_check_script_prints_what_the_agent_would_report() -> None:
 
 def test_the_orphan_reaper_never_robs_a_fresh_child_of_its_exit_code() -> None:
     """A child that exits before its owner waits (a quick git, a quick run) keeps its exit code."""
-    import subprocess
-
-    from muster_agent.runner import reap_orphans
 
     proc = subprocess.Popen(["sh", "-c", "exit 3"])
     time.sleep(0.3)  # a zombie now, not yet waited for

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 
 from muster_agent import config
+from muster_agent.capture import _dependencies_without_tomllib, entry_point_of, pyproject_dependencies
 from muster_agent.channel import Channel
+from muster_agent.cli import parser
 from muster_agent.client import ApiError, Client, ServerAway
 from muster_agent.runner import SDK_DIR
 from muster_agent.spool import Spool
@@ -108,8 +111,6 @@ def test_the_key_comes_from_the_environment_or_a_private_file(tmp_path: Path, mo
 
 
 def test_the_agent_takes_no_key_on_its_command_line() -> None:
-    from muster_agent.cli import parser
-
     with pytest.raises(SystemExit):
         parser().parse_args(["agent", "run", "--key", "secret"])
 
@@ -165,7 +166,6 @@ def test_the_agent_imports_no_django() -> None:
 
 def test_tls_with_a_private_ca_bundle(tmp_path: Path) -> None:
     """The agent verifies the server against --ca-bundle; without it a private certificate is refused."""
-    import ssl
 
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
@@ -190,8 +190,6 @@ def test_tls_with_a_private_ca_bundle(tmp_path: Path) -> None:
 
 
 def test_requirements_from_a_pyproject_without_a_lock() -> None:
-    from muster_agent.capture import _dependencies_without_tomllib, pyproject_dependencies
-
     text = (
         '[build-system]\nrequires = ["setuptools"]\n\n[project]\nname = "demo"\n'
         'dependencies = [\n    "numpy>=1.26",  # arrays\n    "torch==2.5.1",\n]\n\n[tool.x]\ndependencies = ["no"]\n'
@@ -202,8 +200,6 @@ def test_requirements_from_a_pyproject_without_a_lock() -> None:
 
 
 def test_the_entry_point_is_read_from_the_command() -> None:
-    from muster_agent.capture import entry_point_of
-
     assert entry_point_of(["python", "src/train.py", "--lr", "1"]) == "src/train.py"
     assert entry_point_of(["python3", "-m", "pkg.train"]) == "pkg.train"
     assert entry_point_of(["./run.sh"]) == ""
