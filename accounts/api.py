@@ -8,6 +8,7 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -22,6 +23,7 @@ from accounts.services import apikey_create, apikey_revoke
 from accounts.throttle import WINDOW_S, client_address, login_failed, login_refused
 from core.api import NewestFirstCursor
 from core.errors import Forbidden, InvalidInput
+from core.filters import AuditFilter
 from core.models import AuditEvent
 
 
@@ -171,14 +173,10 @@ class AuditListView(ListAPIView[AuditEvent]):
     filter_backends: list[Any] = []
 
     def get_queryset(self) -> Any:
-        f = AuditFilter(data=self.request.query_params)
-        f.is_valid(raise_exception=True)
-        qs = AuditEvent.objects.all()
-        if f.validated_data.get("object_type"):
-            qs = qs.filter(object_type=f.validated_data["object_type"])
-        if f.validated_data.get("object_id"):
-            qs = qs.filter(object_id=f.validated_data["object_id"])
-        return qs
+        found = AuditFilter(self.request.query_params, queryset=AuditEvent.objects.all())
+        if not found.is_valid():
+            raise ValidationError(found.errors)
+        return found.qs
 
     @extend_schema(
         parameters=[OpenApiParameter("object_type", str), OpenApiParameter("object_id", str)],
@@ -186,11 +184,6 @@ class AuditListView(ListAPIView[AuditEvent]):
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
-
-
-class AuditFilter(serializers.Serializer[Any]):
-    object_type = serializers.CharField(max_length=40, required=False)
-    object_id = serializers.CharField(max_length=200, required=False)
 
 
 class SecretSerializer(serializers.Serializer[Any]):

@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,6 +17,7 @@ from rest_framework.views import APIView
 from accounts.permissions import IsAgent, IsHumanUser, actor_of
 from core.api import KeysetPagination, NewestFirstCursor
 from experiments import selectors, services
+from experiments.filters import ExperimentFilter
 from experiments.models import Experiment, Status
 from experiments.serializers import (
     AppendAnswerSerializer,
@@ -65,20 +67,6 @@ class AttemptPages(KeysetPagination):
     order = (("number", False),)
 
 
-class ExperimentFilterSerializer(serializers.Serializer[Any]):
-    status = serializers.CharField(max_length=200, required=False)
-    queue = serializers.CharField(max_length=100, required=False)
-    owner = serializers.CharField(max_length=150, required=False)
-    project = serializers.CharField(max_length=200, required=False)
-    search = serializers.CharField(max_length=200, required=False)
-
-    def validate_status(self, value: str) -> str:
-        bad = [s for s in value.split(",") if s not in Status.values]
-        if bad:
-            raise serializers.ValidationError(f"unknown status {bad[0]!r}")
-        return value
-
-
 class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Experiment]):
     """Experiments: list, create, read, edit, and the status actions."""
 
@@ -90,9 +78,10 @@ class ExperimentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     def get_queryset(self) -> QuerySet[Experiment]:
         if self.action == "list":
-            f = ExperimentFilterSerializer(data=self.request.query_params)
-            f.is_valid(raise_exception=True)
-            return selectors.experiment_list(**f.validated_data)
+            found = ExperimentFilter(self.request.query_params, queryset=selectors.experiment_list())
+            if not found.is_valid():
+                raise ValidationError(found.errors)
+            return cast(QuerySet[Experiment], found.qs)
         return Experiment.objects.select_related("owner", "queue")
 
     @extend_schema(parameters=LIST_PARAMS)

@@ -21,6 +21,7 @@ from core.api import first_error
 from core.errors import InvalidInput, ServiceError
 from core.pages import PAGE_ROWS, SPANS, json_view, page_action, refused, span_of, with_toast
 from experiments import selectors, services
+from experiments.filters import ExperimentFilter
 from experiments.models import FINISHED, Experiment, Status
 from experiments.serializers import ExperimentCreateSerializer
 from queues import selectors as queue_selectors
@@ -42,11 +43,10 @@ def _cursor(raw: str) -> tuple[datetime, str] | None:
 
 
 def _list_context(request: HttpRequest) -> dict[str, Any]:
-    f = {k: request.GET.get(k, "").strip() for k in ("status", "queue", "owner", "project", "q")}
-    qs = selectors.experiment_list(
-        status=f["status"] or None, queue=f["queue"] or None, owner=f["owner"] or None,
-        project=f["project"] or None, search=f["q"] or None,
-    ).order_by("-created_at", "-id")  # fmt: skip
+    f = {k: request.GET.get(k, "").strip() for k in ExperimentFilter.Meta.fields}
+    found = ExperimentFilter(f, queryset=selectors.experiment_list())
+    problem = "" if found.is_valid() else "{}: {}".format(*first_error(found.errors))
+    qs = (found.qs if not problem else Experiment.objects.none()).order_by("-created_at", "-id")
     cursor = _cursor(request.GET.get("cursor", ""))
     if cursor:
         at, pk = cursor
@@ -59,6 +59,7 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
     return {
         "rows": rows,
         "filters": f,
+        "filter_problem": problem,
         "next_cursor": next_cursor,
         "at_start": cursor is None,
         "statuses": Status.choices,

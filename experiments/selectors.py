@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
 from accounts.secrets import secret_env_decrypt, secrets_for_run
 from core.errors import NotFound
@@ -13,26 +13,9 @@ from experiments.models import SPEC_FIELDS, Attempt, Experiment, LogChunk
 TRUNCATION_MARKER = "\n[… the middle of this log was dropped to keep it under its size cap …]\n"
 
 
-def experiment_list(
-    *,
-    status: str | None = None,
-    queue: str | None = None,
-    owner: str | None = None,
-    project: str | None = None,
-    search: str | None = None,
-) -> QuerySet[Experiment]:
-    qs = Experiment.objects.select_related("owner", "queue")
-    if status:
-        qs = qs.filter(status__in=status.split(","))
-    if queue:
-        qs = qs.filter(Q(queue_id=queue) | Q(queue__name__iexact=queue))
-    if owner:
-        qs = qs.filter(owner__username=owner)
-    if project:
-        qs = qs.filter(project=project)
-    if search:
-        qs = qs.filter(Q(name__icontains=search) | Q(id__startswith=search.lower()))
-    return qs
+def experiment_list() -> QuerySet[Experiment]:
+    """Every experiment with its owner and queue; experiments/filters.py narrows it."""
+    return Experiment.objects.select_related("owner", "queue")
 
 
 def experiment_get(experiment_id: str) -> Experiment:

@@ -316,7 +316,9 @@ def test_experiment_list_filters_pages_and_bulk_actions(
     queued = web.get("/experiments/rows/", {"status": "queued"}).content.decode()
     assert queued.count('data-select value="') == 27
     assert (
-        web.get("/experiments/rows/", {"project": "vision", "q": "run-0"}).content.decode().count("data-select value")
+        web.get("/experiments/rows/", {"project": "vision", "search": "run-0"})
+        .content.decode()
+        .count("data-select value")
         == 10
     )
     ids = list(Experiment.objects.filter(status=Status.QUEUED).values_list("pk", flat=True)[:3])
@@ -513,3 +515,27 @@ def test_each_server_process_syncs_the_actions_file_as_it_starts(
     config.write_text("not toml [")
     asyncio.run(_sync_actions())  # logged, not raised: a bad file never stops the server
     assert CustomAction.objects.count() == 1
+
+
+def test_the_experiment_page_and_api_filter_with_one_filterset(
+    web: Client, admin_user: User, queue: Queue, make_experiment: Callable[..., Experiment]
+) -> None:
+    """experiments/filters.py: the same parameters give the same rows on the page and the API,
+    a queue is named by id or by name (queues' one rule), and a bad value is named on both."""
+    other = Queue.objects.create(name="other-q")
+    for i in range(4):
+        make_experiment(queue=queue if i % 2 else other, name=f"f-{i}")
+    api = Client()
+    api.force_login(admin_user)
+    for params in ({"queue": queue.name.upper()}, {"queue": queue.pk}, {"status": "queued,created"}, {"search": "f-1"}):
+        page_ids = {
+            part.split('"')[0]
+            for part in web.get("/experiments/rows/", params).content.decode().split('data-select value="')[1:]
+        }
+        api_ids = {row["id"] for row in api.get("/api/v1/experiments/", params).json()["results"]}
+        assert page_ids == api_ids and page_ids, params
+    assert not web.get("/experiments/rows/", {"queue": "no-such-queue"}).content.decode().count("data-select value")
+    bad = api.get("/api/v1/experiments/", {"status": "bogus"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "status" and "bogus" in bad.json()["error"]["message"]
+    page = web.get("/experiments/rows/", {"status": "bogus"}).content.decode()
+    assert "unknown status &#x27;bogus&#x27;" in page and "status:" in page
