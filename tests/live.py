@@ -267,6 +267,25 @@ class Stack:
     def experiment(self, exp_id: str) -> dict[str, Any]:
         return self.admin.request("GET", f"experiments/{exp_id}/")  # type: ignore[no-any-return]
 
+    def wait_rounds(self, name: str, rounds: int = 3, timeout: float = 60) -> None:
+        """Until worker `name` has been heard from `rounds` more times (a report or a claim each).
+
+        What a "still waiting" check waits for: the agent went round its loop (asked for work,
+        reported) several times since, rather than a fixed time that a slow machine may not cover.
+        """
+        seen = [(self.worker(name) or {}).get("last_seen_at")]
+
+        def moved() -> bool:
+            now = (self.worker(name) or {}).get("last_seen_at")
+            if now != seen[-1]:
+                seen.append(now)
+            return len(seen) > rounds
+
+        wait_for(moved, timeout=timeout, every=0.05, what=f"worker {name} to be heard from {rounds} more times")
+
+    def agent_log(self, name: str) -> str:
+        return (self.dir / f"agent-{name}.log").read_text(errors="replace")
+
     def wait_status(self, exp_id: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
         return wait_for(  # type: ignore[no-any-return]
             lambda: (e := self.experiment(exp_id))["status"] in statuses and e,

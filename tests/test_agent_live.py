@@ -185,7 +185,7 @@ def test_three_agents_on_two_queues_honor_priority_and_fairness(st: Stack) -> No
     only_hi = st.enqueue(hi, name="hi-left", **quick)
     only_lo = st.enqueue(lo, name="lo-taken", **quick)
     st.wait_status(only_lo["id"], "completed")
-    time.sleep(1)
+    st.wait_rounds("lo-only-1")  # it went back for work (and found none it may take) several times
     assert st.experiment(only_hi["id"])["status"] == "queued"
 
 
@@ -314,7 +314,7 @@ def test_sigterm_drains_and_a_second_sigterm_stops_the_runs(st: Stack) -> None:
     first_attempt = wait_for(lambda: st.experiment(first["id"])["current_attempt"])
     wait_for(lambda: run_processes(first_attempt), what="the first run's process")
     agent.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_for(lambda: "draining: no new work" in st.agent_log("term-1"), what="the agent to start draining")
     second = st.enqueue(q, script="print('never here')", cpus=cpus)
     assert st.wait_status(first["id"], "completed")["status"] == "completed"  # the run was let finish
     assert agent.wait(timeout=30) == 0
@@ -328,7 +328,7 @@ def test_sigterm_drains_and_a_second_sigterm_stops_the_runs(st: Stack) -> None:
     attempt = wait_for(lambda: st.experiment(third["id"])["current_attempt"])
     wait_for(lambda: run_processes(attempt), what="the run's process")
     agent.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_for(lambda: "draining: no new work" in st.agent_log("term-2"), what="the first signal's drain")
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0
     assert run_processes(attempt) == []
@@ -348,7 +348,7 @@ def test_a_box_that_fails_quickly_again_and_again_drains_itself(st: Stack) -> No
     worker = wait_for(lambda: (w := st.worker("flaky-1")) and w["draining"] and w, what="the drain")
     assert "3 runs in a row failed" in worker["drain_reason"]
     left = st.enqueue(q, command=["/bin/true"])
-    time.sleep(1.5)
+    st.wait_rounds("flaky-1")  # it kept reporting, draining, and took nothing
     assert st.experiment(left["id"])["status"] == "queued"
 
 

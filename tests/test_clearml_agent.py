@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,7 +135,7 @@ def test_clearml_agent_3_serves_our_queues(cs: Stack) -> None:
     cs.admin.request("PATCH", f"queues/{hi['id']}/", {"tags": ["force_workers:off"]})
     held = cs.enqueue("cl-hi", name="held", script=script(1))
 
-    time.sleep(6)
+    cs.wait_rounds("cla3:0", rounds=3, timeout=90)  # it asked for work and reported, three times over
     assert cs.experiment(held["id"])["status"] == "queued"
     cs.admin.request("PATCH", f"queues/{hi['id']}/", {"tags": []})
     assert cs.wait_status(held["id"], "completed", timeout=90)["status"] == "completed"

@@ -536,6 +536,10 @@ def test_the_experiment_page_and_api_filter_with_one_filterset(
         assert page_ids == api_ids and page_ids, params
     assert not web.get("/experiments/rows/", {"queue": "no-such-queue"}).content.decode().count("data-select value")
     bad = api.get("/api/v1/experiments/", {"status": "bogus"})
-    assert bad.status_code == 400 and bad.json()["error"]["field"] == "status" and "bogus" in bad.json()["error"]["message"]
+    assert (
+        bad.status_code == 400
+        and bad.json()["error"]["field"] == "status"
+        and "bogus" in bad.json()["error"]["message"]
+    )
     page = web.get("/experiments/rows/", {"status": "bogus"}).content.decode()
     assert "unknown status &#x27;bogus&#x27;" in page and "status:" in page

@@ -248,6 +248,9 @@ def test_the_orphan_reaper_never_robs_a_fresh_child_of_its_exit_code() -> None:
     """A child that exits before its owner waits (a quick git, a quick run) keeps its exit code."""
 
     proc = subprocess.Popen(["sh", "-c", "exit 3"])
-    time.sleep(0.3)  # a zombie now, not yet waited for
+    deadline = time.monotonic() + 10
+    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:  # exited, not yet waited for
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)
     reap_orphans(set())  # as if the ticker's snapshot did not know this child yet
     assert proc.wait(timeout=10) == 3
