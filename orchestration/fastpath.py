@@ -71,11 +71,13 @@ def _header(scope: dict[str, Any], name: bytes) -> str:
     return ""
 
 
-# What Django's middleware makes of a fast answer, by what it depends on: the headers it adds,
-# or None where it answers otherwise (a disallowed Host, an HTTPS redirect due), so that Django
-# serves that request. A server sees a handful of keys; cleared when a setting changes (tests).
-_verdicts: dict[tuple[str, str, bool], list[tuple[bytes, bytes]] | None] = {}
+# What Django's middleware makes of a fast answer, by the request's parts it may depend on
+# (its scheme and its Host and proxy headers): the headers it adds, or None where it answers
+# otherwise (a disallowed Host, an HTTPS redirect due), so that Django serves that request.
+# A server sees a handful of keys; cleared when a setting changes (tests).
+_verdicts: dict[tuple[str, ...], list[tuple[bytes, bytes]] | None] = {}
 VERDICTS_MAX = 64
+KEY_HEADERS = (b"host", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-ssl", b"forwarded")
 
 
 @receiver(setting_changed)
@@ -103,12 +105,13 @@ def _verdict(scope: dict[str, Any]) -> list[tuple[bytes, bytes]] | None:
     """The headers the middleware adds to this request's JSON answer, or None if it would not let
     the view answer. Django decides: the request is Django's own, built from the scope, and the
     chain is settings.MIDDLEWARE itself, so a header middleware added later applies here too."""
-    request = ASGIRequest(scope, io.BytesIO())
-    key = (request.META.get("HTTP_HOST", ""), request.META.get("HTTP_X_FORWARDED_HOST", ""), request.is_secure())
+    proxy = settings.SECURE_PROXY_SSL_HEADER
+    proxied = proxy[0].removeprefix("HTTP_").lower().replace("_", "-").encode() if proxy else b""
+    key = (str(scope.get("scheme", "")), *(_header(scope, name) for name in (*KEY_HEADERS, proxied)))
     if key in _verdicts:
         return _verdicts[key]
     try:
-        response = _middleware_chain()(request)
+        response = _middleware_chain()(ASGIRequest(scope, io.BytesIO()))
     except Exception:  # DisallowedHost and the like: Django answers that request itself
         verdict = None
     else:
