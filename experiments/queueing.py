@@ -25,14 +25,18 @@ MOVE_TARGETS = ("top", "bottom", "position", "by", "queue")
 MAX_BULK = 10_000
 
 
-@atomic
-def queue_clear(*, actor: Actor, queue_id: str) -> int:
-    """Dequeue every pending experiment (each back to its enqueue_status)."""
+def _emptied(actor: Actor, queue_id: str, action: str) -> tuple[Queue, int]:
+    """An admin's queue, locked, with every pending experiment dequeued (each back to its enqueue_status)."""
     queue_admin_check(actor)
     queue = queue_lock(queue_id)
-    removed = experiments_dequeue_many(
-        actor=actor, entries=list(QueueEntry.objects.filter(queue=queue)), action="clear"
-    )
+    entries = list(QueueEntry.objects.filter(queue=queue))
+    return queue, experiments_dequeue_many(actor=actor, entries=entries, action=action)
+
+
+@atomic
+def queue_clear(*, actor: Actor, queue_id: str) -> int:
+    """Dequeue every pending experiment."""
+    queue, removed = _emptied(actor, queue_id, "clear")
     audit_record(actor=actor, change=Change("queue", queue.pk, "clear", {}, {"removed": removed}))
     return removed
 
@@ -40,11 +44,7 @@ def queue_clear(*, actor: Actor, queue_id: str) -> int:
 @atomic
 def queue_delete(*, actor: Actor, queue_id: str) -> int:
     """Delete a queue; its pending experiments are dequeued, its workers stop listening to it."""
-    queue_admin_check(actor)
-    queue = queue_lock(queue_id)
-    removed = experiments_dequeue_many(
-        actor=actor, entries=list(QueueEntry.objects.filter(queue=queue)), action="dequeue"
-    )
+    queue, removed = _emptied(actor, queue_id, "dequeue")
     queue_remove(actor=actor, queue=queue, dequeued=removed)
     return removed
 
