@@ -33,6 +33,7 @@ import psutil
 from muster_agent import container
 from muster_agent.build import Builder, BuildError, find_uv
 from muster_agent.isolation import PRIVATE_ENV, RunUser, as_user, base_environment, give_to
+from muster_agent.ledger import Ledger
 from muster_agent.spool import Spool
 
 log = logging.getLogger("muster.agent")
@@ -71,6 +72,7 @@ class RunContext:
     pass_env: tuple[str, ...] = ()  # more of the agent's variables a run gets (--pass-env)
     sdk_dir: str = SDK_DIR  # the `muster` module put on the run's PYTHONPATH
     build_dir: Path | None = None  # git mirrors and environments; state_dir when None
+    ledger: Ledger | None = None  # the runs on disk, for a restarted agent to end (muster_agent/ledger.py)
 
 
 def signal_number(name: str) -> int:
@@ -169,7 +171,16 @@ class Run:
             self.ending = self.ending or Ending("failed", "build", f"the agent could not start it: {e}")
             self.building = False
 
+    def _record(self, **fields: Any) -> None:
+        if self.ctx.ledger is not None:
+            self.ctx.ledger.record(self.id, **fields)
+
     def _start(self) -> None:
+        # On disk before the server hears it started: a restarted agent ends what this leaves behind.
+        self._record(
+            experiment=self.spec["id"], token=self.token, slots=self.gpu_indices, agent_pid=os.getpid(),
+            stop_signal=self.spec.get("stop_signal") or "SIGTERM", stop_grace_s=self.spec.get("stop_grace_s") or 0,
+        )  # fmt: skip
         self.ctx.spool.open_attempt(self.id, {"token": self.token, "experiment": self.spec["id"]})
         self.ctx.spool.put(self.id, "start", {"token": self.token})
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -256,6 +267,7 @@ class Run:
         keep = set(self.spec.get("env") or {}) | set(self.spec.get("secret_env") or {})
         env = {k: v for k, v in host_env.items() if k.startswith("MUSTER_") or k in keep or k == "PYTHONUNBUFFERED"}
         self.container_name = f"muster-{self.id}"
+        self._record(container=self.container_name)
         argv = [a.replace(str(self.workdir), container.WORKSPACE) for a in self.argv()]
         spec = container.ContainerSpec(
             engine=self.ctx.container_engine, image=self.image, name=self.container_name, workdir=self.workdir,
@@ -291,6 +303,7 @@ class Run:
             self.ending = Ending("failed", "user_error", f"cannot start: {e.strerror or e}")
             return
         self.known[self.proc.pid] = _create_time(self.proc.pid)
+        self._record(pid=self.proc.pid, create_time=self.known[self.proc.pid])  # its own process group
         self.reader = threading.Thread(target=self._read, name=f"out-{self.id[:8]}", daemon=True)
         self.reader.start()
         log.info("started %s (experiment %s) pid %s gpus %s", self.id, self.spec["id"], self.proc.pid, self.gpu_indices)
@@ -475,6 +488,8 @@ class Run:
             self.ctx.spool.close_attempt(self.id)
         if not self.ctx.keep_workdirs:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.ctx.ledger is not None:
+            self.ctx.ledger.forget(self.id)  # nothing of it runs any more (tick saw to that)
         log.info("finished %s: %s (exit code %s)", self.id, ending.outcome, self.exit_code)
 
     def _ending_from_exit(self) -> Ending:

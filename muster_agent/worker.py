@@ -26,10 +26,11 @@ from typing import Any
 
 import psutil
 
-from muster_agent import __version__
+from muster_agent import __version__, container
 from muster_agent.channel import Channel
 from muster_agent.client import ApiError, Client, ServerAway
 from muster_agent.isolation import IsolationError, can_reach, give_to, make_undumpable, run_user
+from muster_agent.ledger import Ledger, end_processes
 from muster_agent.monitor import Gpus, Sampler, load_nvml
 from muster_agent.runner import SDK_DIR, Ending, Run, RunContext, reap_orphans, set_subreaper
 from muster_agent.spool import Spool
@@ -86,6 +87,7 @@ class Agent:
         self.run_user = run_user(options.run_as)
         self.work_root, self.build_dir, self.sdk_dir = self._run_folders(options)
         self.spool = Spool(self.state / "spool")
+        self.ledger = Ledger(self.state / "runs")
         self.runs: dict[str, Run] = {}
         # Claims received but not yet a Run (attempt id -> lease token): reported from the moment the
         # answer arrives, since the server fences a claim a report leaves out after it was made.
@@ -94,6 +96,8 @@ class Agent:
         self.wake = threading.Event()
         self.server_back = threading.Event()
         self.stop_event = threading.Event()  # set when the agent exits
+        self.signalled = threading.Event()  # SIGTERM or SIGINT: every wait returns at once
+        self.signals = 0
         self.draining = False  # local drain: SIGTERM, or N quick failures
         self.server_drain = False
         self.terminating = False  # second SIGTERM: stop the runs
@@ -164,20 +168,22 @@ class Agent:
             "timeout_s": self.opts.timeout_s,
         }
 
-    def register(self) -> None:
+    def register(self) -> bool:
+        """Register, retrying while the server is away; False when a signal stopped the agent first."""
         backoff = Backoff()
-        while not self.stop_event.is_set():
+        while not self.stop_event.is_set() and not self.signalled.is_set():
             try:
                 self.client.request("POST", "workers/", self.registration())
                 log.info(
                     "registered %s on %s for queues %s with GPU slots %s",
                     self.name, self.client.server, ", ".join(self.opts.queues), sorted(self.slot_used) or "none",
                 )  # fmt: skip
-                return
+                return True
             except ServerAway as e:
                 delay = backoff.next()
                 log.warning("server away (%s); registering again in %.1fs", e, delay)
-                self.stop_event.wait(delay)
+                self.signalled.wait(delay)
+        return False
 
     # -- slots ---------------------------------------------------------------------------
 
@@ -219,9 +225,9 @@ class Agent:
             if self.draining or self.server_drain or self.terminating:
                 if self.draining or self.terminating:
                     with self.runs_lock:
-                        idle = not self.runs
-                    if idle and not self.spool.attempts():
-                        return
+                        idle = not self.runs and not self.claimed
+                    if idle:
+                        return  # what the spool still holds is delivered by shutdown(), within its bound
                 self.wake.wait(1.0)
                 self.wake.clear()
                 continue
@@ -238,7 +244,7 @@ class Agent:
                     continue  # SIGTERM cut the long-poll short
                 delay = backoff.next()
                 log.warning("server away (%s); claiming again in %.1fs", e, delay)
-                self.stop_event.wait(delay)
+                self.signalled.wait(delay)
                 continue
             except ApiError as e:
                 if e.status == 404:
@@ -246,7 +252,7 @@ class Agent:
                     continue
                 delay = backoff.next()
                 log.error("claim refused: %s; again in %.1fs", e, delay)
-                self.stop_event.wait(delay)
+                self.signalled.wait(delay)
                 continue
             if answer and answer.get("attempt"):
                 attempt_id = answer["attempt"]["id"]
@@ -282,6 +288,7 @@ class Agent:
             pass_env=tuple(self.opts.pass_env),
             sdk_dir=self.sdk_dir,
             build_dir=self.build_dir,
+            ledger=self.ledger,
         )
         run = Run(ctx, claim, indices, token)
         holder["run"] = run
@@ -359,6 +366,8 @@ class Agent:
             sent_any = False
             away = False
             for attempt_id in self.spool.attempts():
+                if self._forgotten(attempt_id):
+                    continue
                 try:
                     sent_any |= self._send_head(attempt_id)
                 except ServerAway as e:
@@ -374,6 +383,19 @@ class Agent:
                 if self.stop_event.is_set():
                     return
                 self.spool.wait(0.5)
+
+    def _forgotten(self, attempt_id: str) -> bool:
+        """Close a spooled attempt that holds nothing to send and that no run or claim of ours owns
+        (a previous instance died after its last message was delivered): True when it was closed."""
+        if self.spool.pending(attempt_id):
+            return False
+        with self.runs_lock:
+            ours = attempt_id in self.runs or attempt_id in self.claimed
+        if ours:
+            return False
+        log.info("forgetting %s: nothing of it is left to deliver", attempt_id)
+        self.spool.close_attempt(attempt_id)
+        return True
 
     MERGE = 50
 
@@ -499,6 +521,12 @@ class Agent:
     # -- signals and the main loop -------------------------------------------------------
 
     def on_sigterm(self, signum: int, frame: Any) -> None:
+        """First signal: drain. Second: stop the runs (their signal, their grace) and leave. Third: exit now."""
+        self.signals += 1
+        self.signalled.set()
+        if self.signals >= 3:
+            log.error("third signal: exiting now; the next start ends what is left of the runs")
+            os._exit(1)
         if not self.draining:
             self.draining = True
             with self.runs_lock:
@@ -512,9 +540,35 @@ class Agent:
                 run.request_stop(Ending("failed", "interrupted", "the agent was stopped"))
         self.wake.set()
 
+    def end_previous_runs(self) -> int:
+        """End what a previous instance of this agent left running, and queue each attempt's end for
+        the server, before anything is claimed (muster_agent/ledger.py). How many runs it found."""
+        entries = self.ledger.entries()
+        engine = self.opts.container_engine
+
+        def kill_container(name: str, sig: str) -> None:
+            if engine:
+                container.kill(engine, name, sig)
+
+        for entry in entries:
+            attempt_id = entry["attempt"]
+            end_processes(entry, kill_container=kill_container)
+            if engine and entry.get("container"):
+                container.remove(engine, str(entry["container"]))
+            token = entry.get("token")
+            if token:
+                self.spool.open_attempt(attempt_id, {"token": token, "experiment": entry.get("experiment")})
+                message = "the agent died and was restarted; this run was ended"
+                body = {"token": token, "outcome": "failed", "failure_class": "worker_lost", "message": message}
+                self.spool.put(attempt_id, "finish", body)
+            shutil.rmtree(self.work_root / attempt_id, ignore_errors=True)
+            self.ledger.forget(attempt_id)
+        return len(entries)
+
     def run(self) -> int:
         self.subreaper = set_subreaper()
         make_undumpable()  # runs of the agent's own user cannot read its environment or memory
+        self.end_previous_runs()
         self.channel = Channel(self.run_user)
         threads = [
             threading.Thread(target=self.sender_loop, name="sender", daemon=True),
@@ -522,7 +576,9 @@ class Agent:
         ]
         for t in threads:
             t.start()
-        self.register()
+        if not self.register():
+            self.shutdown(threads, deliver_s=0.0, unregister=False)
+            return 0
         for target, name in ((self.report_loop, "report"), (self.ticker_loop, "ticker")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -533,13 +589,15 @@ class Agent:
             self.shutdown(threads)
         return 0
 
-    def shutdown(self, threads: list[threading.Thread], *, deliver_s: float = 30.0) -> None:
+    def shutdown(self, threads: list[threading.Thread], *, deliver_s: float = 30.0, unregister: bool = True) -> None:
         """Wait for the runs, deliver the spool (bounded), say goodbye to the server."""
         while True:
             with self.runs_lock:
                 if not self.runs:
                     break
             time.sleep(0.2)
+        if self.terminating:
+            deliver_s = min(deliver_s, 5.0)  # told twice: leave soon
         deadline = time.monotonic() + deliver_s
         while self.spool.attempts() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -547,10 +605,11 @@ class Agent:
             log.warning("leaving undelivered messages in %s; the next start delivers them", self.spool.root)
         self.stop_event.set()
         self.sampler.stop_event.set()
-        try:
-            self.client.request("DELETE", f"workers/{self.name}/", timeout=5)
-        except (ServerAway, ApiError) as e:
-            log.info("could not unregister: %s", e)
+        if unregister:
+            try:
+                self.client.request("DELETE", f"workers/{self.name}/", timeout=5)
+            except (ServerAway, ApiError) as e:
+                log.info("could not unregister: %s", e)
         if self.channel is not None:
             self.channel.close()
         log.info("agent %s stopped", self.name)

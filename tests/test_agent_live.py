@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -363,3 +364,56 @@ def test_a_users_secret_reaches_the_run_and_never_its_log(st: Stack) -> None:
     assert "wandb-0123456789" not in text and "key ***" in text
     assert hashlib.sha256(b"wandb-0123456789").hexdigest() in text
     assert "wandb-0123456789" not in json.dumps(st.experiment(exp["id"]))
+
+
+ESCAPING_RUN = """import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.fork() == 0:
+    os.setsid()  # out of the run's process group and session
+    if os.fork() == 0:  # and re-parented: only the attempt's variable still names it
+        time.sleep(600)
+    os._exit(0)
+print('up', flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_restarted_agent_ends_the_runs_its_killed_instance_left(st: Stack) -> None:
+    q = _q(st, "live-phoenix")
+    agent = st.start_agent("phoenix-1", [q], "--cpu-only")
+    exp = st.enqueue(q, script=ESCAPING_RUN, retry_policy={"worker_lost": 2}, stop_grace_s=1)
+    st.wait_status(exp["id"], "in_progress")
+    first = wait_for(lambda: st.experiment(exp["id"])["current_attempt"])
+    wait_for(lambda: len(run_processes(first)) >= 2, what="the run and its escaped grandchild")
+    os.killpg(agent.pid, signal.SIGKILL)  # the agent's group: its runs have sessions of their own
+    agent.wait(timeout=10)
+    assert run_processes(first), "the kernel left the runs running (as it does)"
+
+    st.start_agent("phoenix-1", [q], "--cpu-only")  # the same name and state folder, as make run restarts it
+    wait_for(lambda: not run_processes(first), what="the previous instance's runs to end")
+    second = wait_for(lambda: (a := st.experiment(exp["id"])["current_attempt"]) and a != first and a,
+                      what="attempt 2")  # fmt: skip
+    wait_for(lambda: run_processes(second), what="attempt 2's process")
+    assert run_processes(first) == []  # attempt 2 runs alone
+    assert st.attempts(exp["id"])[0]["failure_class"] == "worker_lost"
+    st.admin.request("POST", f"experiments/{exp['id']}/stop/", {})
+    assert st.wait_status(exp["id"], "stopped")["status"] == "stopped"
+    wait_for(lambda: not run_processes(second), what="nothing of the stopped run")
+    assert list((st.dir / "agent-phoenix-1" / "runs").glob("*.json")) == []
+
+
+def test_an_agent_that_cannot_reach_the_server_stops_when_told(st: Stack, tmp_path: Path) -> None:
+    """Registering against a server that is not there: SIGTERM ends the agent at once."""
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "muster_agent", "agent", "run", "--server", "http://127.0.0.1:9", "--name", "nowhere-1",
+         "--state-dir", str(tmp_path / "state"), "--cpu-only"],
+        cwd=live.ROOT, env={**st.env, "MUSTER_API_KEY": st.agent_key, "MUSTER_RUN_AS": pwd.getpwuid(os.geteuid()).pw_name},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: agent.poll() is None and (tmp_path / "state" / "spool").is_dir(), what="the agent to start")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=15) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
