@@ -5,7 +5,7 @@ VENV := .venv
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_PYTHON := $(PY)
 
-.PHONY: setup system-packages run test test-fast lint typecheck migrations-check bench clean schema
+.PHONY: setup system-packages test-packages run test test-fast lint typecheck migrations-check bench clean schema
 
 $(UV):
 	$(PY) -m venv .tools && .tools/bin/pip install --quiet uv
@@ -14,18 +14,22 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PY)
 	touch $@
 
-## setup: system packages (apt, when missing) and the virtual environment
+## setup: what running needs from apt (when missing) and the virtual environment
 setup: system-packages $(VENV)/.synced
 
 system-packages:
-	@scripts/system-packages.sh
+	@scripts/system-packages.sh run
+
+# What the whole suite needs besides: PostgreSQL, Redis, podman, chromium (apt, when missing).
+test-packages:
+	@scripts/system-packages.sh test
 
 ## run: migrate SQLite, first-run admin/queue/key, then the ASGI server, celery worker and beat
 run: setup
 	exec $(VENV)/bin/python scripts/run.py
 
 ## test: lint, types, migrations check, then the suite on SQLite and on PostgreSQL
-test: setup
+test: setup test-packages
 	scripts/test.sh
 
 # The core suite on SQLite in a minute or two: no live stacks, browsers, containers or slow tests.
@@ -44,7 +48,7 @@ migrations-check: $(VENV)/.synced
 	DJANGO_SETTINGS_MODULE=orchestration.settings_test $(VENV)/bin/python manage.py makemigrations --check --dry-run
 
 ## bench: every benchmark in bench/ (PostgreSQL and Redis started when not given)
-bench: setup
+bench: setup test-packages
 	scripts/bench.sh
 
 clean:

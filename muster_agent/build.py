@@ -90,7 +90,7 @@ class Builder:
         self.emit(f"muster: {what} done in {time.monotonic() - started:.1f} s\n")
 
     def _run(self, argv: list[str], *, what: str, cwd: Path | None = None, stdin: str | None = None,
-             timeout: float = GIT_TIMEOUT_S, env: dict[str, str] | None = None) -> str:  # fmt: skip
+             timeout: float = GIT_TIMEOUT_S, env: dict[str, str] | None = None, quiet: bool = False) -> str:  # fmt: skip
         try:
             out = subprocess.run(
                 argv, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
@@ -102,7 +102,8 @@ class Builder:
             raise BuildError(f"{what} took longer than {timeout:.0f} s") from None
         if out.returncode != 0:
             detail = (out.stderr or out.stdout).strip().splitlines()
-            self.emit("".join(f"  {line}\n" for line in detail[-20:]))
+            if not quiet:  # a quiet try's caller says in one line what it does instead
+                self.emit("".join(f"  {line}\n" for line in detail[-20:]))
             raise BuildError(f"{what} failed: {detail[-1] if detail else 'exit code ' + str(out.returncode)}")
         return str(out.stdout)
 
@@ -195,7 +196,7 @@ class Builder:
         base = [uv, "venv", "--quiet", "--python-preference", "only-system", str(dest)]
         if python:
             try:
-                self._run([*base, "--python", python], what=f"a Python {python} environment")
+                self._run([*base, "--python", python], what=f"a Python {python} environment", quiet=True)
                 return
             except BuildError:
                 self.emit(f"muster: Python {python} is not on this worker; using {sys.version.split()[0]}\n")

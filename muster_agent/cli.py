@@ -176,6 +176,10 @@ def _spec_body(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
     }
     if args.max_runtime:
         body["max_runtime_s"] = args.max_runtime
+    if args.stop_signal:
+        body["stop_signal"] = args.stop_signal
+    if args.stop_grace is not None:
+        body["stop_grace_s"] = args.stop_grace
     if args.project:
         body["project"] = args.project
     return body
@@ -375,14 +379,19 @@ def cmd_agent(args: argparse.Namespace, out: Out) -> int:
 
 
 def _add_spec_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--queue", default="default")
-    s.add_argument("--name")
-    s.add_argument("--project")
-    s.add_argument("--priority", type=int, default=0)
-    s.add_argument("--gpus", type=float, default=0)
-    s.add_argument("--cpus", type=float, default=1)
-    s.add_argument("--max-runtime", type=int, metavar="SECONDS")
-    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--queue", default="default", help="the queue's name or id (default: default)")
+    s.add_argument("--name", help="a name to find it by (default: the command)")
+    s.add_argument("--project", help="a project to group it under")
+    s.add_argument("--priority", type=int, default=0, help="-1000 to 1000; higher runs first within a queue")
+    s.add_argument("--gpus", type=float, default=0, help="GPUs it needs: a whole number, or a fraction to share one")
+    s.add_argument("--cpus", type=float, default=1,
+                   help="CPUs it needs (default 1: an agent on a 4-CPU machine runs at most 4 at once; "
+                        "0.25 packs more)")  # fmt: skip
+    s.add_argument("--max-runtime", type=int, metavar="SECONDS", help="stop it (failed, timeout) after this long")
+    s.add_argument("--stop-signal", metavar="SIGNAL", help="what a stop sends first (default SIGTERM)")
+    s.add_argument("--stop-grace", type=int, metavar="SECONDS",
+                   help="how long a stop waits after the signal before SIGKILL (default 60)")  # fmt: skip
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an environment variable (repeat)")
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="also ${KEY} in the command")
 
 
@@ -443,8 +452,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("rerun", parents=[common], help="run a finished experiment again (--set makes a clone)")
     s.add_argument("id")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--queue")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a field of the copy, e.g. --set gpus=2 (repeat)")  # fmt: skip
+    s.add_argument("--queue", help="queue it here instead of its own queue")
     s.set_defaults(func=_action("rerun", "rerun"))
 
     a = sub.add_parser("agent", allow_abbrev=False, help="the agent that runs experiments on this machine")
@@ -453,18 +463,22 @@ def parser() -> argparse.ArgumentParser:
         "run", parents=[common], allow_abbrev=False, help="serve queues (the key: MUSTER_API_KEY or --key-file)"
     )
     r.add_argument("--queue", action="append", help="a queue to serve, in priority order (repeat)")
-    r.add_argument("--gpus", help="GPU indices this agent owns, e.g. 0,1 (default: every GPU found)")
-    r.add_argument("--cpu-only", action="store_true")
+    r.add_argument(
+        "--gpus",
+        help="GPU indices this agent owns, e.g. 0,1 (default: every GPU NVML finds); "
+        "without NVML they are slots, to try packing (docs/agent.md)",
+    )
+    r.add_argument("--cpu-only", action="store_true", help="offer no GPU slots, even where NVML finds GPUs")
     r.add_argument("--name", help="worker name (default: the hostname)")
     r.add_argument("--order-fairness", action="store_true", help="take turns between queues instead of strict order")
     r.add_argument("--key-file", help="file holding the agent key (mode 600)")
     r.add_argument("--state-dir", help="spool and working folders (default: ~/.local/state/muster-agent)")
-    r.add_argument("--report-interval", type=float, default=5.0)
+    r.add_argument("--report-interval", type=float, default=5.0, help="seconds between reports (default 5)")
     r.add_argument("--claim-wait", type=int, default=30, help="seconds one long-poll waits")
     r.add_argument("--timeout", type=int, default=0, help="seconds of silence before the server calls it lost")
     r.add_argument("--drain-after", type=int, default=5, help="drain after this many quick failures in a row")
-    r.add_argument("--tag", action="append", default=[])
-    r.add_argument("--keep-workdirs", action="store_true")
+    r.add_argument("--tag", action="append", default=[], help="a label shown with the worker (repeat)")
+    r.add_argument("--keep-workdirs", action="store_true", help="keep each run's working folder after it ends")
     r.add_argument("--find-links", help="a folder of wheels to build environments from (offline)")
     r.add_argument("--container-engine", choices=["podman", "docker"], help="run attempts in containers")
     r.add_argument("--default-image", help="the image for experiments that name none (with --container-engine)")
@@ -476,14 +490,24 @@ def parser() -> argparse.ArgumentParser:
                                       "with --run-as, a folder that user can reach")  # fmt: skip
     r.add_argument("--pass-env", action="append", default=[], metavar="NAME",
                    help="one more of the agent's variables runs get (repeat; MUSTER_PASS_ENV=A,B)")  # fmt: skip
-    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info")
     r.set_defaults(func=cmd_agent)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    out = Out(getattr(args, "json", False))
+    try:
+        args = parser().parse_args(argv)
+        out = Out(getattr(args, "json", False))
+        return _run(args, out)
+    except BrokenPipeError:
+        # The reader went away (`muster logs ID | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+
+
+def _run(args: argparse.Namespace, out: Out) -> int:
     try:
         return int(args.func(args, out))
     except UsageError as e:

@@ -27,6 +27,7 @@ PY = sys.executable
 HOST = os.environ.get("MUSTER_HOST", "127.0.0.1")
 PORT = os.environ.get("MUSTER_PORT", "8000")
 VAR = Path(os.environ.get("MUSTER_VAR_DIR") or ROOT / "var")
+AGENT_STOP_S = 120  # the runs' default stop grace (60 s), the spool's few seconds, and room
 AGENT_RESTARTS = 5
 
 
@@ -254,6 +255,8 @@ def main() -> int:
             code = child.returncode or 1
             stopping = True
         time.sleep(0.3)
+    if agent is not None and agent.poll() is None:
+        stop_agent(agent)
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)  # the leader stops its own children cleanly
@@ -265,6 +268,23 @@ def main() -> int:
             os.killpg(child.pid, signal.SIGKILL)
     print("stopped", flush=True)
     return code
+
+
+def stop_agent(agent: subprocess.Popen[bytes]) -> None:
+    """Stop the local agent first, while the server still hears it: a first SIGTERM drains, a
+    second stops its runs with their own signal and grace (60 s unless an experiment says
+    otherwise); it then reports their end and unregisters. SIGKILL only after AGENT_STOP_S."""
+    agent.send_signal(signal.SIGTERM)
+    try:
+        agent.wait(timeout=1)  # a second signal too soon after the first could merge with it
+        return
+    except subprocess.TimeoutExpired:
+        agent.send_signal(signal.SIGTERM)
+    print(f"stopping the local agent's runs (their stop grace; at most {AGENT_STOP_S} s)", flush=True)
+    try:
+        agent.wait(timeout=AGENT_STOP_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(agent.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
