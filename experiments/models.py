@@ -192,6 +192,9 @@ class Attempt(models.Model):
     log_head_bytes = models.BigIntegerField(default=0)
     log_tail_bytes = models.BigIntegerField(default=0)
     log_truncated = models.BooleanField(default=False)
+    # What the cap dropped between the head and the tail (experiments/services.py: _store_chunks).
+    log_dropped_bytes = models.BigIntegerField(default=0)
+    log_dropped_lines = models.BigIntegerField(default=0)
     resource_summary = models.JSONField(default=dict, blank=True)
     frozen_requirements = models.TextField(blank=True)
     cost = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Max, Min, Q, QuerySet
 
 from accounts.secrets import secret_env_decrypt, secrets_for_run
 from core.errors import NotFound
 from experiments.models import SPEC_FIELDS, Attempt, Experiment, LogChunk
 
-TRUNCATION_MARKER = "\n[… the middle of this log was dropped to keep it under its size cap …]\n"
+
+def truncation_marker(dropped_bytes: int, dropped_lines: int) -> str:
+    """The one line a capped log shows where its middle was."""
+    lines = f"{dropped_lines:,} line{'s' if dropped_lines != 1 else ''}"
+    return f"[… {dropped_bytes:,} bytes ({lines}) dropped here to keep this log under its size cap …]\n"
 
 
 def experiment_list() -> QuerySet[Experiment]:
@@ -48,15 +52,25 @@ def log_page(*, experiment: Experiment, attempt_id: str | None, after: int | Non
         if attempt is None:
             return LogPage(attempt=None, truncated=False, chunks=[], next_after=after)
     qs = LogChunk.objects.filter(attempt=attempt).order_by("seq")
-    prev_in_head = True
     if after is not None:
         qs = qs.filter(seq__gt=after)
-        prev_in_head = not LogChunk.objects.filter(attempt=attempt, seq__lte=after, in_tail=True).exists()
+    # The marker goes once, before the first tail chunk kept, to a reader coming from the head:
+    # one who already read the tail chunks since dropped missed nothing.
+    marked_seq = None
+    if attempt.log_truncated:
+        bounds = LogChunk.objects.filter(attempt=attempt).aggregate(
+            head_end=Max("seq", filter=Q(in_tail=False)), tail_start=Min("seq", filter=Q(in_tail=True))
+        )
+        head_end = bounds["head_end"]
+        if after is None or head_end is None or after <= head_end:
+            marked_seq = bounds["tail_start"]
     chunks: list[dict[str, object]] = []
-    for seq, stored, in_tail in qs.values_list("seq", "text", "in_tail")[:limit]:
-        marker = TRUNCATION_MARKER if attempt.log_truncated and in_tail and prev_in_head else ""
-        prev_in_head = not in_tail
-        chunks.append({"seq": seq, "text": marker + stored})
+    for seq, stored in qs.values_list("seq", "text")[:limit]:
+        if seq == marked_seq:
+            marker = truncation_marker(attempt.log_dropped_bytes, attempt.log_dropped_lines)
+            chunks.append({"seq": seq, "text": marker + stored})
+        else:
+            chunks.append({"seq": seq, "text": stored})
     next_after = int(chunks[-1]["seq"]) if chunks else after  # type: ignore[call-overload]
     return LogPage(attempt=attempt.pk, truncated=attempt.log_truncated, chunks=chunks, next_after=next_after)
 

@@ -655,7 +655,14 @@ def attempt_append_logs(*, actor: Actor, attempt_id: str, token: str, chunks: Se
 
 
 def _store_chunks(attempt: Attempt, chunks: Sequence[tuple[int, str]]) -> int:
-    """attempt_append_logs' work on the attempt it has locked."""
+    """attempt_append_logs' work on the attempt it has locked.
+
+    A log keeps its head (LOG_HEAD_BYTES) and its tail (LOG_TAIL_BYTES); once a chunk went to
+    the tail, every later one does, so the two never interleave. When the tail grows past its
+    cap its oldest chunks go, and both cut ends are trimmed to whole lines (a chunk without any
+    newline, one huge line, stays whole); what went is counted, in bytes and lines, for the one
+    marker a reader sees where the middle was (selectors.log_page).
+    """
     seqs = [seq for seq, _ in chunks]
     seen = set(LogChunk.objects.filter(attempt=attempt, seq__in=seqs).values_list("seq", flat=True))
     fresh: dict[int, str] = {}
@@ -667,32 +674,66 @@ def _store_chunks(attempt: Attempt, chunks: Sequence[tuple[int, str]]) -> int:
     head_cap: int = settings.LOG_HEAD_BYTES
     tail_cap: int = settings.LOG_TAIL_BYTES
     head, tail = attempt.log_head_bytes, attempt.log_tail_bytes
+    in_tail = tail > 0 or attempt.log_truncated
     rows = []
     for seq in sorted(fresh):
         text = fresh[seq]
         size = len(text.encode())
-        in_tail = head + size > head_cap and head > 0
+        in_tail = in_tail or (head > 0 and head + size > head_cap)
         if in_tail:
             tail += size
         else:
             head += size
         rows.append(LogChunk(attempt=attempt, seq=seq, text=text, in_tail=in_tail))
     LogChunk.objects.bulk_create(rows, ignore_conflicts=True)
-    truncated = attempt.log_truncated
+    values: dict[str, Any] = {"log_head_bytes": head, "log_tail_bytes": tail}
     if tail > tail_cap:
-        # Drop the oldest tail chunks: tracebacks are at the end, and the head says how it began.
-        dropped = 0
-        for pk, text in (
-            LogChunk.objects.filter(attempt=attempt, in_tail=True).order_by("seq").values_list("pk", "text")
-        ):
-            if tail - dropped <= tail_cap:
-                break
-            dropped += len(text.encode())
-            LogChunk.objects.filter(pk=pk).delete()
-        tail -= dropped
-        truncated = True
-    Attempt.objects.filter(pk=attempt.pk).update(log_head_bytes=head, log_tail_bytes=tail, log_truncated=truncated)
+        values.update(_drop_the_middle(attempt, head, tail, tail_cap))
+    Attempt.objects.filter(pk=attempt.pk).update(**values)
+    for key, value in values.items():
+        setattr(attempt, key, value)
     return len(rows)
+
+
+def _drop_the_middle(attempt: Attempt, head: int, tail: int, tail_cap: int) -> dict[str, Any]:
+    """Drop the oldest tail chunks until the tail fits, trim both cut ends to whole lines; the
+    attempt's new sizes and drop counts."""
+    dropped_bytes, dropped_lines = attempt.log_dropped_bytes, attempt.log_dropped_lines
+    gone: list[int] = []
+    ended_line = True  # whether the text dropped last ended with a newline
+    for pk, text in LogChunk.objects.filter(attempt=attempt, in_tail=True).order_by("seq").values_list("pk", "text"):
+        if tail <= tail_cap:
+            break
+        size = len(text.encode())
+        gone.append(pk)
+        tail -= size
+        dropped_bytes += size
+        dropped_lines += text.count("\n")
+        ended_line = text.endswith("\n")
+    LogChunk.objects.filter(pk__in=gone).delete()
+    first = LogChunk.objects.filter(attempt=attempt, in_tail=True).order_by("seq").first()
+    if first is not None and not ended_line and "\n" in first.text:
+        cut, _, rest = first.text.partition("\n")  # the rest of a line whose start was dropped
+        LogChunk.objects.filter(pk=first.pk).update(text=rest)
+        size = len(cut.encode()) + 1
+        tail -= size
+        dropped_bytes += size
+        dropped_lines += 1
+    if not attempt.log_truncated:  # the first drop: the head's last line lost its continuation
+        last = LogChunk.objects.filter(attempt=attempt, in_tail=False).order_by("-seq").first()
+        if last is not None and not last.text.endswith("\n") and "\n" in last.text:
+            kept, _, partial = last.text.rpartition("\n")
+            LogChunk.objects.filter(pk=last.pk).update(text=kept + "\n")
+            size = len(partial.encode())
+            head -= size
+            dropped_bytes += size
+    return {
+        "log_head_bytes": head,
+        "log_tail_bytes": tail,
+        "log_truncated": True,
+        "log_dropped_bytes": dropped_bytes,
+        "log_dropped_lines": dropped_lines,
+    }
 
 
 @atomic

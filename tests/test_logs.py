@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import partial
 
@@ -12,7 +13,7 @@ from accounts.actor import Actor
 from core.errors import StaleLease
 from experiments import services
 from experiments.models import Experiment, LogChunk
-from experiments.selectors import TRUNCATION_MARKER, log_page
+from experiments.selectors import log_page
 from queues.models import Queue
 from tests.race import race
 from workers.dispatch import Claim, dispatch_claim
@@ -55,17 +56,80 @@ def test_nul_and_invalid_unicode_are_replaced(claim: Claim, agent_actor: Actor) 
     assert text_of(claim) == "a\ufffdb \ufffd end"
 
 
-@override_settings(LOG_HEAD_BYTES=1024, LOG_TAIL_BYTES=2048)
-def test_over_the_cap_the_head_and_the_tail_are_kept(claim: Claim, agent_actor: Actor) -> None:
-    for seq in range(100):
-        append(agent_actor, claim, [(seq, f"line {seq:03d} " + "x" * 90 + "\n")])
-    text = text_of(claim)
-    assert text.startswith("line 000")
-    assert text.rstrip().endswith("x") and "line 099" in text
-    assert TRUNCATION_MARKER in text and "line 050" not in text
-    assert len(text.encode()) < 1024 + 2048 + 200
+MARKER = re.compile(r"\[… ([\d,]+) bytes \(([\d,]+) lines?\) dropped here to keep this log under its size cap …\]\n")
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    """Text cut mid-line into pieces of uneven sizes around `size`, as an agent's batches cut it
+    (a quiet second sends a little, a busy one a lot)."""
+    pieces, i, n = [], 0, 0
+    while i < len(text):
+        step = (size, size // 5 + 1, size * 2)[n % 3]
+        pieces.append(text[i : i + step])
+        i, n = i + step, n + 1
+    return pieces
+
+
+def _capped(claim: Claim, actor: Actor, text: str, size: int, per_call: int = 1) -> str:
+    pieces = _chunks(text, size)
+    for start in range(0, len(pieces), per_call):
+        append(actor, claim, [(seq, pieces[seq]) for seq in range(start, min(start + per_call, len(pieces)))])
+    return text_of(claim)
+
+
+@override_settings(LOG_HEAD_BYTES=4096, LOG_TAIL_BYTES=8192)
+@pytest.mark.parametrize("chunk", [64, 333, 4000])
+def test_a_flood_of_short_lines_reads_as_one_log_with_one_marker(claim: Claim, agent_actor: Actor, chunk: int) -> None:
+    lines = [f"line {i:05d} {'x' * (i % 37)}\n" for i in range(3000)]
+    text = _capped(claim, agent_actor, "".join(lines), chunk, per_call=5)
+    markers = MARKER.findall(text)
+    assert len(markers) == 1
+    head, tail = MARKER.split(text)[0], MARKER.split(text)[-1]
+    head_lines, tail_lines = head.splitlines(keepends=True), tail.splitlines(keepends=True)
+    # Whole lines on both sides of the marker, the head from the first line on, the tail to the last.
+    assert head_lines == lines[: len(head_lines)]
+    assert tail_lines == lines[len(lines) - len(tail_lines) :]
+    dropped_bytes, dropped_lines = (int(n.replace(",", "")) for n in markers[0])
+    assert dropped_lines == len(lines) - len(head_lines) - len(tail_lines)
+    assert dropped_bytes == len("".join(lines).encode()) - len(head.encode()) - len(tail.encode())
+    assert len(head.encode()) <= 4096 and len(tail.encode()) <= 8192
     claim.attempt.refresh_from_db()
     assert claim.attempt.log_truncated
+
+
+@override_settings(LOG_HEAD_BYTES=4096, LOG_TAIL_BYTES=8192)
+def test_one_huge_line_keeps_its_beginning_and_its_end(claim: Claim, agent_actor: Actor) -> None:
+    text = "start " + "y" * 100_000 + " end\n"
+    out = _capped(claim, agent_actor, text, 1000)
+    assert out.startswith("start y") and out.endswith("y end\n")
+    assert len(MARKER.findall(out)) == 1
+
+
+@override_settings(LOG_HEAD_BYTES=4096, LOG_TAIL_BYTES=8192)
+def test_binary_output_is_repaired_and_capped_once(claim: Claim, agent_actor: Actor) -> None:
+    raw = bytes(range(256)) * 200
+    text = raw.decode("utf-8", errors="surrogateescape")
+    out = _capped(claim, agent_actor, text, 700)
+    assert "\x00" not in out and len(MARKER.findall(out)) == 1
+
+
+@override_settings(LOG_HEAD_BYTES=4096, LOG_TAIL_BYTES=8192)
+def test_a_reader_that_follows_sees_the_marker_once(claim: Claim, agent_actor: Actor) -> None:
+    """Reading page by page as the log grows: one marker for the reader who comes from the head,
+    none for one who already read what was later dropped."""
+    lines = [f"row {i:05d} {'z' * 40}\n" for i in range(2000)]
+    pieces = _chunks("".join(lines), 500)
+    seen, after = [], None
+    for seq, piece in enumerate(pieces):
+        append(agent_actor, claim, [(seq, piece)])
+        if seq % 7 == 0 or seq == len(pieces) - 1:
+            page = log_page(experiment=claim.experiment, attempt_id=claim.attempt.pk, after=after, limit=10_000)
+            seen += [str(c["text"]) for c in page.chunks]
+            after = page.next_after
+    followed = "".join(seen)
+    assert len(MARKER.findall(followed)) <= 1
+    late = log_page(experiment=claim.experiment, attempt_id=claim.attempt.pk, after=None, limit=10_000)
+    assert len(MARKER.findall("".join(str(c["text"]) for c in late.chunks))) == 1
 
 
 def test_a_stale_token_cannot_write_logs(claim: Claim, agent_actor: Actor) -> None:
