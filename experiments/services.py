@@ -821,6 +821,11 @@ def _settle_experiment(
     UNSTARTED_FREE_RETURNS such returns are free, so a spec that kills every agent that
     receives it still ends.
     """
+    if exp.stop_requested_at is not None and outcome != Status.COMPLETED:
+        # A user asked it to stop: however the attempt then ended (its agent gone, restarted, or
+        # no longer running it), the answer is "stopped", never a retry.
+        outcome, failure_class = Status.STOPPED, FailureClass.STOPPED
+        message = f"stopped on request ({message})" if message else "stopped on request"
     free = (
         failure_class == FailureClass.WORKER_LOST
         and attempt.started_at is None

@@ -176,6 +176,23 @@ def test_stop_with_no_live_worker_is_immediate_and_fences_the_attempt(
         )
 
 
+def test_a_stop_whose_run_the_agent_no_longer_has_ends_stopped_not_retried(
+    running: tuple[Experiment, Attempt, Worker], alice_actor: Actor, agent_actor: Actor
+) -> None:
+    """The agent restarted (or lost the run) after the stop was asked: the attempt is fenced as
+    lost, and the experiment is stopped, as asked, even with retries left for a lost worker."""
+    exp, attempt, _ = running
+    Experiment.objects.filter(pk=exp.pk).update(retry_policy={"worker_lost": 3})
+    services.experiment_stop(actor=alice_actor, experiment_id=exp.pk)
+    services.attempt_fence(
+        actor=agent_actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message="the agent restarted"
+    )
+    exp.refresh_from_db()
+    assert exp.status == Status.STOPPED and exp.retry_count == 0
+    assert exp.status_reason == FailureClass.STOPPED
+    assert not QueueEntry.objects.filter(experiment=exp).exists()
+
+
 @pytest.mark.parametrize("outcome", [Status.COMPLETED, Status.FAILED, Status.STOPPED])
 def test_finish_moves_in_progress_to_the_outcome_and_repeats_are_no_ops(
     running: tuple[Experiment, Attempt, Worker], agent_actor: Actor, outcome: Status
