@@ -97,6 +97,7 @@ class Agent:
         self.server_back = threading.Event()
         self.stop_event = threading.Event()  # set when the agent exits
         self.signalled = threading.Event()  # SIGTERM or SIGINT: every wait returns at once
+        self.sender_away = threading.Event()  # the sender met a server that was away
         self.signals = 0
         self.draining = False  # local drain: SIGTERM, or N quick failures
         self.server_drain = False
@@ -372,6 +373,7 @@ class Agent:
                     sent_any |= self._send_head(attempt_id)
                 except ServerAway as e:
                     away = True
+                    self.sender_away.set()
                     delay = backoff.next()
                     log.warning("server away (%s); delivering again in %.1fs", e, delay)
                     self.server_back.clear()
@@ -565,6 +567,17 @@ class Agent:
             self.ledger.forget(attempt_id)
         return len(entries)
 
+    def deliver_before_registering(self, bound_s: float = 30.0) -> None:
+        """Give the sender a head start on what a previous instance left in the spool: a run that
+        ended while the agent was down gets its real end recorded, instead of being ended as lost
+        by this instance's registration (the server fences a previous instance's attempts).
+        Bounded, and not at all while the server is away (registration waits for it anyway)."""
+        deadline = time.monotonic() + bound_s
+        while self.spool.attempts() and time.monotonic() < deadline:
+            if self.sender_away.is_set() or self.signalled.is_set():
+                return
+            self.spool.wait(0.1)
+
     def run(self) -> int:
         self.subreaper = set_subreaper()
         make_undumpable()  # runs of the agent's own user cannot read its environment or memory
@@ -576,6 +589,7 @@ class Agent:
         ]
         for t in threads:
             t.start()
+        self.deliver_before_registering()
         if not self.register():
             self.shutdown(threads, deliver_s=0.0, unregister=False)
             return 0

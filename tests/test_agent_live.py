@@ -417,3 +417,27 @@ def test_an_agent_that_cannot_reach_the_server_stops_when_told(st: Stack, tmp_pa
     finally:
         if agent.poll() is None:
             agent.kill()
+
+
+def test_a_drain_with_the_server_away_ends_within_its_bound(st: Stack) -> None:
+    """SIGTERM while the server is down: the run finishes, its end waits in the spool (at most 30 s),
+    the agent exits; its next start delivers what is left."""
+    q = _q(st, "live-drain-away")
+    agent = st.start_agent("away-1", [q], "--cpu-only")
+    exp = st.enqueue(q, script="import time; print('go', flush=True); time.sleep(1); print('done')")
+    st.wait_status(exp["id"], "in_progress")
+    attempt = wait_for(lambda: st.experiment(exp["id"])["current_attempt"])
+    wait_for(lambda: run_processes(attempt), what="the run's process")
+    st.kill_server()
+    try:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 0  # the run's second, then at most 30 s of delivery
+        assert run_processes(attempt) == []
+        spooled = st.dir / "agent-away-1" / "spool" / attempt
+        assert spooled.is_dir()  # its end, not delivered yet
+    finally:
+        st.start_server()
+    st.start_agent("away-1", [q], "--cpu-only")
+    done = st.wait_status(exp["id"], "completed", "failed")
+    assert done["status"] == "completed" and done["retry_count"] == 0  # its own end, delivered before registering
+    assert len(st.attempts(exp["id"])) == 1
