@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import functools
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,8 +291,10 @@ class Run:
         if user is not None:
             give_to(self.workdir, user)
         try:
-            self.proc = subprocess.Popen(
-                argv,
+            _check_executable(argv[0], cwd, env)  # setpriv execs it: its failure would read as an exit code
+            proc = SPAWNER.submit(
+                _popen,
+                [*dies_with_agent(), *argv],
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -297,12 +302,13 @@ class Run:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 **as_user(user),
-            )
+            ).result()
         except OSError as e:
             self._emit(f"muster agent: cannot start {self.spec.get('command') or 'the script'}: {e}\n".encode())
             self.ending = Ending("failed", "user_error", f"cannot start: {e.strerror or e}")
             return
-        self.known[self.proc.pid] = _create_time(self.proc.pid)
+        self.proc = proc
+        self.known[proc.pid] = _create_time(proc.pid)
         self._record(pid=self.proc.pid, create_time=self.known[self.proc.pid])  # its own process group
         self.reader = threading.Thread(target=self._read, name=f"out-{self.id[:8]}", daemon=True)
         self.reader.start()
@@ -502,6 +508,44 @@ class Run:
                 return Ending("failed", "oom", f"killed by {name} (the kernel's out-of-memory killer?)")
             return Ending("failed", "user_error", f"killed by {name}")
         return Ending("failed", "user_error", f"exited with code {code}")
+
+
+def _popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, **kwargs)
+
+
+def _check_executable(program: str, cwd: Path, env: dict[str, str]) -> None:
+    """Raise what Popen would for a program that cannot be started (missing, not executable)."""
+    if os.sep in program:
+        path = program if os.path.isabs(program) else str(cwd / program)
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    elif shutil.which(program, path=env.get("PATH")) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+# Every run is started from this one thread, which lives as long as the agent: the kernel sends
+# a parent-death signal when the *thread* that started the child ends, so a run started from a
+# build's short-lived thread would be killed the moment that thread finished.
+SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawn")
+
+
+@functools.cache
+def dies_with_agent() -> list[str]:
+    """A prefix that makes a run's main process receive SIGKILL when the agent dies (util-linux's
+    setpriv sets PR_SET_PDEATHSIG after the switch to the run's user, then execs the command).
+    Its setsid'd or double-forked children outlive it; the next start of the agent ends those
+    (muster_agent/ledger.py). Empty where setpriv or the option is missing."""
+    setpriv = shutil.which("setpriv")
+    if not sys.platform.startswith("linux") or setpriv is None:
+        return []
+    try:
+        usage = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [setpriv, "--pdeathsig", "KILL", "--"] if "--pdeathsig" in usage else []
 
 
 def _create_time(pid: int) -> float:

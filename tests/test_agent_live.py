@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from muster_agent.client import ApiError
@@ -384,10 +385,33 @@ def test_a_restarted_agent_ends_the_runs_its_killed_instance_left(st: Stack) -> 
     exp = st.enqueue(q, script=ESCAPING_RUN, retry_policy={"worker_lost": 2}, stop_grace_s=1)
     st.wait_status(exp["id"], "in_progress")
     first = wait_for(lambda: st.experiment(exp["id"])["current_attempt"])
-    wait_for(lambda: len(run_processes(first)) >= 2, what="the run and its escaped grandchild")
+
+    def recorded_pid() -> int | None:
+        try:
+            return int(json.loads((st.dir / "agent-phoenix-1" / "runs" / f"{first}.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None  # not written yet
+
+    leader = wait_for(recorded_pid, what="the run's process in the agent's ledger")
+
+    def escaped() -> list[Any]:
+        """The grandchild: out of the leader's session, and no longer the leader's child."""
+        found = []
+        for proc in run_processes(first):
+            try:
+                if proc.pid != leader and proc.ppid() != leader and os.getsid(proc.pid) != os.getsid(leader):
+                    found.append(proc)
+            except (OSError, psutil.Error):
+                continue
+        return found
+
+    wait_for(escaped, what="the run's escaped grandchild")
     os.killpg(agent.pid, signal.SIGKILL)  # the agent's group: its runs have sessions of their own
     agent.wait(timeout=10)
-    assert run_processes(first), "the kernel left the runs running (as it does)"
+    # The run's main process dies with the agent (a parent-death signal); what escaped its
+    # session lives on until the agent starts again.
+    wait_for(lambda: leader not in {p.pid for p in run_processes(first)}, what="the run's main process to die")
+    assert escaped(), "the escaped grandchild outlives the agent"
 
     st.start_agent("phoenix-1", [q], "--cpu-only")  # the same name and state folder, as make run restarts it
     wait_for(lambda: not run_processes(first), what="the previous instance's runs to end")
