@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from muster_agent.cgroups import RunGroup
+
 log = logging.getLogger("muster.agent")
 
 MARKER = "MUSTER_ATTEMPT_ID"  # in every run's environment; its children inherit it
@@ -101,9 +103,18 @@ def processes_of(entry: dict[str, Any]) -> list[psutil.Process]:
 
 def end_processes(entry: dict[str, Any], *, kill_container: Callable[[str, str], None] | None = None) -> int:
     """End what is left of a recorded run: its stop signal, its grace, then SIGKILL. How many processes."""
+    group = RunGroup(Path(entry["cgroup"])) if entry.get("cgroup") else None
     procs = processes_of(entry)
+    if group is not None:
+        known = {p.pid for p in procs}
+        for pid in group.pids():
+            if pid not in known:
+                with contextlib.suppress(psutil.Error):
+                    procs.append(psutil.Process(pid))
     container_name = entry.get("container")
     if not procs and not container_name:
+        if group is not None:
+            group.remove()
         return 0
     name = str(entry.get("stop_signal") or "SIGTERM")
     sig = getattr(signal, name, signal.SIGTERM) if name.startswith("SIG") else signal.SIGTERM
@@ -116,11 +127,17 @@ def end_processes(entry: dict[str, Any], *, kill_container: Callable[[str, str],
         kill_container(str(container_name), signal.Signals(sig).name)
     _signal(procs, sig)
     _, alive = psutil.wait_procs(procs, timeout=grace)
+    if group is not None:
+        group.kill()  # every process in it, those forked while we waited included
     if alive:
         _signal(alive, signal.SIGKILL)
         _, alive = psutil.wait_procs(alive, timeout=5)
     for late in processes_of(entry):  # forked while we waited
         _signal([late], signal.SIGKILL)
+    if group is not None:
+        deadline = time.monotonic() + 5
+        while not group.remove() and time.monotonic() < deadline:
+            time.sleep(0.05)
     if alive:
         log.error("could not end %s process(es) of attempt %s", len(alive), entry.get("attempt"))
     return len(procs)

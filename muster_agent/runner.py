@@ -35,6 +35,7 @@ import psutil
 
 from muster_agent import container
 from muster_agent.build import Builder, BuildError, find_uv
+from muster_agent.cgroups import RunGroup
 from muster_agent.isolation import PRIVATE_ENV, RunUser, as_user, base_environment, give_to
 from muster_agent.ledger import Ledger
 from muster_agent.spool import Spool
@@ -76,6 +77,7 @@ class RunContext:
     sdk_dir: str = SDK_DIR  # the `muster` module put on the run's PYTHONPATH
     build_dir: Path | None = None  # git mirrors and environments; state_dir when None
     ledger: Ledger | None = None  # the runs on disk, for a restarted agent to end (muster_agent/ledger.py)
+    cgroup_base: Path | None = None  # where each run gets its own cgroup (muster_agent/cgroups.py); None: none
 
 
 def signal_number(name: str) -> int:
@@ -117,6 +119,7 @@ class Run:
         self.building = True
         self.venv: Path | None = None
         self.container_name: str | None = None
+        self.group: RunGroup | None = None  # the run's cgroup, where the agent may make one
         secrets = [str(v).encode() for v in (self.spec.get("secret_env") or {}).values()]
         self.masks = sorted((v for v in secrets if len(v) >= 4), key=len, reverse=True)
 
@@ -309,7 +312,13 @@ class Run:
             return
         self.proc = proc
         self.known[proc.pid] = _create_time(proc.pid)
-        self._record(pid=self.proc.pid, create_time=self.known[self.proc.pid])  # its own process group
+        if self.ctx.cgroup_base is not None:
+            group = RunGroup.create(self.ctx.cgroup_base, self.id)
+            if group is not None and group.add(proc.pid):
+                self.group = group
+        self._record(  # its own process group, and its cgroup where there is one
+            pid=proc.pid, create_time=self.known[proc.pid], cgroup=str(self.group.path) if self.group else None
+        )
         self.reader = threading.Thread(target=self._read, name=f"out-{self.id[:8]}", daemon=True)
         self.reader.start()
         log.info("started %s (experiment %s) pid %s gpus %s", self.id, self.spec["id"], self.proc.pid, self.gpu_indices)
@@ -398,6 +407,10 @@ class Run:
                 found[p.pid] = key[1]
             else:
                 self.not_ours.add(key)
+        if self.group is not None:  # whatever it forked or setsid'd into, it is still in its cgroup
+            for pid in self.group.pids():
+                if pid not in found and pid not in self.known:
+                    found[pid] = _create_time(pid)
         for pid, ctime in list(self.known.items()):
             if not _alive(pid, ctime):
                 del self.known[pid]
@@ -410,6 +423,11 @@ class Run:
         return [pid for pid, ctime in list(self.known.items()) if _alive(pid, ctime)]
 
     def _signal_all(self, sig: int) -> None:
+        if self.group is not None:
+            if sig == signal.SIGKILL:
+                self.group.kill()  # all at once: nothing forks its way out between two kills
+            else:
+                self.group.signal(sig)
         if self.container_name and self.ctx.container_engine:
             container.kill(self.ctx.container_engine, self.container_name, signal.Signals(sig).name)
         if self.proc is not None:
@@ -494,6 +512,8 @@ class Run:
             self.ctx.spool.close_attempt(self.id)
         if not self.ctx.keep_workdirs:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.group is not None:
+            self.group.remove()
         if self.ctx.ledger is not None:
             self.ctx.ledger.forget(self.id)  # nothing of it runs any more (tick saw to that)
         log.info("finished %s: %s (exit code %s)", self.id, ending.outcome, self.exit_code)

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from muster_agent import __version__, container
+from muster_agent.cgroups import agent_base
 from muster_agent.channel import Channel
 from muster_agent.client import ApiError, Client, ServerAway
 from muster_agent.isolation import IsolationError, can_reach, give_to, make_undumpable, run_user
@@ -88,6 +89,7 @@ class Agent:
         self.work_root, self.build_dir, self.sdk_dir = self._run_folders(options)
         self.spool = Spool(self.state / "spool")
         self.ledger = Ledger(self.state / "runs")
+        self.cgroup_base = agent_base()
         self.runs: dict[str, Run] = {}
         # Claims received but not yet a Run (attempt id -> lease token): reported from the moment the
         # answer arrives, since the server fences a claim a report leaves out after it was made.
@@ -290,6 +292,7 @@ class Agent:
             sdk_dir=self.sdk_dir,
             build_dir=self.build_dir,
             ledger=self.ledger,
+            cgroup_base=self.cgroup_base,
         )
         run = Run(ctx, claim, indices, token)
         holder["run"] = run
@@ -581,6 +584,10 @@ class Agent:
     def run(self) -> int:
         self.subreaper = set_subreaper()
         make_undumpable()  # runs of the agent's own user cannot read its environment or memory
+        if self.cgroup_base is not None:
+            log.info("each run gets a cgroup of its own under %s", self.cgroup_base)
+        else:
+            log.info("no cgroups for runs here (cgroup v2 not writable): process groups and the attempt variable")
         self.end_previous_runs()
         self.channel = Channel(self.run_user)
         threads = [
