@@ -24,7 +24,7 @@ HIDING = textwrap.dedent(
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
-            os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)"], {})
+            os.execve("/bin/sleep", ["sleep", "600"], {})
         os._exit(0)
     print("up", flush=True)
     time.sleep(600)
