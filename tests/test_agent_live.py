@@ -465,3 +465,17 @@ def test_a_drain_with_the_server_away_ends_within_its_bound(st: Stack) -> None:
     done = st.wait_status(exp["id"], "completed", "failed")
     assert done["status"] == "completed" and done["retry_count"] == 0  # its own end, delivered before registering
     assert len(st.attempts(exp["id"])) == 1
+
+
+def test_an_agent_restarted_after_a_crash_stops_when_told(st: Stack) -> None:
+    """A killed instance left spool folders of attempts the server already ended (only their
+    `meta`): they are forgotten, and a SIGTERM stops the new instance at once."""
+    q = _q(st, "live-stale-spool")
+    stale = st.dir / "agent-stale-1" / "spool" / ("f" * 32)
+    stale.mkdir(parents=True)
+    (stale / "meta").write_text(json.dumps({"token": "gone", "experiment": "e" * 32}))
+    agent = st.start_agent("stale-1", [q], "--cpu-only")
+    wait_for(lambda: not stale.exists(), what="the stale spool folder to be forgotten")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=30) == 0
+    assert st.worker("stale-1") is None  # it unregistered
