@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import functools
 import json
 import logging
 import os
@@ -33,10 +32,10 @@ from typing import Any
 
 import psutil
 
-from muster_agent import container
+from muster_agent import container, launcher
 from muster_agent.build import Builder, BuildError, find_uv
 from muster_agent.cgroups import RunGroup
-from muster_agent.isolation import PRIVATE_ENV, RunUser, as_user, base_environment, give_to
+from muster_agent.isolation import PRIVATE_ENV, RunUser, base_environment, give_to
 from muster_agent.ledger import Ledger
 from muster_agent.spool import Spool
 
@@ -293,31 +292,25 @@ class Run:
         argv = argv or self.argv()
         if user is not None:
             give_to(self.workdir, user)
+        if self.ctx.cgroup_base is not None:
+            self.group = RunGroup.create(self.ctx.cgroup_base, self.id)
+        spec = {
+            "argv": argv, "cwd": str(cwd), "env": env, "attempt": self.id, "agent_pid": os.getpid(),
+            "user": [user.uid, user.gid, list(user.groups)] if user is not None else None,
+            "cgroup": str(self.group.path) if self.group is not None else None,
+            "stop_signal": self.spec.get("stop_signal") or "SIGTERM", "stop_grace_s": self.spec.get("stop_grace_s") or 0,
+        }  # fmt: skip
         try:
-            _check_executable(argv[0], cwd, env)  # setpriv execs it: its failure would read as an exit code
-            proc = SPAWNER.submit(
-                _popen,
-                [*dies_with_agent(), *argv],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **as_user(user),
-            ).result()
+            _check_executable(argv[0], cwd, env)  # the launcher execs it: its failure would read as an exit code
+            proc = SPAWNER.submit(_launch, spec).result()
         except OSError as e:
             self._emit(f"muster agent: cannot start {self.spec.get('command') or 'the script'}: {e}\n".encode())
             self.ending = Ending("failed", "user_error", f"cannot start: {e.strerror or e}")
             return
         self.proc = proc
         self.known[proc.pid] = _create_time(proc.pid)
-        if self.ctx.cgroup_base is not None:
-            group = RunGroup.create(self.ctx.cgroup_base, self.id)
-            if group is not None and group.add(proc.pid):
-                self.group = group
-        self._record(  # its own process group, and its cgroup where there is one
-            pid=proc.pid, create_time=self.known[proc.pid], cgroup=str(self.group.path) if self.group else None
+        self._record(  # the launcher leads the run's process group; the cgroup where there is one
+            pid=proc.pid, create_time=self.known[proc.pid], cgroup=spec["cgroup"]
         )
         self.reader = threading.Thread(target=self._read, name=f"out-{self.id[:8]}", daemon=True)
         self.reader.start()
@@ -530,8 +523,26 @@ class Run:
         return Ending("failed", "user_error", f"exited with code {code}")
 
 
-def _popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, **kwargs)
+def _launch(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """Start a run's launcher (muster_agent/launcher.py) and hand it the run's spec through a pipe:
+    never argv (readable by every user) and never its environment (a root process must not load
+    what a user's variables point to)."""
+    proc = subprocess.Popen(
+        launcher.command(),
+        cwd="/",
+        env={"LANG": "C.UTF-8"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # it leads the run's process group
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(json.dumps(spec).encode())
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # it died at once; its exit code says so
+    return proc
 
 
 def _check_executable(program: str, cwd: Path, env: dict[str, str]) -> None:
@@ -546,26 +557,10 @@ def _check_executable(program: str, cwd: Path, env: dict[str, str]) -> None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
-# Every run is started from this one thread, which lives as long as the agent: the kernel sends
-# a parent-death signal when the *thread* that started the child ends, so a run started from a
-# build's short-lived thread would be killed the moment that thread finished.
+# Every launcher is started from this one thread, which lives as long as the agent: the kernel
+# sends a parent-death signal when the *thread* that started the child ends, so a launcher
+# started from a build's short-lived thread would end its run the moment that thread finished.
 SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawn")
-
-
-@functools.cache
-def dies_with_agent() -> list[str]:
-    """A prefix that makes a run's main process receive SIGKILL when the agent dies (util-linux's
-    setpriv sets PR_SET_PDEATHSIG after the switch to the run's user, then execs the command).
-    Its setsid'd or double-forked children outlive it; the next start of the agent ends those
-    (muster_agent/ledger.py). Empty where setpriv or the option is missing."""
-    setpriv = shutil.which("setpriv")
-    if not sys.platform.startswith("linux") or setpriv is None:
-        return []
-    try:
-        usage = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=5, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [setpriv, "--pdeathsig", "KILL", "--"] if "--pdeathsig" in usage else []
 
 
 def _create_time(pid: int) -> float:
