@@ -21,6 +21,7 @@ HIDING = textwrap.dedent(
     """
     import os, signal, sys, time
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.stdin.readline()  # once the test has put this process in its cgroup
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
@@ -40,9 +41,14 @@ def _base() -> Path | None:
 
 
 def _hiding_run(group: RunGroup) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-c", HIDING], stdout=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HIDING], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+    )
     assert group.add(proc.pid)
-    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    assert proc.stdout.readline() == b"up\n"
     deadline = time.monotonic() + 10
     while not _hidden(group, proc):  # the grandchild, once it exec'd /bin/sleep
         assert time.monotonic() < deadline, group.pids()
