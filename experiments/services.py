@@ -953,9 +953,14 @@ def experiments_advance_iterations(iterations: dict[str, int]) -> None:
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
             values = ", ".join(["(%s, %s::bigint)"] * len(items))
+            # Rows locked in id order first (an UPDATE … FROM locks in whatever order its join
+            # reads them): two writers of overlapping sets never wait on each other in a cycle.
             cur.execute(
-                f"UPDATE {table} AS x SET last_iteration = v.it FROM (VALUES {values}) AS v(attempt, it) "  # noqa: S608 - constants
-                "WHERE x.current_attempt_id = v.attempt AND (x.last_iteration IS NULL OR x.last_iteration < v.it)",
+                f"WITH v(attempt, it) AS (VALUES {values}), "  # noqa: S608 - constants
+                f"locked AS (SELECT x.id, v.it FROM {table} x JOIN v ON x.current_attempt_id = v.attempt "
+                "WHERE x.last_iteration IS NULL OR x.last_iteration < v.it ORDER BY x.id FOR UPDATE OF x) "
+                f"UPDATE {table} AS x SET last_iteration = locked.it FROM locked "
+                "WHERE x.id = locked.id AND (x.last_iteration IS NULL OR x.last_iteration < locked.it)",
                 [p for item in items for p in item],
             )
             return

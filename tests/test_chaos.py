@@ -63,9 +63,7 @@ def test_chaos_every_experiment_ends_once_and_nothing_runs_twice(st: Stack, tmp_
     marks = tmp_path / "marks"
     marks.mkdir()
     agents = {name: st.start_agent(name, [queue], "--cpu-only") for name in ("chaos-1", "chaos-2", "chaos-3")}
-    longs = [_enqueue(st, queue, marks, 12, f"long-{i}") for i in range(LONG)]
-    shorts = [_enqueue(st, queue, marks, 0.3, f"short-{i}") for i in range(SHORT)]
-    everything = longs + shorts
+    longs = [_enqueue(st, queue, marks, 20, f"long-{i}") for i in range(LONG)]
 
     # SIGKILL the agent that runs the first long experiment, mid-run, and start it again.
     first = wait_for(
@@ -76,6 +74,8 @@ def test_chaos_every_experiment_ends_once_and_nothing_runs_twice(st: Stack, tmp_
     victim = next(a["worker"] for a in st.attempts(first["id"]) if a["id"] == first["current_attempt"])
     os.killpg(agents[victim].pid, signal.SIGKILL)
     agents[victim].wait(timeout=10)
+    shorts = [_enqueue(st, queue, marks, 0.3, f"short-{i}") for i in range(SHORT)]  # while it is down
+    everything = longs + shorts
     st.start_agent(victim, [queue], "--cpu-only")
 
     # The server away for longer than the worker timeout, then back.

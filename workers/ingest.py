@@ -18,8 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 
+from core.db import atomic
 from experiments.services import experiments_advance_iterations
 from workers.models import AttemptStat, Worker, WorkerStat
 
@@ -91,13 +92,17 @@ def write(items: list[Pending]) -> None:
             latest[item.worker_id] = item
         for attempt_id, it in item.iterations.items():
             iterations[attempt_id] = max(it, iterations.get(attempt_id, it))
-    with transaction.atomic():
-        WorkerStat.objects.bulk_create([i.stat for i in items if i.stat is not None], batch_size=500)
-        AttemptStat.objects.bulk_create([s for i in items for s in i.attempt_stats], batch_size=500)
-        # Experiments before workers (core/db.py's lock order), workers in id order:
-        # two flushers, or a flusher and a stop, never wait on each other in a cycle.
-        experiments_advance_iterations(iterations)
-        _touch([latest[k] for k in sorted(latest)])
+    _write_batch(items, [latest[k] for k in sorted(latest)], iterations)
+
+
+@atomic  # the retrying transaction: a deadlock or serialization failure runs it again, nothing is lost
+def _write_batch(items: list[Pending], latest: list[Pending], iterations: dict[str, int]) -> None:
+    WorkerStat.objects.bulk_create([i.stat for i in items if i.stat is not None], batch_size=500)
+    AttemptStat.objects.bulk_create([s for i in items for s in i.attempt_stats], batch_size=500)
+    # Experiments before workers (core/db.py's lock order), each in id order: two flushers, or a
+    # flusher and a stop, never wait on each other in a cycle.
+    experiments_advance_iterations(iterations)
+    _touch(latest)
 
 
 def _touch(items: list[Pending]) -> None:
@@ -110,10 +115,12 @@ def _touch(items: list[Pending]) -> None:
         params: list[Any] = []
         for i in items:
             params += [i.worker_id, i.at, i.live_until, i.interval_s]
+        # Rows locked in id order first (an UPDATE … FROM locks in its join's order): see above.
         sql = (
-            f"UPDATE {table} AS w SET last_seen_at = v.at, live_until = v.until, previous_report_at = v.at, "  # noqa: S608 - constants
-            f"report_interval_s = v.interval FROM (VALUES {values}) AS v(id, at, until, interval) "
-            "WHERE w.id = v.id AND w.last_seen_at <= v.at"
+            f"WITH v(id, at, until, interval) AS (VALUES {values}), "  # noqa: S608 - constants
+            f"locked AS (SELECT w.id FROM {table} w JOIN v ON w.id = v.id ORDER BY w.id FOR UPDATE OF w) "
+            f"UPDATE {table} AS w SET last_seen_at = v.at, live_until = v.until, previous_report_at = v.at, "
+            "report_interval_s = v.interval FROM v, locked WHERE w.id = v.id AND w.id = locked.id AND w.last_seen_at <= v.at"
         )
         with connection.cursor() as cur:
             cur.execute(sql, params)
