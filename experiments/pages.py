@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -166,13 +167,22 @@ def experiment_status(request: HttpRequest, pk: str) -> HttpResponse:
 
 @json_view
 def experiment_log(request: HttpRequest, pk: str) -> JsonResponse:
-    """New log text after a sequence number, for the live tail."""
+    """New log chunks after a sequence number, and a capped log's window, for the live tail."""
     exp = selectors.experiment_get(pk)
     raw = request.GET.get("after", "")
     after = int(raw) if raw.lstrip("-").isdigit() else None
-    page = selectors.log_page(experiment=exp, attempt_id=request.GET.get("attempt") or None, after=after, limit=500)
-    text = "".join(str(c["text"]) for c in page.chunks)
-    return JsonResponse({"attempt": page.attempt, "text": text, "after": page.next_after, "status": exp.status})
+    page = selectors.log_page(
+        experiment=exp, attempt_id=request.GET.get("attempt") or None, after=after, limit=500, mark=False
+    )
+    return JsonResponse(
+        {
+            "attempt": page.attempt,
+            "chunks": page.chunks,
+            "window": asdict(page.window) if page.window else None,
+            "after": page.next_after,
+            "status": exp.status,
+        }
+    )
 
 
 @json_view

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Max, Min, Q, QuerySet
+from django.db.models import Q, QuerySet, Subquery
 
 from accounts.secrets import secret_env_decrypt, secrets_for_run
 from core.errors import NotFound
@@ -34,15 +34,40 @@ def attempt_list(experiment_id: str) -> QuerySet[Attempt]:
 
 
 @dataclass
+class LogWindow:
+    """Where a capped log's middle was, as stored now: the head ends at chunk `head_end`, the
+    kept tail starts at chunk `kept_from` (None: nothing of the tail is kept). The cut may
+    have trimmed a partial line off either chunk since a follower read it: their texts now
+    are `head_text` and `kept_text`. A live follower drops what it showed between the two and
+    shows `marker` there, and so shows what is stored."""
+
+    head_end: int | None
+    kept_from: int | None
+    head_text: str
+    kept_text: str
+    marker: str
+    dropped_bytes: int
+    dropped_lines: int
+
+
+@dataclass
 class LogPage:
     attempt: str | None
     truncated: bool
     chunks: list[dict[str, object]]
     next_after: int | None
+    window: LogWindow | None = None
 
 
-def log_page(*, experiment: Experiment, attempt_id: str | None, after: int | None, limit: int = 500) -> LogPage:
-    """Log chunks of an attempt (default: the current one) after a sequence number."""
+def log_page(
+    *, experiment: Experiment, attempt_id: str | None, after: int | None, limit: int = 500, mark: bool = True
+) -> LogPage:
+    """Log chunks of an attempt (default: the current one) after a sequence number.
+
+    With `mark`, the marker is put into the text once, before the first tail chunk kept, for a
+    reader coming from the head (one who already read the tail chunks since dropped missed
+    nothing); the page, which keeps its copy in step with the window, asks for none.
+    """
     if attempt_id:
         attempt = Attempt.objects.filter(pk=attempt_id, experiment=experiment).first()
         if attempt is None:
@@ -54,25 +79,39 @@ def log_page(*, experiment: Experiment, attempt_id: str | None, after: int | Non
     qs = LogChunk.objects.filter(attempt=attempt).order_by("seq")
     if after is not None:
         qs = qs.filter(seq__gt=after)
-    # The marker goes once, before the first tail chunk kept, to a reader coming from the head:
-    # one who already read the tail chunks since dropped missed nothing.
+    window = _log_window(attempt) if attempt.log_truncated else None
     marked_seq = None
-    if attempt.log_truncated:
-        bounds = LogChunk.objects.filter(attempt=attempt).aggregate(
-            head_end=Max("seq", filter=Q(in_tail=False)), tail_start=Min("seq", filter=Q(in_tail=True))
-        )
-        head_end = bounds["head_end"]
-        if after is None or head_end is None or after <= head_end:
-            marked_seq = bounds["tail_start"]
+    if mark and window is not None and (after is None or window.head_end is None or after <= window.head_end):
+        marked_seq = window.kept_from
     chunks: list[dict[str, object]] = []
     for seq, stored in qs.values_list("seq", "text")[:limit]:
-        if seq == marked_seq:
-            marker = truncation_marker(attempt.log_dropped_bytes, attempt.log_dropped_lines)
-            chunks.append({"seq": seq, "text": marker + stored})
+        if seq == marked_seq and window is not None:
+            chunks.append({"seq": seq, "text": window.marker + stored})
         else:
             chunks.append({"seq": seq, "text": stored})
     next_after = int(chunks[-1]["seq"]) if chunks else after  # type: ignore[call-overload]
-    return LogPage(attempt=attempt.pk, truncated=attempt.log_truncated, chunks=chunks, next_after=next_after)
+    return LogPage(
+        attempt=attempt.pk, truncated=attempt.log_truncated, chunks=chunks, next_after=next_after, window=window
+    )
+
+
+def _log_window(attempt: Attempt) -> LogWindow:
+    """The two chunks either side of a capped log's cut, in one query."""
+    chunks = LogChunk.objects.filter(attempt=attempt)
+    head_end = chunks.filter(in_tail=False).order_by("-seq").values("seq")[:1]
+    kept_from = chunks.filter(in_tail=True).order_by("seq").values("seq")[:1]
+    ends = chunks.filter(Q(seq=Subquery(head_end)) | Q(seq=Subquery(kept_from))).values_list("in_tail", "seq", "text")
+    sides = {in_tail: (seq, text) for in_tail, seq, text in ends}
+    head, kept = sides.get(False, (None, "")), sides.get(True, (None, ""))
+    return LogWindow(
+        head_end=head[0],
+        kept_from=kept[0],
+        head_text=head[1],
+        kept_text=kept[1],
+        marker=truncation_marker(attempt.log_dropped_bytes, attempt.log_dropped_lines),
+        dropped_bytes=attempt.log_dropped_bytes,
+        dropped_lines=attempt.log_dropped_lines,
+    )
 
 
 # What an agent needs to run an experiment: the spec (its labels aside), its id and retry count.

@@ -179,11 +179,28 @@ class LogLineSerializer(serializers.Serializer[Any]):
     text = serializers.CharField()
 
 
+class LogWindowSerializer(serializers.Serializer[Any]):
+    """Where a capped log's middle was, as stored now (selectors.LogWindow)."""
+
+    head_end = serializers.IntegerField(allow_null=True, help_text="the head's last chunk")
+    kept_from = serializers.IntegerField(allow_null=True, help_text="the first tail chunk kept (null: none)")
+    head_text = serializers.CharField(allow_blank=True, help_text="the head's last chunk as stored now")
+    kept_text = serializers.CharField(allow_blank=True, help_text="the first kept tail chunk as stored now")
+    marker = serializers.CharField(help_text="the line that stands where the middle was")
+    dropped_bytes = serializers.IntegerField()
+    dropped_lines = serializers.IntegerField()
+
+
 class LogPageSerializer(serializers.Serializer[Any]):
     attempt = serializers.CharField(allow_null=True)
     truncated = serializers.BooleanField()
     chunks = LogLineSerializer(many=True)
     next_after = serializers.IntegerField(allow_null=True)
+    window = LogWindowSerializer(
+        allow_null=True,
+        help_text="for a capped log: a follower drops the chunks it showed after head_end and before "
+        "kept_from, puts the marker there, and so shows what is stored",
+    )
 
 
 # Agent side ------------------------------------------------------------------

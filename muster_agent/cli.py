@@ -281,15 +281,18 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
     client = _client(args)
     after: int | None = None
     attempt = args.attempt
+    shown: list[int] = []  # the chunks printed, to tell at the end which of them the stored log dropped
+
+    def show(page: dict[str, Any]) -> None:
+        for chunk in page["chunks"]:
+            sys.stdout.write(json.dumps(chunk) + "\n" if out.as_json else chunk["text"])
+            shown.append(chunk["seq"])
+        sys.stdout.flush()
+
     while True:
         page = client.request("GET", f"experiments/{args.id}/logs/", params={"after": after, "attempt": attempt})
         attempt = attempt or page.get("attempt")
-        for chunk in page["chunks"]:
-            if out.as_json:
-                print(json.dumps(chunk))
-            else:
-                sys.stdout.write(chunk["text"])
-        sys.stdout.flush()
+        show(page)
         after = page["next_after"]
         if page["chunks"]:
             continue  # more may be waiting: read on before sleeping
@@ -299,13 +302,32 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
         if exp["status"] in TERMINAL and (exp.get("current_attempt") in (None, attempt)):
             # One more read: chunks delivered just before the end.
             last = client.request("GET", f"experiments/{args.id}/logs/", params={"after": after, "attempt": attempt})
-            for chunk in last["chunks"]:
-                sys.stdout.write(json.dumps(chunk) + "\n" if out.as_json else chunk["text"])
-            sys.stdout.flush()
+            show(last)
+            _say_what_was_dropped(args.id, last.get("window"), shown)
             return _exit_for(exp)
         if attempt is None or exp.get("current_attempt") not in (None, attempt):
             attempt, after = exp.get("current_attempt"), None  # a retry started: follow the new attempt
+            shown.clear()
         time.sleep(args.interval)
+
+
+def _say_what_was_dropped(experiment: str, window: dict[str, Any] | None, shown: list[int]) -> None:
+    """A follower that kept up printed tail lines that the stored log dropped later, when more
+    output pushed them out; a stream cannot take them back, so it says so (on stderr, leaving the
+    log on stdout as printed)."""
+    if not window:
+        return
+    low = -1 if window["head_end"] is None else window["head_end"]
+    high = window["kept_from"]
+    if not any(low < seq and (high is None or seq < high) for seq in shown):
+        return
+    lines = window["dropped_lines"]
+    print(
+        f"[… to stay under its size cap, the stored log dropped {window['dropped_bytes']:,} bytes "
+        f"({lines:,} line{'s' if lines != 1 else ''}) from its middle, output shown above among them; "
+        f"`muster logs {experiment}` prints the stored copy …]",
+        file=sys.stderr,
+    )
 
 
 def _action(verb: str, path: str) -> Any:

@@ -10,6 +10,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,7 +44,10 @@ def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A live stack whose logins are not throttled (every test logs in)."""
-    with live.stack(tmp_path_factory.mktemp("web"), LOGIN_THROTTLE="1000/min") as stack:
+    # Small log caps, so that a run of a few seconds goes past them (test_a_followed_capped_log_…).
+    with live.stack(
+        tmp_path_factory.mktemp("web"), LOGIN_THROTTLE="1000/min", LOG_HEAD_BYTES="1024", LOG_TAIL_BYTES="4096"
+    ) as stack:
         stack.manage(
             "shell", "-c",
             "from django.contrib.auth.models import User; User.objects.create_user('carol', password='pw-carol-123')",
@@ -273,6 +278,38 @@ def test_the_experiment_page_tails_a_running_log(page: Page, ws: Stack) -> None:
     expect(page.locator("#exp-status-chip")).to_have_text("completed", timeout=30_000)
     text = log.inner_text()
     assert [f"line {i}" for i in range(60)] == [ln for ln in text.splitlines() if ln.startswith("line")]
+
+
+def test_a_followed_capped_log_reads_as_the_stored_log(page: Page, ws: Stack, tmp_path: Path) -> None:
+    """The page keeps up with a log past its caps (1 KiB head, 4 KiB tail here), showing lines
+    that are dropped later, and ends showing exactly the stored log: one marker, nothing dropped.
+    `muster logs -f`, a stream, prints them all and then says on stderr what the stored log dropped."""
+    if not ws.worker("web-agent"):
+        ws.start_agent("web-agent", ["default"], "--cpu-only")
+    script = (
+        "import time\nfor i in range(250):\n    print(f'row {i:05d} ' + 'x' * 20, flush=True)\n    time.sleep(0.06)\n"
+    )
+    login(page, ws)
+    exp = ws.enqueue("default", name="flood", script=script)
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("MUSTER_")}
+    cli_env |= {"MUSTER_SERVER": ws.url, "MUSTER_API_KEY": ws.admin_key, "MUSTER_CONFIG": str(tmp_path / "c.json")}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "muster_agent", "logs", exp["id"], "-f"],
+        cwd=live.ROOT, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    page.goto(ws.url + f"/experiments/{exp['id']}/")
+    log = page.locator("#log")
+    # Shown live (it stays in the stored tail for some 8 s); the stored log drops it later.
+    expect(log).to_contain_text("row 00080", timeout=30_000)
+    expect(page.locator("#exp-status-chip")).to_have_text("completed", timeout=60_000)
+    stored = ws.logs(exp["id"])
+    assert "row 00080" not in stored and stored.count("dropped here") == 1 and "row 00249" in stored
+    page.wait_for_function("s => document.querySelector('#log').textContent === s", arg=stored, timeout=15_000)
+    expect(page.locator("#log .log-marker")).to_have_count(1)
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, err
+    assert [ln for ln in out.splitlines() if ln.startswith("row")] == [f"row {i:05d} {'x' * 20}" for i in range(250)]
+    assert "the stored log dropped" in err and f"muster logs {exp['id']}" in err
 
 
 def test_dark_mode_is_remembered(page: Page, ws: Stack) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -13,7 +14,7 @@ from accounts.actor import Actor
 from core.errors import StaleLease
 from experiments import services
 from experiments.models import Experiment, LogChunk
-from experiments.selectors import log_page
+from experiments.selectors import LogPage, log_page
 from queues.models import Queue
 from tests.race import race
 from workers.dispatch import Claim, dispatch_claim
@@ -130,6 +131,58 @@ def test_a_reader_that_follows_sees_the_marker_once(claim: Claim, agent_actor: A
     assert len(MARKER.findall(followed)) <= 1
     late = log_page(experiment=claim.experiment, attempt_id=claim.attempt.pk, after=None, limit=10_000)
     assert len(MARKER.findall("".join(str(c["text"]) for c in late.chunks))) == 1
+
+
+def _follow(copy: dict[int, str], page: LogPage) -> str:
+    """What the page's live log does with an answer (static/muster/app.js, tailLog): add the new
+    chunks, drop what the window says the server dropped, take the trimmed ends, put the marker."""
+    for chunk in page.chunks:
+        copy.setdefault(int(str(chunk["seq"])), str(chunk["text"]))
+    w = page.window
+    if w is None:
+        return "".join(copy[seq] for seq in sorted(copy))
+    for seq in list(copy):
+        if (w.head_end is None or seq > w.head_end) and (w.kept_from is None or seq < w.kept_from):
+            del copy[seq]
+    for seq, text in ((w.head_end, w.head_text), (w.kept_from, w.kept_text)):
+        if seq is not None and seq in copy:
+            copy[seq] = text
+    head = [copy[s] for s in sorted(copy) if w.head_end is not None and s <= w.head_end]
+    rest = [copy[s] for s in sorted(copy) if w.head_end is None or s > w.head_end]
+    return "".join(head) + w.marker + "".join(rest)
+
+
+@override_settings(LOG_HEAD_BYTES=4096, LOG_TAIL_BYTES=8192)
+@pytest.mark.parametrize("every", [1, 3, 40])
+def test_a_live_follower_that_keeps_its_copy_in_the_window_shows_what_is_stored(
+    claim: Claim, agent_actor: Actor, every: int
+) -> None:
+    """At every read, the follower's copy is the stored log, whether it keeps up or falls far behind."""
+    lines = [f"row {i:05d} {'z' * (i % 50)}\n" for i in range(1500)]
+    pieces = _chunks("".join(lines), 700)
+    copy: dict[int, str] = {}
+    after = None
+    for seq, piece in enumerate(pieces):
+        append(agent_actor, claim, [(seq, piece)])
+        if seq % every == 0 or seq == len(pieces) - 1:
+            page = log_page(
+                experiment=claim.experiment, attempt_id=claim.attempt.pk, after=after, limit=10_000, mark=False
+            )
+            after = page.next_after
+            assert _follow(copy, page) == text_of(claim), f"after chunk {seq}"
+    assert len(MARKER.findall(text_of(claim))) == 1
+
+
+def test_a_log_page_reads_a_capped_logs_window_in_one_query(
+    claim: Claim, agent_actor: Actor, django_assert_num_queries: Callable[..., Any]
+) -> None:
+    with override_settings(LOG_HEAD_BYTES=1024, LOG_TAIL_BYTES=1024):
+        append(agent_actor, claim, [(seq, f"line {seq:04d} {'q' * 200}\n") for seq in range(40)])
+    claim.experiment.refresh_from_db()
+    with django_assert_num_queries(3):  # the attempt, the window, the chunks
+        page = log_page(experiment=claim.experiment, attempt_id=None, after=None)
+    assert page.window is not None and page.window.head_end is not None and page.window.kept_from is not None
+    assert page.window.head_end < page.window.kept_from and page.window.dropped_lines > 0
 
 
 def test_a_stale_token_cannot_write_logs(claim: Claim, agent_actor: Actor) -> None:

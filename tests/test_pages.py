@@ -354,7 +354,7 @@ def test_experiment_detail_says_why_it_waits_and_offers_only_allowed_actions(
     assert web.post(f"/experiments/{first.pk}/explode/").status_code == 400
     assert web.get("/experiments/0123456789abcdef0123456789abcdef/").status_code == 404
     log = web.get(f"/experiments/{first.pk}/log/").json()
-    assert log == {"attempt": None, "text": "", "after": None, "status": "created"}
+    assert log == {"attempt": None, "chunks": [], "window": None, "after": None, "status": "created"}
     graph = web.get(f"/experiments/{first.pk}/graph/?metric=memory").json()
     assert [t["name"] for t in graph["traces"]] == ["Memory", "GPU Memory"]
 

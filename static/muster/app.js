@@ -396,10 +396,27 @@
     $$("[data-keep-scroll]").forEach((el) => { if (scrolls[el.id] !== undefined) el.scrollTop = scrolls[el.id]; });
   });
 
-  /* --- an experiment's live log (polled while the page is visible) ------------------------------- */
+  /* --- an experiment's live log (polled while the page is visible) -------------------------------
+     One span a stored chunk. A capped log keeps its head and its last part: each answer names
+     the window (selectors.LogWindow), and the copy here drops what the server dropped, takes
+     the trimmed ends and shows the one marker, so it always reads as the stored log does. */
   function tailLog(log) {
     const follow = $("#log-follow"), status = $("#log-state");
     let after = "", attempt = null, busy = false;
+    const span = (seq) => log.querySelector(`span[data-seq="${seq}"]`);
+    function keepWindow(w) {
+      for (const el of [...log.querySelectorAll("span[data-seq]")]) {
+        const seq = Number(el.dataset.seq);
+        if ((w.head_end === null || seq > w.head_end) && (w.kept_from === null || seq < w.kept_from)) el.remove();
+      }
+      const head = w.head_end !== null ? span(w.head_end) : null, kept = w.kept_from !== null ? span(w.kept_from) : null;
+      if (head && head.textContent !== w.head_text) head.textContent = w.head_text;
+      if (kept && kept.textContent !== w.kept_text) kept.textContent = w.kept_text;
+      let marker = log.querySelector(".log-marker");
+      if (!marker) { marker = document.createElement("span"); marker.className = "log-marker"; }
+      marker.textContent = w.marker;
+      if (head) head.after(marker); else log.prepend(marker);
+    }
     async function tail() {
       if (busy || document.hidden) return;
       busy = true;
@@ -408,10 +425,17 @@
         const r = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
         if (r.ok) {
           const page = await r.json();
-          if (page.attempt !== attempt) { log.textContent = ""; attempt = page.attempt; after = ""; if (page.attempt === null) { status.textContent = "no attempt yet"; return; } }
-          if (page.text) { log.append(document.createTextNode(page.text)); if (follow.checked) log.scrollTop = log.scrollHeight; }
+          if (page.attempt !== attempt) { log.textContent = ""; attempt = page.attempt; after = ""; }
+          for (const c of page.chunks) {
+            if (span(c.seq)) continue;
+            const el = document.createElement("span"); el.dataset.seq = c.seq; el.textContent = c.text; log.append(el);
+          }
+          if (page.window) keepWindow(page.window);
+          if (follow.checked && (page.chunks.length || page.window)) log.scrollTop = log.scrollHeight;
           if (page.after !== null && page.after !== undefined) after = String(page.after);
-          status.textContent = page.status === "in_progress" ? "live" : "";
+          const live = page.status === "in_progress";
+          log.dataset.empty = log.textContent ? "" : (page.attempt === null ? "Not started yet: no output." : live ? "No output yet." : "This attempt wrote no output.");
+          status.textContent = live ? "live" : "";
         }
       } finally { busy = false; }
     }
