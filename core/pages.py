@@ -43,11 +43,14 @@ def sort_of(request: HttpRequest, keys: Collection[str], default: str = "name") 
 
 
 def pager(request: HttpRequest, total: int) -> dict[str, Any]:
-    """Offset paging by PAGE_ROWS: where this page starts, and where the next and previous do."""
+    """Offset paging by PAGE_ROWS: where this page starts and ends (1-based, as the pager reads
+    "101 to 200 of 250"), and where the next and previous pages start."""
     offset = min(max(0, int_param(request, "offset", 0) or 0), max(total - 1, 0))
     return {
         "total": total,
         "offset": offset,
+        "first_row": offset + 1 if total else 0,
+        "last_row": min(offset + PAGE_ROWS, total),
         "next_offset": offset + PAGE_ROWS if offset + PAGE_ROWS < total else None,
         "prev_offset": max(0, offset - PAGE_ROWS) if offset else None,
     }

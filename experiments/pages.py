@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from dataclasses import asdict
 from datetime import datetime
@@ -20,8 +21,9 @@ from actions.services import actions_for
 from core import jsonbody
 from core.api import first_error
 from core.errors import InvalidInput, ServiceError
-from core.pages import PAGE_ROWS, SPANS, json_view, page_action, refused, span_of, with_toast
+from core.pages import PAGE_ROWS, SPAN_VALUES, SPANS, json_view, page_action, refused, span_of, with_toast
 from experiments import selectors, services
+from experiments.access import may_manage
 from experiments.filters import ExperimentFilter
 from experiments.models import FINISHED, Experiment, Status
 from experiments.serializers import ExperimentCreateSerializer
@@ -30,6 +32,7 @@ from workers.graphs import attempt_graph, graph_window
 from workers.selectors import wait_reasons
 from workers.timeseries import parse_span
 
+RUN_SPAN = "run"  # an experiment's graphs: the attempt's own time range
 LIST_ROWS = 50
 BULK = {"stop", "dequeue", "rerun"}
 
@@ -57,15 +60,17 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
     rows = rows[:LIST_ROWS]
     next_cursor = f"{rows[-1].created_at.isoformat()}|{rows[-1].pk}" if more else ""
     me = request_actor(request)
+    for e in rows:  # what this user is offered: the rule the service enforces
+        e.can_manage = may_manage(me, e.owner_id)
     return {
         "rows": rows,
+        "can_manage_any": any(e.can_manage for e in rows),
         "filters": f,
         "filter_problem": problem,
         "next_cursor": next_cursor,
         "at_start": cursor is None,
         "statuses": Status.choices,
         "is_admin": me.is_admin,
-        "user_id": me.user_id,
         "custom_actions": actions_for("experiment", me),
         "exp_base": reverse("pages:experiments"),
     }
@@ -117,12 +122,13 @@ def experiments_bulk(request: HttpRequest) -> HttpResponse:
 def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     exp = selectors.experiment_get(pk)
     me = request_actor(request)
-    mine = me.is_admin or exp.owner_id == me.user_id
+    mine = may_manage(me, exp.owner_id)
     status = exp.status
     return {
         "exp": exp,
         "attempts": list(selectors.attempt_list(pk).select_related("worker")),
         "waiting": wait_reasons(exp) if status == Status.QUEUED else {},
+        "queue_priority": selectors.queue_priority(exp.pk) if status == Status.QUEUED else None,
         "command": shlex.join(exp.command) if exp.command else "",
         "parameters": json.dumps(exp.parameters, indent=2) if exp.parameters else "",
         "metrics": json.dumps(exp.last_metrics, indent=2) if exp.last_metrics else "",
@@ -138,8 +144,9 @@ def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
         },
         "section": "experiments",
         "custom_actions": actions_for("experiment", me),
-        "span": span_of(request),
-        "spans": SPANS,
+        # Its graphs show the attempt's own time range unless a span is chosen.
+        "span": request.GET.get("span") if request.GET.get("span") in SPAN_VALUES else RUN_SPAN,
+        "spans": [(RUN_SPAN, "Whole run"), *SPANS],
     }
 
 
@@ -187,11 +194,17 @@ def experiment_log(request: HttpRequest, pk: str) -> JsonResponse:
 
 @json_view
 def graph_experiment(request: HttpRequest, pk: str) -> JsonResponse:
+    """An attempt's graph: over its own time range (from its claim to its end, or now), or a span."""
     requested = request.GET.get("attempt") or None
     exp = selectors.experiment_get(pk)
     attempt_id = selectors.attempt_of(pk, requested) if requested or exp.current_attempt_id else None
+    metric = request.GET.get("metric", "usage")
+    if request.GET.get("span", RUN_SPAN) == RUN_SPAN and attempt_id:
+        start, end = selectors.attempt_times(attempt_id)
+        span_s = max(60, math.ceil((end - start).total_seconds()))
+        return JsonResponse(graph_window(attempt_graph(attempt_id, metric, span_s, end=end), span_s, end=end))
     span_s = parse_span(span_of(request))
-    return JsonResponse(graph_window(attempt_graph(attempt_id, request.GET.get("metric", "usage"), span_s), span_s))
+    return JsonResponse(graph_window(attempt_graph(attempt_id, metric, span_s), span_s))
 
 
 @page_action
@@ -225,9 +238,11 @@ def experiment_action(request: HttpRequest, pk: str, verb: str) -> HttpResponse:
 # -- the create form ---------------------------------------------------------------------------------
 
 
-def _form_data(post: Any) -> dict[str, Any]:
-    """The form's fields as the API's create payload (empty fields left out)."""
+def _form_data(post: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The form's fields as the API's create payload (empty fields left out), and the problems
+    found in reading them, by field (every one at once, not the first only)."""
     data: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     for key in ("name", "project", "queue", "container_image", "working_dir", "script"):
         if post.get(key, "").strip():
             data[key] = post[key] if key == "script" else post[key].strip()
@@ -235,7 +250,7 @@ def _form_data(post: Any) -> dict[str, Any]:
         try:
             data["command"] = shlex.split(post["command"])
         except ValueError as e:
-            raise InvalidInput(f"command: {e}", field="command") from None
+            errors["command"] = f"command: {e}"
     for key in ("gpus", "cpus", "memory_mb", "priority", "max_runtime_s"):
         if post.get(key, "").strip():
             data[key] = post[key].strip()
@@ -244,10 +259,20 @@ def _form_data(post: Any) -> dict[str, Any]:
             try:
                 data[key] = jsonbody.loads(post[key])
             except jsonbody.TooDeep as e:
-                raise InvalidInput(f"{key}: {e}", field=key) from None
+                errors[key] = f"{key}: {e}"
             except json.JSONDecodeError as e:
-                raise InvalidInput(f"{key}: not JSON ({e.msg})", field=key) from None
-    return data
+                errors[key] = f"{key}: not JSON ({e.msg})"
+    return data, errors
+
+
+def _field_errors(detail: dict[str, Any]) -> dict[str, str]:
+    """Each field's first problem in a DRF error tree, named as the form names it."""
+    out: dict[str, str] = {}
+    for key, value in detail.items():
+        field, message = first_error({key: value})
+        name = (field or "form").split(".")[0]
+        out.setdefault(name, message)
+    return out
 
 
 @login_required
@@ -268,11 +293,11 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
         return render(request, "experiments/new.html", context)
     context["values"] = request.POST
     try:
-        data = _form_data(request.POST)
+        data, errors = _form_data(request.POST)
         ser = ExperimentCreateSerializer(data=data)
-        if not ser.is_valid():
-            field, message = first_error(ser.errors)
-            raise InvalidInput(message, field=field)
+        if not ser.is_valid() or errors:
+            context["errors"] = {**(_field_errors(ser.errors) if ser.errors else {}), **errors}
+            return render(request, "experiments/new.html", context, status=400)
         spec = dict(ser.validated_data)
         spec.pop("group", None)
         queue = spec.pop("queue", None)

@@ -13,6 +13,7 @@ from accounts.actor import Actor
 from core.audit import Change, audit_record
 from core.db import atomic
 from core.errors import Forbidden, InvalidInput, NotFound
+from experiments.access import manage_check
 from experiments.models import Experiment
 from experiments.services import experiments_dequeue_many, experiments_move_to_queue
 from queues import positions
@@ -63,11 +64,8 @@ def _entries_for(actor: Actor, queue: Queue, experiment_ids: Sequence[str]) -> l
     missing = [x for x in experiment_ids if x not in found]
     if missing:
         raise NotFound(f"experiment {missing[0]} is not in queue {queue.name}", field="experiments")
-    if not actor.is_admin:
-        if actor.is_agent or not actor.can_write:
-            raise Forbidden("only admins and owners move queue entries")
-        if any(e.experiment.owner_id != actor.user_id for e in entries):
-            raise Forbidden("you may only move your own experiments")
+    for e in entries:
+        manage_check(actor, e.experiment.owner_id)
     order = {x: i for i, x in enumerate(experiment_ids)}
     entries.sort(key=lambda e: order[e.experiment_id])
     return entries

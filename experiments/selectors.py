@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db.models import Q, QuerySet, Subquery
+from django.utils import timezone
 
 from accounts.secrets import secret_env_decrypt, secrets_for_run
 from core.errors import NotFound
 from experiments.models import SPEC_FIELDS, Attempt, Experiment, LogChunk
+from queues.models import QueueEntry
 
 
 def truncation_marker(dropped_bytes: int, dropped_lines: int) -> str:
@@ -140,6 +143,17 @@ def run_spec(experiment: Experiment, owner_secrets: list[tuple[str, str]] | None
         if frozen:
             spec["requirements"] = frozen
     return spec
+
+
+def queue_priority(experiment_id: str) -> int | None:
+    """The priority of an experiment's queue entry, which a move to the top or bottom changes."""
+    return QueueEntry.objects.filter(experiment_id=experiment_id).values_list("priority", flat=True).first()
+
+
+def attempt_times(attempt_id: str) -> tuple[datetime, datetime]:
+    """An attempt's time range: from its claim to its end, or to now while it goes."""
+    claimed, finished = Attempt.objects.filter(pk=attempt_id).values_list("claimed_at", "finished_at").get()
+    return claimed, finished or timezone.now()
 
 
 def attempt_of(experiment_id: str, attempt_id: str | None) -> str:

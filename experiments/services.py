@@ -22,6 +22,7 @@ from accounts.secrets import secret_env_encrypt
 from core.audit import Change, audit_record, audit_record_many
 from core.db import atomic
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, StaleLease
+from experiments.access import manage_check
 from experiments.fleet import fleet
 from experiments.models import (
     DEFAULT_RETRY_POLICY,
@@ -90,12 +91,7 @@ def _locked_run(experiment_id: str) -> tuple[Experiment, Attempt | None]:
 
 
 def _check_owner(actor: Actor, exp: Experiment) -> None:
-    if not actor.can_write:
-        raise Forbidden("this key is read-only")
-    if actor.is_agent:
-        raise Forbidden("agent keys cannot manage experiments")
-    if not actor.is_admin and exp.owner_id != actor.user_id:
-        raise Forbidden("only the owner or an admin may change this experiment")
+    manage_check(actor, exp.owner_id)
 
 
 def _move(

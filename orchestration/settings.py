@@ -279,6 +279,7 @@ CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BEAT_TICK_S = envfloat("BEAT_TICK_S", 10.0)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULER = "orchestration.beat:Scheduler"  # its schedule in a dbm.dumb file (orchestration/beat.py)
 CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     "audit-purge": {"task": "core.audit_purge", "schedule": 3600.0},
     "experiments-purge": {"task": "experiments.records_purge", "schedule": 3600.0},

@@ -49,6 +49,7 @@ class QueueEntry(models.Model):
     needs = models.PositiveIntegerField(default=0)
 
     class Meta:
+        verbose_name_plural = "queue entries"
         ordering = ["queue_id", "-priority", "position"]
         indexes = [
             # The claim and every ordered read of a queue: priority first, then position, then id

@@ -14,6 +14,7 @@ from actions.services import actions_for
 from core.errors import InvalidInput, ServiceError
 from core.pages import PAGE_ROWS, SPANS, int_param, page_action, pager, sort_of, span_of, with_toast
 from experiments import queueing
+from experiments.access import may_manage
 from queues import selectors, services
 from queues.models import Queue
 from workers.selectors import queue_listener_counts, workers_of_queue
@@ -73,13 +74,16 @@ def _panel_context(request: HttpRequest, queue_id: str) -> dict[str, Any] | None
     if queue is None:
         return None
     me = request_actor(request)
+    entries = list(selectors.queue_entry_rows(queue.pk, PAGE_ROWS))
+    for e in entries:  # what this user is offered: the rule the service enforces
+        e.can_manage = may_manage(me, e.experiment.owner_id)  # type: ignore[attr-defined]
     return {
         "queue": queue,
-        "entries": selectors.queue_entry_rows(queue.pk, PAGE_ROWS),
+        "entries": entries,
+        "can_manage_any": any(e.can_manage for e in entries),  # type: ignore[attr-defined]
         "more": max(0, queue.in_queue - PAGE_ROWS),  # type: ignore[attr-defined]
         "workers": workers_of_queue(queue.pk),
         "is_admin": me.is_admin,
-        "user_id": me.user_id,
         "experiment_actions": actions_for("experiment", me),
         "move_url": reverse("pages:entries-move", args=[queue.pk]),
         "dequeue_url": reverse("pages:entries-dequeue", args=[queue.pk]),

@@ -81,6 +81,7 @@ INSIDE = textwrap.dedent(
 @pytest.mark.live
 @pytest.mark.slow
 @pytest.mark.container
+@pytest.mark.postgres_only  # podman runs know no database: once is enough
 def test_a_podman_run_sees_its_slots_parameters_and_secrets(st: Stack) -> None:
     assert IMAGE, "scripts/test-image.sh sets MUSTER_TEST_IMAGE (make test runs it)"
     st.queue("ctr")
@@ -98,6 +99,7 @@ def test_a_podman_run_sees_its_slots_parameters_and_secrets(st: Stack) -> None:
 @pytest.mark.live
 @pytest.mark.slow
 @pytest.mark.container
+@pytest.mark.postgres_only  # podman runs know no database: once is enough
 def test_stop_kills_the_container_not_just_the_client(st: Stack) -> None:
     assert IMAGE, "scripts/test-image.sh sets MUSTER_TEST_IMAGE (make test runs it)"
     st.queue("ctr-stop")

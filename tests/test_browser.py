@@ -14,12 +14,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests import live
 from tests.live import Stack, wait_for
@@ -73,7 +75,8 @@ def login(page: Page, ws: Stack, username: str = "admin", password: str | None =
     page.fill("#id_username", username)
     page.fill("#id_password", password or ws.admin_password)
     page.click("button[type=submit]")
-    expect(page.locator("nav.nav")).to_be_visible()
+    page.wait_for_url(lambda url: "/login/" not in url)
+    expect(page.locator(".topbar .who")).to_be_attached()  # logged in (on a phone it sits in the menu)
 
 
 def toast(page: Page, text: str | re.Pattern[str]) -> None:
@@ -122,6 +125,7 @@ def test_create_rename_pause_clear_and_delete_a_queue(page: Page, ws: Stack) -> 
     # Delete.
     row(page, "web-renamed").locator("[data-menu-button]").click()
     page.locator(".menu:not([hidden]) button", has_text="Delete").click()
+    expect(page.locator("#confirm-text")).to_have_text("Delete the queue web-renamed? It has no pending experiments.")
     page.click("#confirm-yes")
     toast(page, "Queue deleted")
     expect(row(page, "web-renamed")).to_have_count(0)
@@ -146,7 +150,7 @@ def test_drag_to_reorder_is_kept_and_bulk_move_and_dequeue(page: Page, ws: Stack
     page.goto(ws.url + f"/orchestration/queues/?queue={q['id']}")
     names = page.locator("#panel #entries tbody tr td:nth-child(4) a")
     expect(names).to_have_text(["job-a", "job-b", "job-c", "job-d"])
-    drag(page, page.locator(f"#e-{ids[3]} .drag"), page.locator(f"#e-{ids[0]} .drag"))
+    drag(page, page.locator(f"#e-{ids[3]} .drag-handle"), page.locator(f"#e-{ids[0]} .drag-handle"))
     expect(names).to_have_text(["job-d", "job-a", "job-b", "job-c"])
     page.reload()
     expect(names).to_have_text(["job-d", "job-a", "job-b", "job-c"])
@@ -166,6 +170,8 @@ def test_drag_to_reorder_is_kept_and_bulk_move_and_dequeue(page: Page, ws: Stack
     # Dequeue one from its ⋮ menu.
     page.locator(f"#e-{ids[2]} [data-menu-button]").click()
     page.locator(".menu:not([hidden]) button", has_text="Dequeue").click()
+    expect(page.locator("#confirm-text")).to_contain_text("Dequeue job-c?")  # one, as a bulk dequeue, asks first
+    page.click("#confirm-yes")
     toast(page, "Dequeued 1")
     expect(names).to_have_text(["job-d"])
     assert ws.experiment(ids[2])["status"] == "created"
@@ -341,6 +347,165 @@ def test_a_user_sees_no_admin_actions_and_the_server_refuses_them(page: Page, ws
     )
     assert status == 403
     assert any(x["name"] == "carols-view" for x in ws.admin.request("GET", "queues/"))
+    # In a queue's panel she may reorder, select, move and dequeue her own experiments only.
+    theirs = ws.enqueue("carols-view", name="admins-run", command=["true"])
+    page.goto(ws.url + "/experiments/new/")
+    page.fill("input[name=name]", "carols-run")
+    page.fill("input[name=command]", "python train.py")
+    page.fill("input[name=queue]", "carols-view")
+    page.locator("main button[type=submit]", has_text="Create").click()
+    page.wait_for_url(re.compile(r"/experiments/[0-9a-f]{32}/$"))
+    mine = page.url.rstrip("/").rsplit("/", 1)[-1]
+    page.goto(ws.url + f"/orchestration/queues/?queue={q['id']}")
+    expect(page.locator(f"#e-{mine} .drag-handle")).to_have_count(1)
+    expect(page.locator(f"#e-{mine} input[data-select]")).to_have_count(1)
+    expect(page.locator(f"#e-{theirs['id']} .drag-handle")).to_have_count(0)
+    expect(page.locator(f"#e-{theirs['id']} input[data-select]")).to_have_count(0)
+    # Its ⋮ (there when custom actions exist) offers those actions only.
+    if page.locator(f"#e-{theirs['id']} [data-menu-button]").count():
+        page.locator(f"#e-{theirs['id']} [data-menu-button]").click()
+        expect(page.locator(".menu:not([hidden])")).to_be_visible()
+        expect(page.locator(".menu:not([hidden]) button", has_text=re.compile("Move|Dequeue"))).to_have_count(0)
+        page.keyboard.press("Escape")
+    page.locator(f"#e-{mine} [data-menu-button]").click()
+    expect(page.locator(".menu:not([hidden]) button", has_text="Move to top")).to_be_visible()
+    page.keyboard.press("Escape")
+    page.goto(ws.url + f"/experiments/{theirs['id']}/")
+    expect(page.locator("#exp-status button", has_text="Stop")).to_have_count(0)
+    expect(page.locator("#exp-status button", has_text="Clone")).to_have_count(1)
+
+
+def _agent_with_reports(ws: Stack) -> None:
+    if not ws.worker("web-agent"):
+        ws.start_agent("web-agent", ["default"], "--cpu-only")
+    wait_for(lambda: ws.admin.request("GET", "workers/web-agent/stats/", params={"span": "3h"})["points"],
+             timeout=30, what="stored reports")  # fmt: skip
+
+
+def test_graphs_show_a_tooltip_on_hover_and_times_in_the_browsers_zone(browser: Browser, ws: Stack) -> None:
+    """Hover a graph and read the tooltip; times on axes, tooltips and tables are New York's, named
+    so, until the user picks UTC in Settings."""
+    _agent_with_reports(ws)
+    ctx = browser.new_context(timezone_id="America/New_York", viewport={"width": 1440, "height": 900})
+    page = ctx.new_page()
+    login(page, ws)
+    page.goto(ws.url + "/orchestration/workers/?worker=web-agent")
+    graph = page.locator("#graph-workers")
+    expect(graph.locator(".legendtext").first).to_have_text("CPU Usage")
+    expect(graph.locator(".xtitle")).to_have_text("America/New_York")
+    box = graph.locator(".nsewdrag").bounding_box()
+    assert box is not None and box["width"] > 300  # the hover layer spans the plot (not an 18 px strip)
+    page.mouse.move(box["x"] + box["width"] - 4, box["y"] + box["height"] / 2)
+    hover = graph.locator(".hoverlayer")
+    expect(hover).to_contain_text("CPU Usage")
+    shown = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (E[SD]T)", (hover.text_content() or ""))
+    assert shown, hover.text_content() or ""
+    at = datetime.strptime(shown.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZoneInfo("America/New_York"))
+    assert abs((datetime.now(UTC) - at).total_seconds()) < 600, shown.group(0)  # New York's clock, not UTC's
+    expect(page.locator("#panel time[data-when]").first).to_have_attribute(
+        "title", re.compile(r" E[SD]T \(America/New_York\)$")
+    )
+    # The user's setting: UTC.
+    page.goto(ws.url + "/settings/")
+    expect(page.locator("#zone-setting option[value=local]")).to_have_text(
+        "this browser's time zone (America/New_York)"
+    )
+    page.select_option("#zone-setting", "UTC")
+    page.goto(ws.url + "/orchestration/workers/?worker=web-agent")
+    expect(graph.locator(".xtitle")).to_have_text("UTC")
+    expect(page.locator("#panel time[data-when]").first).to_have_attribute("title", re.compile(r" UTC$"))
+    ctx.close()
+
+
+PHONE_PAGES = {
+    "workers": "/orchestration/workers/",
+    "worker": "/orchestration/workers/?worker=web-agent",
+    "queues": "/orchestration/queues/",
+    "experiments": "/experiments/",
+    "new-experiment": "/experiments/new/",
+    "settings": "/settings/",
+}
+
+
+def test_phones_get_a_menu_scrolling_tables_bottom_sheets_and_no_sideways_scroll(
+    browser: Browser, ws: Stack, tmp_path: Path
+) -> None:
+    _agent_with_reports(ws)
+    q = ws.queue("phone-q")
+    exp = ws.enqueue("phone-q", name="a rather long experiment name " * 4, command=["true"])
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = ctx.new_page()
+    login(page, ws)
+    shots = tmp_path / "phone"
+    shots.mkdir()
+    pages = {
+        **PHONE_PAGES,
+        "queue": f"/orchestration/queues/?queue={q['id']}",
+        "experiment": f"/experiments/{exp['id']}/",
+    }
+    for name, path in pages.items():
+        page.goto(ws.url + path)
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(shots / f"phone-{name}.png"), full_page=True)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide at 390"
+    # The top bar is a menu.
+    expect(page.locator(".nav")).to_be_hidden()
+    page.click("#nav-toggle")
+    expect(page.locator(".nav a", has_text="Experiments")).to_be_visible()
+    # A panel is a bottom sheet; a table that scrolls shows its shadow hint.
+    page.goto(ws.url + f"/orchestration/queues/?queue={q['id']}")
+    assert page.eval_on_selector("#panel", "el => getComputedStyle(el).position") == "fixed"
+    page.goto(ws.url + "/orchestration/workers/")
+    wrap = page.locator(".tablewrap").first
+    assert wrap.evaluate("el => el.scrollWidth > el.clientWidth")  # it scrolls sideways …
+    assert "radial-gradient" in wrap.evaluate("el => getComputedStyle(el).backgroundImage")  # … and shows it
+    ctx.close()
+    target = os.environ.get("MUSTER_SCREENSHOTS_DIR")
+    if target:
+        for shot in shots.iterdir():
+            shutil.copy(shot, Path(target) / shot.name)
+
+
+AXE = "/static/vendor/axe-core-4.11.4.min.js"
+
+
+def test_keyboard_reaches_rows_and_panels_and_axe_finds_nothing_serious(page: Page, ws: Stack) -> None:
+    _agent_with_reports(ws)
+    q = ws.queue("keys-q")
+    exp = ws.enqueue("keys-q", name="keyboard", command=["true"])
+    login(page, ws)
+    page.goto(ws.url + "/orchestration/queues/")
+    # Tab from the top of the page to the queue's row, then Enter opens its panel.
+    target = f"q-{q['id']}"
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == target:
+            break
+    else:
+        pytest.fail("the queue row is not reachable with Tab")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"  # a visible focus
+    page.keyboard.press("Enter")
+    expect(page.locator("#panel h2")).to_have_text("keys-q")
+    page.keyboard.press("Shift+F10")
+    expect(page.locator(".menu:not([hidden]) button").first).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.locator(".menu:not([hidden])")).to_have_count(0)
+    problems = {}
+    paths = (*PHONE_PAGES.values(), f"/orchestration/queues/?queue={q['id']}", f"/experiments/{exp['id']}/")
+    for theme, path in [(theme, path) for theme in ("light", "dark") for path in paths]:
+        page.evaluate(f"localStorage.setItem('muster-theme', '{theme}')")
+        page.goto(ws.url + path)
+        page.wait_for_load_state("networkidle")
+        page.add_script_tag(url=ws.url + AXE)
+        found = page.evaluate(
+            """async () => (await axe.run(document, {runOnly: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}))
+                 .violations.filter((v) => ["serious", "critical"].includes(v.impact))
+                 .map((v) => `${v.id}: ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`)"""
+        )
+        if found:
+            problems[f"{path} ({theme})"] = found
+    assert problems == {}, json.dumps(problems, indent=1)
 
 
 def test_screenshots(page: Page, ws: Stack, tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ import pytest
 
 from tests.live import Stack, run_processes, wait_for
 
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+# On PostgreSQL only: concurrency is proved there (SQLite serializes its writers); the SQLite
+# pass keeps the live agent tests of tests/test_agent_live.py.
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.postgres_only]
 
 RUN = textwrap.dedent(
     """

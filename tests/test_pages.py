@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -22,11 +23,13 @@ from accounts.actor import SYSTEM, Actor
 from actions.models import CustomAction
 from actions.services import action_issue, action_render, actions_sync
 from core.errors import Forbidden
-from experiments.models import Experiment, Status
+from experiments import queueing
+from experiments.models import Attempt, Experiment, Status
 from orchestration.asgi import _sync_actions
 from queues import positions
 from queues.models import Queue, QueueEntry
-from workers.models import Rollup, Worker, WorkerStat
+from workers.dispatch import dispatch_claim
+from workers.models import AttemptStat, Rollup, Worker, WorkerStat
 from workers.timeseries import stats_sample
 
 pytestmark = pytest.mark.django_db
@@ -213,7 +216,10 @@ def test_worker_table_panel_edit_queues_and_drain(
     make_worker("gpu-box:0", [queue], gpu_slots=slots(8))
     page = web.get("/orchestration/workers/?worker=gpu-box:0").content.decode()
     assert "Workers Utilization" in page and "gpu-box:0" in page and "No queues currently" not in page
-    assert "Free slots" in page and "8 of 8 GPU" in page
+    assert re.search(r'id="worker-free">8 of 8 GPUs · [\d.]+ of [\d.]+ CPUs?<', page)
+    make_worker("cpu-box:0", [queue])
+    cpu_only = web.get("/orchestration/workers/?worker=cpu-box:0").content.decode()
+    assert re.search(r'id="worker-free">[\d.]+ of [\d.]+ CPUs?<', cpu_only)  # no "0 of 0 GPU"
     r = web.post("/orchestration/workers/gpu-box:0/queues/", {"queues": "gpu, default"})
     assert r.status_code == 200 and "now listens to gpu, default" in toast(r)["text"]
     w = Worker.objects.get(name="gpu-box:0")
@@ -264,9 +270,9 @@ def test_graphs_answer_plotly_traces_for_each_metric_and_gpu(
     assert [t["name"] for t in per_gpu["traces"]] == ["CPU Usage", "GPU 0 Usage", "GPU 1 Usage"]
     assert per_gpu["traces"][2]["y"] == [50.0] * 5
     memory = web.get("/orchestration/graphs/workers/?worker=g:0&metric=memory").json()
-    assert memory["traces"][0]["y"][0] == 1024.0 * 1024 * 1024 and memory["y_title"] == "Bytes"
+    assert memory["traces"][0]["y"][0] == 1.0 and memory["y_title"] == "Memory (GiB)"  # GiB, as capacity reads
     vram = web.get("/orchestration/graphs/workers/?worker=g:0&metric=vram").json()
-    assert vram["traces"][0]["y"][0] == 400.0 * 1024 * 1024
+    assert vram["traces"][0]["y"][0] == round(400 / 1024, 3) and vram["has_gpus"]
     network = web.get("/orchestration/graphs/workers/?worker=g:0&metric=network").json()
     assert [t["name"] for t in network["traces"]] == ["Network Receive", "Network Transmit"]
     assert web.get("/orchestration/graphs/workers/?worker=nobody").status_code == 404
@@ -288,16 +294,43 @@ def test_graphs_answer_plotly_traces_for_each_metric_and_gpu(
         "/orchestration/graphs/queues/?span=3h&metric=length",
     ],
 )
-def test_every_graph_shows_the_whole_span_asked_for(
+def test_every_graph_starts_at_its_first_sample_and_spans_at_least_ten_minutes(
     web: Client, queue: Queue, make_worker: Callable[..., Worker], url: str
 ) -> None:
-    """A single point must not zoom the time axis to a millisecond: the axis is the span."""
+    """Young data fills the graph (the axis starts at the first sample, not 3 hours back), and a
+    single point must not zoom the time axis to a millisecond."""
     make_worker("g:0", [queue])
     _report("g:0", 0, cpu_percent=20.0, memory_used_mb=1024.0)
     stats_sample()
     start, end = (datetime.fromisoformat(x) for x in web.get(url).json()["x_range"])
-    assert timedelta(hours=3) - timedelta(seconds=5) < end - start <= timedelta(hours=3)
+    assert timedelta(minutes=10) - timedelta(seconds=5) < end - start <= timedelta(minutes=10)
     assert abs(end - timezone.now()) < timedelta(seconds=30)
+
+
+def test_a_graph_of_older_data_starts_at_its_first_sample_within_the_span(
+    web: Client, queue: Queue, make_worker: Callable[..., Worker]
+) -> None:
+    make_worker("g:0", [queue])
+    _report("g:0", 3600, cpu_percent=20.0)
+    _report("g:0", 0, cpu_percent=30.0)
+    data = web.get("/orchestration/graphs/workers/?span=3h&worker=g:0").json()
+    start, end = (datetime.fromisoformat(x) for x in data["x_range"])
+    assert start == datetime.fromisoformat(data["traces"][0]["x"][0]) and end - start < timedelta(hours=1, minutes=1)
+    whole = web.get("/orchestration/graphs/workers/?span=3h&worker=g:0").json()["traces"][0]["y"]
+    assert whole == [20.0, 30.0]
+
+
+def test_a_worker_without_gpus_says_so_and_offers_no_gpu_lines(
+    web: Client, queue: Queue, make_worker: Callable[..., Worker]
+) -> None:
+    make_worker("cpu:0", [queue])
+    _report("cpu:0", 0, cpu_percent=20.0, memory_used_mb=512.0)
+    vram = web.get("/orchestration/graphs/workers/?worker=cpu:0&metric=vram").json()
+    assert vram["traces"] == [] and vram["empty_text"] == "This worker has no GPUs" and vram["has_gpus"] is False
+    usage = web.get("/orchestration/graphs/workers/?worker=cpu:0&metric=usage&per_gpu=1").json()
+    assert [t["name"] for t in usage["traces"]] == ["CPU Usage"]
+    page = web.get("/orchestration/workers/?worker=cpu:0").content.decode()
+    assert re.search(r"<label[^>]*data-needs-gpus[^>]*hidden", page)
 
 
 # -- experiments --------------------------------------------------------------------------------
@@ -356,7 +389,7 @@ def test_experiment_detail_says_why_it_waits_and_offers_only_allowed_actions(
     log = web.get(f"/experiments/{first.pk}/log/").json()
     assert log == {"attempt": None, "chunks": [], "window": None, "after": None, "status": "created"}
     graph = web.get(f"/experiments/{first.pk}/graph/?metric=memory").json()
-    assert [t["name"] for t in graph["traces"]] == ["Memory", "GPU Memory"]
+    assert [t["name"] for t in graph["traces"]] == ["Memory"]  # no GPU line for a run with no GPU data
 
 
 def test_the_create_form_validates_inline_and_enqueues(web: Client, queue: Queue) -> None:
@@ -366,6 +399,12 @@ def test_the_create_form_validates_inline_and_enqueues(web: Client, queue: Queue
     assert bad.status_code == 400 and b"gpus must be 0, a fraction below 1, or a whole number" in bad.content
     bad = web.post("/experiments/new/", {"name": "x", "command": "python 't.py"})
     assert bad.status_code == 400 and b"command:" in bad.content
+    # Every problem at once, each under its field.
+    bad = web.post("/experiments/new/", {"name": "x", "command": "python 't.py", "priority": "high", "env": "[1"})
+    page = bad.content.decode()
+    assert bad.status_code == 400 and page.count('class="field-error"') == 3
+    assert "command:" in page and "valid integer" in page and "env: not JSON" in page
+    assert not Experiment.objects.filter(name="x").exists()
     bad = web.post("/experiments/new/", {"name": "x", "command": "python t.py", "queue": "nowhere"})
     assert bad.status_code == 404 and b"queue &#x27;nowhere&#x27; does not exist" in bad.content
     assert not Experiment.objects.exists()
@@ -543,3 +582,56 @@ def test_the_experiment_page_and_api_filter_with_one_filterset(
     )
     page = web.get("/experiments/rows/", {"status": "bogus"}).content.decode()
     assert "unknown status &#x27;bogus&#x27;" in page and "status:" in page
+
+
+def test_the_pager_reads_which_rows_of_how_many(web: Client) -> None:
+    Queue.objects.bulk_create([Queue(id=f"{i:032x}", name=f"q{i:03d}") for i in range(120)])
+    first = web.get("/orchestration/queues/rows/").content.decode()
+    assert re.search('class="pager-text">1\u2013100 of 120<', first)
+    second = web.get("/orchestration/queues/rows/?offset=100").content.decode()
+    assert re.search('class="pager-text">101\u2013120 of 120<', second)
+    assert "q119" in second and "q000" not in second
+
+
+def test_an_experiments_graphs_default_to_its_attempts_own_time_range(
+    web: Client, queue: Queue, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker],
+    agent_actor: Actor,
+) -> None:  # fmt: skip
+    """A 2-minute run fills its graph instead of being a sliver at the edge of a 3-hour axis."""
+    exp = make_experiment(queue=queue)
+    claim = dispatch_claim(actor=agent_actor, worker=make_worker(queues=[queue]))
+    assert claim is not None
+    ended = timezone.now() - timedelta(minutes=30)
+    began = ended - timedelta(minutes=2)
+    Attempt.objects.filter(pk=claim.attempt.pk).update(claimed_at=began, finished_at=ended)
+    AttemptStat.objects.bulk_create(
+        [
+            AttemptStat(attempt_id=claim.attempt.pk, at=began + timedelta(seconds=10 * i), cpu_percent=50.0)
+            for i in range(12)
+        ]
+    )
+    run = web.get(f"/experiments/{exp.pk}/graph/?metric=usage").json()
+    assert [datetime.fromisoformat(x) for x in run["x_range"]] == [began, ended]
+    assert [t["name"] for t in run["traces"]] == ["CPU Usage"] and len(run["traces"][0]["y"]) == 12
+    span = web.get(f"/experiments/{exp.pk}/graph/?metric=usage&span=3h").json()
+    assert datetime.fromisoformat(span["x_range"][1]) > ended + timedelta(minutes=29)
+    page = web.get(f"/experiments/{exp.pk}/").content.decode()
+    assert '<option value="run" selected>Whole run</option>' in page
+
+
+def test_a_move_to_the_top_shows_on_the_experiment_page_as_its_queue_priority(
+    web: Client, queue: Queue, make_experiment: Callable[..., Experiment], admin_actor: Actor
+) -> None:
+    make_experiment(queue=queue, name="urgent", priority=5)
+    late = make_experiment(queue=queue, name="late")
+    assert 'id="queue-priority"' not in web.get(f"/experiments/{late.pk}/").content.decode()
+    queueing.queue_entries_move(actor=admin_actor, queue_id=queue.pk, experiment_ids=[late.pk], to="top")
+    page = web.get(f"/experiments/{late.pk}/").content.decode()
+    assert 'priority 0 (<span id="queue-priority">5 in its queue, after a move</span>)' in page
+
+
+def test_the_admin_names_its_models_right_keeps_the_theme_and_has_an_icon(web: Client) -> None:
+    page = web.get("/admin/").content.decode()
+    assert "Queue entries" in page and "Queue entrys" not in page
+    assert "muster/admin_theme.js" in page and "muster/favicon.svg" in page
+    assert "muster/favicon.svg" in web.get("/orchestration/workers/").content.decode()

@@ -48,7 +48,7 @@ def test_three_hours_of_five_second_reports_come_back_as_at_most_1000_points(
 
 
 @pytest.mark.parametrize(("span", "level"), [("6h", 60), ("12h", 60), ("1d", 600), ("7d", 3600), ("30d", 3600)])
-def test_spans_of_six_hours_or_more_read_only_rollups(
+def test_spans_of_six_hours_or_more_read_rollups_and_their_newest_part_from_finer_levels(
     make_worker: Callable[..., Worker], span: str, level: int
 ) -> None:
     w = make_worker("ts:1")
@@ -59,10 +59,36 @@ def test_spans_of_six_hours_or_more_read_only_rollups(
         s = timeseries.series("worker", "ts:1", timeseries.parse_span(span), now=NOW)
     assert s.level == level
     assert 0 < len(s.points) <= 1000
-    sql = " ".join(q["sql"] for q in ctx.captured_queries)
-    assert "workers_rollup" in sql and "workers_workerstat" not in sql
-    assert len(ctx.captured_queries) == 1
+    # The level's own rows, then each finer level's (and the raw rows') newer part: one query each.
+    sql = [q["sql"] for q in ctx.captured_queries]
+    assert "workers_rollup" in sql[0] and len(sql) <= 1 + timeseries.LEVELS.index(level) + 1
     assert s.points[-1]["cpu_per_core"] == [10.0, 30.0]
+    assert (NOW - s.points[-1]["at"]).total_seconds() <= s.bucket_s + 60  # not behind by a rollup's lag
+
+
+@pytest.mark.parametrize("span", ["3h", "6h", "1d", "7d", "30d"])
+def test_every_span_shows_ten_minutes_of_data_before_any_rollup(make_worker: Callable[..., Worker], span: str) -> None:
+    w = make_worker("ts:young")
+    _raw(w, hours=10 / 60, every_s=5)
+    s = timeseries.series("worker", "ts:young", timeseries.parse_span(span), now=NOW)
+    assert s.points, span
+    assert (NOW - s.points[-1]["at"]).total_seconds() <= s.bucket_s + 5
+    assert (s.points[0]["at"] - (NOW - timedelta(minutes=10))).total_seconds() <= s.bucket_s
+
+
+def test_counts_roll_up_to_whole_numbers(make_queue: Callable[..., Queue]) -> None:
+    """A fleet of 3 or 4 workers never reads 3.797 at a coarse level: counts keep each bucket's peak."""
+    for i in range(120):
+        at = NOW - timedelta(hours=3) + timedelta(seconds=30 * i)
+        Rollup.objects.create(
+            kind="fleet", key="", level=0, at=at,
+            values={"workers_total": 3 + (i % 5 == 0), "workers_active": i % 2, "wait_avg_s": float(i)},
+        )  # fmt: skip
+    timeseries.stats_rollup(now=NOW)
+    s = timeseries.series("fleet", "", timeseries.parse_span("1d"), now=NOW)
+    assert s.level == 600 and s.points
+    assert {p["workers_total"] for p in s.points} == {4} and {p["workers_active"] for p in s.points} == {1}
+    assert any(p["wait_avg_s"] % 1 for p in s.points)  # other numbers are means
 
 
 def test_rollups_are_weighted_means_and_each_bucket_is_written_once(make_worker: Callable[..., Worker]) -> None:
@@ -94,6 +120,7 @@ def test_queue_and_fleet_samples(
     assert point["wait_max_s"] == pytest.approx(100, abs=1) and point["wait_avg_s"] == pytest.approx(60, abs=1)
     fleet = Rollup.objects.get(kind="fleet", level=0).values
     assert fleet["workers_total"] == 1 and fleet["queued"] == 2 and fleet["running"] == 0
+    assert fleet["queue_length_avg"] == 2.0  # the mean over queues (one here)
     s = timeseries.series("fleet", "", 3 * 3600, now=NOW + timedelta(seconds=1))
     assert s.points[-1]["queued"] == 2
 

@@ -27,10 +27,12 @@ def graph_workers(request: HttpRequest) -> JsonResponse:
     span_s = parse_span(span_of(request))
     name = request.GET.get("worker")
     if name:
-        if not Worker.objects.filter(name=name).exists():
+        gpus = Worker.objects.filter(name=name).values_list("gpus", flat=True).first()
+        if gpus is None:
             raise NotFound(f"worker {name!r} is not registered", field="worker")
         metric = request.GET.get("metric", "usage")
-        return JsonResponse(graph_window(worker_graph(name, metric, span_s, request.GET.get("per_gpu") == "1"), span_s))
+        per_gpu = request.GET.get("per_gpu") == "1"
+        return JsonResponse(graph_window(worker_graph(name, metric, span_s, per_gpu, has_gpus=gpus > 0), span_s))
     return JsonResponse(graph_window(fleet_graph(span_s), span_s))
 
 
@@ -111,6 +113,7 @@ def _panel_context(request: HttpRequest, name: str) -> dict[str, Any] | None:
         "runtime_s": (timezone.now() - min(started)).total_seconds() if started else None,
         "iteration": max((a.experiment.last_iteration or 0 for a in running), default=None),
         "free_gpus": max(0.0, worker.gpus - worker.used_gpus),
+        "free_cpus": max(0.0, worker.cpus - worker.used_cpus),
         "is_admin": me.is_admin,
         "all_queues": queue_names(),
         "queue_names": ", ".join(q.name for q in queues),

@@ -38,6 +38,12 @@ WORKER_FIELDS = (
 )  # fmt: skip
 ATTEMPT_FIELDS = ("cpu_percent", "memory_mb", "gpu_util", "gpu_memory_mb")
 KINDS = ("worker", "attempt", "queue", "fleet")
+# Counts (of workers, experiments, GPUs) roll up to each bucket's peak: a whole number, never a
+# mean such as 3.797 workers. Every other number rolls up to its weighted mean.
+COUNT_KEYS = frozenset(
+    {"workers_total", "workers_active", "workers_idle", "workers_unresponsive", "queued", "running", "gpus_total",
+     "gpus_used", "length", "listening", "busy"}
+)  # fmt: skip
 
 
 def retention() -> dict[int, timedelta]:
@@ -74,7 +80,7 @@ def _combine(items: Sequence[tuple[Mapping[str, Any], int]]) -> dict[str, Any]:
             total = sum(w for _, w in present)
             out[key] = [round(sum(v[i] * w for v, w in present) / total, 3) for i in range(width)]
         elif isinstance(first, (int, float)):
-            if key.endswith("_max") or key == "ecc_errors":
+            if key.endswith("_max") or key == "ecc_errors" or key in COUNT_KEYS:
                 out[key] = max(v for v, _ in present)
             else:
                 total = sum(w for _, w in present)
@@ -179,6 +185,7 @@ def stats_sample(now: datetime | None = None) -> int:
         if total_queued
         else 0.0,
         "wait_max_s": max((p.values["wait_max_s"] for p in points), default=0.0),
+        "queue_length_avg": round(total_queued / len(points), 3) if points else 0.0,
         "running": Attempt.objects.filter(finished_at__isnull=True).count(),
         "gpus_total": sum(g for g, _ in capacity),
         "gpus_used": sum(u for _, u in capacity),
@@ -281,18 +288,32 @@ def level_for(span_s: int) -> int:
 
 
 def series(kind: str, key: str, span_s: int, now: datetime | None = None) -> Series:
+    """The points of one series over the span ending `now`, at most MAX_POINTS.
+
+    A span reads its rollup level; where that level has no buckets yet (the newest part, not
+    rolled up so far, or everything on a young server), it reads the next finer level, down to
+    the raw rows. So every span shows the same recent data, whatever beat has rolled up.
+    """
     now = now or timezone.now()
     start = now - timedelta(seconds=span_s)
     level = level_for(span_s)
     bucket = max(level, math.ceil(span_s / MAX_POINTS))
     groups: dict[datetime, list[tuple[Mapping[str, Any], int]]] = defaultdict(list)
-    if level == 0:
-        for _, at, values in _raw_rows(kind, key, start, now):
-            groups[_floor(at, bucket)].append((values, 1))
-    else:
-        rows = Rollup.objects.filter(kind=kind, key=key, level=level, at__gte=_floor(start, level), at__lt=now)
+    cursor = _floor(start, level) if level else start
+    for finer in [lv for lv in (0, *LEVELS) if lv <= level][::-1]:
+        if cursor >= now:
+            break
+        if finer == 0:
+            for _, at, values in _raw_rows(kind, key, max(cursor, start), now):
+                groups[_floor(at, bucket)].append((values, 1))
+            break
+        rows = Rollup.objects.filter(kind=kind, key=key, level=finer, at__gte=cursor, at__lt=now)
+        last = None
         for at, values, samples in rows.order_by("at").values_list("at", "values", "samples"):
             groups[_floor(at, bucket)].append((values, samples))
+            last = at
+        if last is not None:
+            cursor = last + timedelta(seconds=finer)
     # A bucket holding one row (the usual case when reading rollups) needs no combining.
     points = [
         {"at": at, **(dict(items[0][0]) if len(items) == 1 else _combine(items))}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django import template
 from django.utils import timezone
@@ -39,6 +39,23 @@ def ago(moment: datetime | None) -> str:
     if seconds < 5:
         return "just now"
     return f"{duration(seconds)} ago"
+
+
+WHEN_FORMATS = {"time": "%H:%M:%S", "date": "%Y-%m-%d", "datetime": "%Y-%m-%d %H:%M:%S"}
+
+
+@register.filter
+def when(moment: datetime | None, style: str = "datetime") -> SafeString | str:
+    """A moment as `<time>`: written in UTC with the zone named, and shown by app.js in the
+    reader's zone (or UTC, their setting). Styles: time, date, datetime, and ago (how long ago,
+    the exact moment in its tooltip)."""
+    if moment is None:
+        return "\u2013"  # an en dash
+    utc = moment.astimezone(UTC)
+    iso = utc.isoformat().replace("+00:00", "Z")
+    exact = utc.strftime(WHEN_FORMATS["datetime"]) + " UTC"
+    text = ago(moment) if style == "ago" else utc.strftime(WHEN_FORMATS.get(style, WHEN_FORMATS["datetime"])) + " UTC"
+    return format_html('<time datetime="{}" data-when="{}" title="{}">{}</time>', iso, style, exact, text)
 
 
 @register.filter

@@ -19,6 +19,56 @@
     }
   });
 
+  /* --- times: the reader's zone, or UTC by their choice (Settings) ----------------------------------
+     The server writes every moment in UTC and names the zone (<time datetime data-when>); here
+     they are shown in the chosen zone, named too, on tables, axes and tooltips. */
+  const zone = () => (localStorage.getItem("muster-tz") === "UTC" ? "UTC" : Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC");
+  const formats = {};  // one formatter a zone: making one costs far more than using it
+  function zoneParts(date, tz) {
+    const parts = {};
+    formats[tz] = formats[tz] || new Intl.DateTimeFormat("en-US", { timeZone: tz, hourCycle: "h23", year: "numeric",
+      month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" });
+    formats[tz].formatToParts(date).forEach((p) => { parts[p.type] = p.value; });
+    return parts;
+  }
+  // "2026-12-07 09:14:03" in the zone (what Plotly reads as a plain date), and the zone's short name.
+  function inZone(iso, tz) {
+    const p = zoneParts(new Date(iso), tz);
+    return { text: `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second}`, abbr: p.timeZoneName, p };
+  }
+  function applyTimes(root) {
+    const tz = zone();
+    $$("time[data-when]", root).forEach((el) => {
+      const z = inZone(el.getAttribute("datetime"), tz), p = z.p;
+      const full = `${z.text} ${z.abbr}`;
+      el.title = full + (tz === "UTC" ? "" : ` (${tz})`);
+      const style = el.dataset.when;
+      if (style === "time") el.textContent = `${p.hour}:${p.minute}:${p.second} ${z.abbr}`;
+      else if (style === "date") el.textContent = `${p.year}-${p.month}-${p.day}`;
+      else if (style === "datetime") el.textContent = full;
+    });
+    const browser = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+    $$("option[data-zone-option]", root).forEach((o) => { o.textContent = `this browser's time zone (${browser})`; });
+    $$("select[data-zone-setting]", root).forEach((sel) => { sel.value = localStorage.getItem("muster-tz") === "UTC" ? "UTC" : "local"; });
+  }
+  document.addEventListener("change", (e) => {
+    const sel = e.target.closest("select[data-zone-setting]");
+    if (!sel) return;
+    if (sel.value === "UTC") localStorage.setItem("muster-tz", "UTC"); else localStorage.removeItem("muster-tz");
+    applyTimes(document);
+    $$(".graph").forEach((el) => el._data && draw(el, el._data));
+    toast(sel.value === "UTC" ? "Times now show in UTC" : "Times now show in " + zone());
+  });
+  window.musterZone = zone;
+
+  /* --- the top bar's menu on phones ------------------------------------------------------------------ */
+  document.addEventListener("click", (e) => {
+    const t = e.target.closest("#nav-toggle");
+    if (!t) return;
+    const open = t.closest(".topbar").classList.toggle("open");
+    t.setAttribute("aria-expanded", String(open));
+  });
+
   /* --- toasts (HX-Trigger: {"toast": {"level", "text"}}) ------------------------------------- */
   function toast(text, level) {
     const box = $("#toasts");
@@ -52,7 +102,7 @@
   });
 
   /* --- context menus: right click on a row with data-menu, or its ⋮ button -------------------- */
-  let openMenu = null;
+  let openMenu = null, menuOpener = null;
   function closeMenu() {
     // Hidden, not removed at once: htmx drops the answers of requests whose element left the page.
     if (!openMenu) return;
@@ -85,6 +135,9 @@
     menu.style.left = Math.min(x, window.innerWidth - r.width - 8) + "px";
     menu.style.top = Math.min(y, window.innerHeight - r.height - 8) + "px";
     openMenu = menu;
+    menuOpener = document.activeElement;
+    const first = $("button:not([disabled])", menu);
+    if (first) first.focus();
   }
   document.addEventListener("contextmenu", (e) => {
     const row = e.target.closest("[data-menu]");
@@ -104,7 +157,11 @@
     if (openMenu && !e.target.closest(".menu")) closeMenu();
     if (e.target.closest(".menu button")) setTimeout(closeMenu, 0);
   }, true);
-  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeMenu(); });
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape" || !openMenu) return;
+    closeMenu();
+    if (menuOpener && menuOpener.isConnected) menuOpener.focus();
+  });
 
   /* --- dialogs opened from menus: <button data-dialog="id" data-value="..."> -------------------- */
   document.addEventListener("click", (e) => {
@@ -185,21 +242,27 @@
   function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
   function draw(el, data) {
     el._data = data;
+    if (data.has_gpus !== undefined) $$("[data-needs-gpus]").forEach((c) => { c.hidden = !data.has_gpus; });
     if (!data.traces.length || data.traces.every((t) => !t.x.length)) {
       Plotly.purge(el);
-      el.innerHTML = '<div class="nodata">No data for this span yet</div>';
+      el.innerHTML = '<div class="nodata"></div>';
+      el.firstChild.textContent = data.empty_text || "No data for this span yet";
       el.dataset.points = "0";
       return;
     }
     if (el.querySelector(".nodata")) el.innerHTML = "";
     const fg = css("--fg"), grid = css("--line"), muted = css("--muted");
+    const tz = zone(), local = (iso) => inZone(iso, tz).text;
+    const abbr = inZone(data.x_range ? data.x_range[1] : new Date().toISOString(), tz).abbr;
     const layout = {
       margin: { l: 60, r: 16, t: 8, b: 36 }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
       font: { color: fg, size: 11 }, hovermode: "x unified", showlegend: true,
       legend: { orientation: "h", y: 1.12, x: 0, font: { color: muted } },
-      xaxis: { type: "date", gridcolor: grid, linecolor: grid, zeroline: false, range: data.x_range },
-      yaxis: { title: { text: data.y_title }, gridcolor: grid, linecolor: grid, zeroline: false, rangemode: "tozero",
-               ticksuffix: data.y_suffix || "", tickformat: data.y_format || "" },
+      xaxis: { type: "date", gridcolor: grid, linecolor: grid, zeroline: false, automargin: true,
+               range: data.x_range && data.x_range.map(local), hoverformat: "%Y-%m-%d %H:%M:%S " + abbr,
+               title: { text: tz, font: { size: 10, color: muted }, standoff: 4 } },
+      yaxis: { title: { text: data.y_title, standoff: 8 }, gridcolor: grid, linecolor: grid, zeroline: false, rangemode: "tozero",
+               automargin: true, ticksuffix: data.y_suffix || "", tickformat: data.y_format || "" },
     };
     if (data.integer) {  // counts: whole-number ticks, not 0.2, 0.4 … for a fleet of one
       const top = Math.max(0, ...data.traces.flatMap((t) => t.y.filter((v) => v !== null)));
@@ -207,7 +270,7 @@
       if (top < 5) layout.yaxis.dtick = 1;
     }
     const traces = data.traces.map((t) => ({
-      type: "scatter", mode: t.x.length > 60 ? "lines" : "lines+markers", name: t.name, x: t.x, y: t.y,
+      type: "scatter", mode: t.x.length > 60 ? "lines" : "lines+markers", name: t.name, x: t.x.map(local), y: t.y,
       cliponaxis: false,  // the newest point sits on the span's right edge: draw it whole
       line: { width: 1.8, shape: data.shape || "linear" }, marker: { size: 4 },
       hovertemplate: "%{y:" + (data.hover_format || ".3~s") + "}" + (data.y_suffix || "") + "<extra>" + t.name + "</extra>",
@@ -258,20 +321,27 @@
   });
   document.body.addEventListener("clearSelection", () => { selected.clear(); applySelection(); });
 
-  /* --- drag to reorder (SortableJS); the drop posts the move to the server ---------------------- */
+  /* --- drag to reorder (SortableJS) -------------------------------------------------------------
+     The drop does not keep the order SortableJS drew: the row goes back, marked as moving, until
+     the server answers with the queue as it now is (or refuses, with a toast). So what the page
+     shows is what a reload shows; a reload before the answer shows the row still moving back. */
   function wireSortable(root) {
     $$("[data-sortable]", root).forEach((tbody) => {
       if (tbody._sortable) return;
       tbody._sortable = Sortable.create(tbody, {
-        handle: ".drag", animation: 120, ghostClass: "sortable-ghost", forceFallback: true, fallbackOnBody: true,
+        handle: ".drag-handle", animation: 120, ghostClass: "sortable-ghost", forceFallback: true, fallbackOnBody: true,
         onStart: () => { tbody.dataset.dragging = "1"; },
         onEnd: (ev) => {
           delete tbody.dataset.dragging;
           if (ev.oldIndex === ev.newIndex) return;
+          const rows = tbody.children;
+          tbody.insertBefore(ev.item, rows[ev.oldIndex + (ev.newIndex <= ev.oldIndex ? 1 : 0)] || null);
+          ev.item.dataset.moving = "1";
+          ev.item.setAttribute("aria-busy", "true");
           htmx.ajax("POST", tbody.dataset.sortable, {
-            target: tbody.dataset.target, swap: "outerHTML",
+            source: ev.item, target: tbody.dataset.target, swap: "outerHTML",
             values: { experiments: ev.item.dataset.id, to: "position", value: String(ev.newIndex) },
-          });
+          }).finally(() => { if (ev.item.isConnected) { delete ev.item.dataset.moving; ev.item.removeAttribute("aria-busy"); } });
         },
       });
     });
@@ -279,13 +349,15 @@
   // A press on a drag handle counts as dragging at once: a live refresh landing before SortableJS
   // starts its drag would replace the rows under the pointer and lose the move.
   let pressing = false;
-  document.addEventListener("pointerdown", (e) => { if (e.target.closest(".drag")) pressing = true; }, true);
+  document.addEventListener("pointerdown", (e) => { if (e.target.closest(".drag-handle")) pressing = true; }, true);
   document.addEventListener("pointerup", () => { setTimeout(() => { pressing = false; }, 300); }, true);
-  window.musterBusy = () => pressing || window.musterMenuOpen() || !!document.querySelector("[data-dragging]");
+  const moving = () => !!document.querySelector("[data-dragging], [data-moving]");
+  window.musterBusy = () => pressing || window.musterMenuOpen() || moving();
   document.body.addEventListener("htmx:beforeSwap", (e) => {
     // A refresh that was already on its way when the drag began must not land in the middle of it.
     const target = e.detail.target;
-    if ((pressing || document.querySelector("[data-dragging]")) && target && target.querySelector("[data-sortable]")) {
+    // Nor one that would take away a moving row before the server's answer to its move lands.
+    if ((pressing || moving()) && target && target.querySelector("[data-sortable]")) {
       const verb = (e.detail.requestConfig && e.detail.requestConfig.verb) || "get";
       if (verb.toLowerCase() === "get") e.detail.shouldSwap = false;
     }
@@ -350,7 +422,7 @@
   /* --- clicking a row selects it: URL state, highlight, panel, graphs --------------------------- */
   document.addEventListener("click", (e) => {
     const row = e.target.closest("tr[data-select-row]");
-    if (!row || e.target.closest("a, button, input, label, .drag")) return;
+    if (!row || e.target.closest("a, button, input, label, .drag-handle")) return;
     const key = row.dataset.selectRow;
     const same = state().get(key) === row.dataset.objectId;
     setState({ [key]: same ? "" : row.dataset.objectId });
@@ -375,6 +447,38 @@
     const panel = $("#panel"); if (!panel) return;
     ["queue", "worker"].forEach((k) => setState({ [k]: "" }));
     panel.innerHTML = ""; panel.removeAttribute("hx-get"); markSelected(); repointGraphs();
+  });
+
+  /* --- keyboard: a row opens its panel with Enter or Space, its menu with the context-menu key or
+     Shift+F10; a menu moves with the arrow keys; focus survives the live refresh ---------------- */
+  document.addEventListener("keydown", (e) => {
+    const row = e.target.closest && e.target.closest("tr[data-select-row], tr[data-menu]");
+    if (row && e.target === row) {
+      if ((e.key === "Enter" || e.key === " ") && row.matches("[data-select-row]")) { e.preventDefault(); row.click(); return; }
+      if ((e.key === "ContextMenu" || (e.key === "F10" && e.shiftKey)) && row.dataset.menu) {
+        e.preventDefault();
+        const r = row.getBoundingClientRect();
+        showMenu(document.getElementById(row.dataset.menu), r.left + 24, r.bottom, row);
+        return;
+      }
+    }
+    if (openMenu && (e.key === "ArrowDown" || e.key === "ArrowUp")) {
+      e.preventDefault();
+      const items = $$("button:not([disabled])", openMenu);
+      const at = items.indexOf(document.activeElement);
+      const next = e.key === "ArrowDown" ? (at + 1) % items.length : (at - 1 + items.length) % items.length;
+      if (items[next]) items[next].focus();
+    }
+  });
+  let focusedId = null;
+  document.body.addEventListener("htmx:beforeSwap", () => {
+    const el = document.activeElement;
+    focusedId = el && el.id && el !== document.body ? el.id : null;
+  });
+  document.body.addEventListener("htmx:afterSettle", () => {
+    if (!focusedId || (document.activeElement && document.activeElement !== document.body)) return;
+    const el = document.getElementById(focusedId);
+    if (el) el.focus({ preventScroll: true });
   });
 
   /* --- sortable column headers: the table re-renders in place --------------------------------------- */
@@ -444,7 +548,7 @@
   document.addEventListener("DOMContentLoaded", () => { const log = $("#log[data-src]"); if (log) tailLog(log); });
 
   /* --- after every swap -------------------------------------------------------------------------- */
-  function wire(root) { markSelected(root); applySubtabs(root); applySelection(root); wireSortable(root); repointGraphs(root); loadAll(root); }
+  function wire(root) { applyTimes(root); markSelected(root); applySubtabs(root); applySelection(root); wireSortable(root); repointGraphs(root); loadAll(root); }
   document.body.addEventListener("htmx:afterSettle", (e) => wire(e.detail.elt));
   document.addEventListener("DOMContentLoaded", () => wire(document));
 })();
