@@ -449,6 +449,8 @@ def test_phones_get_a_menu_scrolling_tables_bottom_sheets_and_no_sideways_scroll
         page.screenshot(path=str(shots / f"phone-{name}.png"), full_page=True)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{path} is {width} px wide at 390"
+    # The last page was the queued experiment's: its log says why it is empty.
+    expect(page.locator("#log")).to_have_attribute("data-empty", "Not started yet: no output.")
     # The top bar is a menu.
     expect(page.locator(".nav")).to_be_hidden()
     page.click("#nav-toggle")
