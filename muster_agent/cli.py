@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -350,6 +351,11 @@ def _action(verb: str, path: str) -> Any:
 
 
 def cmd_agent(args: argparse.Namespace, out: Out) -> int:
+    # A stop signal that arrives while the agent is being set up is kept and handled as soon as
+    # the agent exists (a plain SIGTERM then would kill it by signal, skipping its shutdown).
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(threadName)s %(message)s",
@@ -394,6 +400,8 @@ def cmd_agent(args: argparse.Namespace, out: Out) -> int:
             "MUSTER_API_KEY_FILE): runs never get it either way, but an environment is easy to leak"
         )
     install_signals(agent)
+    for signum in early:
+        agent.on_sigterm(signum, None)
     return agent.run()
 
 

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "experiments",
     "queues",
     "workers",
+    "autoscalers",
     "dashboard",
     "clearml_api",
     "orchestration",
@@ -287,6 +288,7 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     "stats-sample": {"task": "workers.stats_sample", "schedule": envfloat("STATS_SAMPLE_S", 10.0)},
     "stats-rollup": {"task": "workers.stats_rollup", "schedule": 60.0},
     "stats-purge": {"task": "workers.stats_purge", "schedule": 3600.0},
+    "autoscalers": {"task": "autoscalers.reconcile_due", "schedule": envfloat("AUTOSCALER_TICK_S", 10.0)},
 }
 
 # Domain settings.
@@ -312,6 +314,11 @@ SERVER_BEAT_S = envfloat("SERVER_BEAT_S", 5.0)
 STOP_GRACE_DEFAULT_S = envint("STOP_GRACE_DEFAULT_S", 60, minimum=0)
 LOG_HEAD_BYTES = envint("LOG_HEAD_BYTES", 1024 * 1024, minimum=1024)
 LOG_TAIL_BYTES = envint("LOG_TAIL_BYTES", 4 * 1024 * 1024, minimum=1024)
+
+# Autoscalers: the URL their machines' agents reach this server at (the Local provider's agents
+# run on this host), and the interval of beat's pass over every app.
+PUBLIC_URL = envstr("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+AUTOSCALER_TICK_S = envfloat("AUTOSCALER_TICK_S", 10.0)
 MAX_LOG_BATCH_BYTES = envint("MAX_LOG_BATCH_BYTES", 1024 * 1024, minimum=1024)
 QUEUE_POSITION_GAP = 1024
 AUDIT_RETENTION_DAYS = envint("AUDIT_RETENTION_DAYS", 365, minimum=1)

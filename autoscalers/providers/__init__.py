@@ -1,0 +1,1 @@
+"""The clouds behind one interface (base.Provider). Only this package imports a cloud SDK."""

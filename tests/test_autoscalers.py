@@ -1,0 +1,359 @@
+"""The autoscaler loop against a real EC2 API: moto's server, driven by boto3 through the AWS
+provider, with faults injected by a botocore hook (reference/autoscaling.md §2.12)."""
+
+from __future__ import annotations
+
+import ast
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from django.contrib.auth.models import User
+from django.db import connection
+from django.utils import timezone
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.instances import StateReason
+from moto.server import ThreadedMotoServer
+
+from accounts.actor import Actor
+from accounts.models import ApiKey
+from autoscalers import billing, services
+from autoscalers.models import AppState, AutoscalerApp, Decision, Instance, InstanceState, Resource, ServedQueue
+from autoscalers.providers.aws import AwsProvider
+from autoscalers.providers.base import TAG_APP, TAG_INSTANCE, TAG_MANAGED
+from experiments.models import Experiment
+from queues.models import Queue
+from workers.dispatch import dispatch_claim
+from workers.models import Worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[1]
+AMI = "ami-12c6146b"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch, moto_url: str) -> Iterator[None]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].reset()
+    yield
+
+
+def ec2(moto_url: str) -> Any:
+    return boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_url)
+
+
+@pytest.fixture
+def app(admin_user: User, moto_url: str, make_queue: Callable[..., Queue]) -> AutoscalerApp:
+    a = AutoscalerApp.objects.create(
+        name="gpu-fleet", provider="aws", state=AppState.RUNNING, owner=admin_user, workers_prefix="aws",
+        max_idle_s=60, max_spinup_s=600, settings={"region": "us-east-1", "endpoint_url": moto_url},
+    )  # fmt: skip
+    services.credentials_set(a, {"access_key_id": "AKIATESTING", "secret_access_key": "s3cret-value"})
+    a.save()
+    g5 = Resource.objects.create(app=a, name="g5", instance_type="g5.xlarge", gpu_count=1, cpus=4,
+                                 machine_image=AMI, max_instances=2)  # fmt: skip
+    g6 = Resource.objects.create(app=a, name="g6", instance_type="g6.xlarge", gpu_count=1, cpus=4,
+                                 machine_image=AMI, max_instances=1)  # fmt: skip
+    q = make_queue("gpu")
+    ServedQueue.objects.create(app=a, queue=q, resource=g5, order=0)
+    ServedQueue.objects.create(app=a, queue=q, resource=g6, order=1)
+    return a
+
+
+def ours(moto_url: str, *states: str) -> list[dict[str, Any]]:
+    found = []
+    for r in ec2(moto_url).describe_instances(Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}])[
+        "Reservations"
+    ]:
+        found += [i for i in r["Instances"] if not states or i["State"]["Name"] in states]
+    return found
+
+
+def waiting(make_experiment: Callable[..., Experiment], queue: Queue, n: int, **spec: Any) -> list[Experiment]:
+    return [make_experiment(queue=queue, name=f"train-{i}", gpus=spec.get("gpus", 1), cpus=1) for i in range(n)]
+
+
+def live(app: AutoscalerApp) -> list[Instance]:
+    return list(Instance.objects.filter(app=app).exclude(state__in=[InstanceState.TERMINATED, InstanceState.FAILED]))
+
+
+def test_waiting_experiments_start_machines_in_resource_order_within_max_instances(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], moto_url: str
+) -> None:
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 4)
+    plan = services.reconcile(app.pk)
+    assert len(plan.launches) == 3  # two on g5, then one on g6: the fourth waits
+    rows = live(app)
+    assert sorted(r.resource.name for r in rows) == ["g5", "g5", "g6"]
+    assert all(r.state == InstanceState.PENDING and r.cloud_id.startswith("i-") for r in rows)
+    machines = ours(moto_url, "running")
+    assert len(machines) == 3
+    tags = {t["Key"]: t["Value"] for t in machines[0]["Tags"]}
+    assert tags[TAG_APP] == app.pk and tags[TAG_INSTANCE] in {r.pk for r in rows}
+    assert any("no resource with room" in d.message for d in Decision.objects.filter(app=app, kind="refuse"))
+    # Each machine has its own expiring agent key for its worker name and its queues only.
+    key = ApiKey.objects.get(pk=rows[0].api_key_id)
+    assert key.role == "agent" and key.worker_prefix == rows[0].worker_name and key.expires_at is not None
+    assert [q.name for q in key.allowed_queues.all()] == ["gpu"]
+    # Again: the rows are the capacity, nothing more is launched.
+    assert services.reconcile(app.pk).launches == []
+    assert len(ours(moto_url)) == 3
+
+
+def test_a_machine_registers_goes_idle_is_drained_and_stopped_and_its_worker_goes(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker], moto_url: str
+) -> None:
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    (row,) = live(app)
+    services.reconcile(app.pk)
+    assert Instance.objects.get(pk=row.pk).state == InstanceState.BOOTING
+    worker = make_worker(row.worker_name, [Queue.objects.get(name="gpu")])
+    services.reconcile(app.pk)
+    row.refresh_from_db()
+    assert row.state == InstanceState.IDLE and row.registered_at is not None
+    later = timezone.now() + timedelta(seconds=app.max_idle_s + 1)
+    services.reconcile(app.pk, now=later)
+    row.refresh_from_db()
+    worker.refresh_from_db()
+    assert row.state == InstanceState.DRAINING and worker.draining
+    # The drained agent exits (its worker leaves); the machine is ended, then seen gone.
+    worker.delete()
+    services.reconcile(app.pk, now=later)
+    assert Instance.objects.get(pk=row.pk).state == InstanceState.TERMINATING
+    assert ours(moto_url, "terminated")
+    services.reconcile(app.pk, now=later)
+    row.refresh_from_db()
+    assert row.state == InstanceState.TERMINATED and row.ended_at is not None
+    assert ApiKey.objects.get(pk=row.api_key_id).revoked_at is not None
+
+
+def test_a_machine_that_took_work_is_never_drained(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker],
+    agent_actor: Actor,
+) -> None:  # fmt: skip
+    gpu = Queue.objects.get(name="gpu")
+    waiting(make_experiment, gpu, 1)
+    services.reconcile(app.pk)
+    (row,) = live(app)
+    worker = make_worker(row.worker_name, [gpu], gpu_slots=[{"index": 0, "model": "nvidia a10g", "memory_mb": 24576}])
+    services.reconcile(app.pk)
+    # The loop saw it idle; then it takes work before the idle time is up.
+    assert dispatch_claim(actor=agent_actor, worker=worker) is not None
+    services.reconcile(app.pk, now=timezone.now() + timedelta(seconds=app.max_idle_s + 1))
+    row.refresh_from_db()
+    worker.refresh_from_db()
+    assert row.state == InstanceState.BUSY and not worker.draining
+
+
+def test_a_machine_whose_agent_never_registers_is_ended_after_max_spin_up(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], moto_url: str
+) -> None:
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    AutoscalerApp.objects.filter(pk=app.pk).update(state=AppState.STOPPED)  # no relaunch in this test
+    services.reconcile(app.pk, now=timezone.now() + timedelta(seconds=app.max_spinup_s + 1))
+    (row,) = Instance.objects.filter(app=app)
+    assert row.state == InstanceState.TERMINATING and "did not register" in row.end_reason
+    assert len(ours(moto_url, "terminated")) == 1
+
+
+def test_a_capacity_error_falls_back_to_the_next_resource_and_rests_the_first(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def ice(request: Any, **_: Any) -> AWSResponse | None:
+        body_sent = request.body.encode() if isinstance(request.body, str) else (request.body or b"")
+        if b"g5.xlarge" not in body_sent:
+            return None
+        body = (b'<?xml version="1.0"?><Response><Errors><Error><Code>InsufficientInstanceCapacity</Code>'
+                b"<Message>no g5 here</Message></Error></Errors><RequestID>t</RequestID></Response>")  # fmt: skip
+
+        class Raw:
+            def stream(self, **_: Any) -> Iterator[bytes]:
+                yield body
+
+        return AWSResponse(request.url, 400, {}, Raw())
+
+    def faulty(a: AutoscalerApp) -> AwsProvider:
+        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
+        p.ec2.meta.events.register_first("before-send.ec2.RunInstances", ice)
+        return p
+
+    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    failed = Instance.objects.get(app=app, resource__name="g5")
+    assert failed.state == InstanceState.FAILED and "InsufficientInstanceCapacity" in failed.end_reason
+    assert Resource.objects.get(app=app, name="g5").blocked_until is not None
+    services.reconcile(app.pk)
+    assert [r.resource.name for r in live(app)] == ["g6"]
+
+
+def test_a_permission_error_stops_the_app_with_the_error_shown(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(request: Any, **_: Any) -> AWSResponse:
+        body = (b'<?xml version="1.0"?><Response><Errors><Error><Code>UnauthorizedOperation</Code>'
+                b"<Message>not allowed: ec2:RunInstances</Message></Error></Errors></Response>")  # fmt: skip
+
+        class Raw:
+            def stream(self, **_: Any) -> Iterator[bytes]:
+                yield body
+
+        return AWSResponse(request.url, 403, {}, Raw())
+
+    def faulty(a: AutoscalerApp) -> AwsProvider:
+        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
+        p.ec2.meta.events.register_first("before-send.ec2.RunInstances", denied)
+        return p
+
+    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    app.refresh_from_db()
+    assert app.state == AppState.ERROR and "UnauthorizedOperation" in app.error
+    assert services.reconcile(app.pk).launches == []  # an app in error launches nothing
+
+
+def test_a_lost_answer_to_a_launch_never_starts_a_second_machine(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ReadTimeoutError  # noqa: PLC0415
+
+    def lose(**_: Any) -> None:
+        raise ReadTimeoutError(endpoint_url="injected")
+
+    def faulty(a: AutoscalerApp) -> AwsProvider:
+        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
+        p.ec2.meta.events.register("after-call.ec2.RunInstances", lose)
+        return p
+
+    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+    Resource.objects.filter(app=app, name="g5").update(max_instances=1)
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)  # the machine starts; its answer is lost: the row stays requested
+    (row,) = live(app)
+    assert row.state == InstanceState.REQUESTED and len(ours(moto_url)) == 1
+    monkeypatch.undo()
+    Instance.objects.filter(pk=row.pk).update(launch_claimed_at=None)
+    services.reconcile(app.pk)  # the retry finds the machine by its tag
+    row.refresh_from_db()
+    assert row.state == InstanceState.PENDING and len(ours(moto_url)) == 1
+
+
+def test_an_orphan_machine_is_ended_and_a_spot_interruption_ends_its_row(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker], moto_url: str
+) -> None:
+    tags = [{"Key": TAG_MANAGED, "Value": "true"}, {"Key": TAG_APP, "Value": app.pk}]
+    orphan = ec2(moto_url).run_instances(
+        ImageId=AMI, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": tags}]
+    )["Instances"][0]["InstanceId"]
+    gpu = Queue.objects.get(name="gpu")
+    waiting(make_experiment, gpu, 1)
+    services.reconcile(app.pk)
+    (row,) = live(app)
+    make_worker(row.worker_name, [gpu])
+    later = timezone.now() + timedelta(seconds=services.ORPHAN_GRACE_S + 1)
+    services.reconcile(app.pk, now=later)
+    assert orphan in {i["InstanceId"] for i in ours(moto_url, "terminated")}
+    assert Decision.objects.filter(app=app, kind="orphan", message__contains=orphan).exists()
+    # The cloud ends our machine (spot): its row ends and its worker is unregistered at once.
+    row.refresh_from_db()
+    inst = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_instance(row.cloud_id)
+    inst.terminate()
+    inst.state_reason = StateReason("Server.SpotInstanceTermination: Spot instance termination",
+                                    "Server.SpotInstanceTermination")  # fmt: skip
+    AutoscalerApp.objects.filter(pk=app.pk).update(state=AppState.STOPPED)
+    services.reconcile(app.pk, now=later)
+    row.refresh_from_db()
+    assert row.state == InstanceState.TERMINATED and "spot" in row.end_reason
+    assert not Worker.objects.filter(name=row.worker_name).exists()
+
+
+def test_the_money_cap_refuses_a_launch_and_says_so(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment]
+) -> None:
+    Resource.objects.filter(app=app).update(hourly_price_usd=Decimal("3.60"))
+    # A launch reserves its spin-up time (600 s here): $0.60.
+    AutoscalerApp.objects.filter(pk=app.pk).update(cap_day_usd=Decimal("0.50"))
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    assert services.reconcile(app.pk).launches == []
+    assert Decision.objects.filter(app=app, kind="refuse", message__contains="day's cap of $0.50").exists()
+    before = Decision.objects.filter(app=app).count()
+    services.reconcile(app.pk)  # the same refusal again is not written again
+    assert Decision.objects.filter(app=app).count() == before
+
+
+@pytest.mark.postgres_only
+def test_four_reconciles_at_once_never_exceed_max_instances_or_the_cap(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], moto_url: str
+) -> None:
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 10)
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            services.reconcile(app.pk)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Instance.objects.filter(app=app).count() == 3  # g5: 2, g6: 1, never more
+    assert len(ours(moto_url)) == 3
+
+
+def test_billing_follows_each_clouds_rule() -> None:
+    t0 = timezone.now().replace(microsecond=0)
+    assert billing.billable_seconds("aws", t0, t0 + timedelta(seconds=30)) == 60  # the 60 s minimum
+    assert billing.billable_seconds("aws", t0, t0 + timedelta(seconds=90)) == 90
+    assert billing.billable_seconds("gcp", t0, t0 + timedelta(seconds=10)) == 60
+    assert billing.cost("aws", Decimal("3.60"), t0, t0 + timedelta(seconds=30)) == Decimal("0.0600")
+    assert billing.list_price("aws", "g5.xlarge") is not None
+    life = billing.Life(Decimal("3.60"), t0 - timedelta(hours=2), None)
+    assert billing.spend_between("aws", [life], t0 - timedelta(hours=1), t0) == Decimal("3.6000")
+    assert billing.burn_rate([life]) == Decimal("3.60")
+
+
+def test_credentials_are_encrypted_and_never_leave(app: AutoscalerApp) -> None:
+    raw = AutoscalerApp.objects.values_list("credentials_encrypted", flat=True).get(pk=app.pk)
+    assert "s3cret-value" not in raw and services.credentials_of(app)["secret_access_key"] == "s3cret-value"
+
+
+def test_no_module_outside_the_providers_imports_a_cloud_sdk() -> None:
+    found = []
+    for path in ROOT.glob("*/**/*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in {".venv", "var", "tests", ".tools", "node_modules"} or rel.parts[:2] == (
+            "autoscalers",
+            "providers",
+        ):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(rel))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
+            found += [
+                f"{rel}: {n}" for n in names if n.split(".")[0] in {"boto3", "botocore", "googleapiclient", "google"}
+            ]
+    assert found == []
