@@ -60,7 +60,8 @@ from core.db import atomic
 from core.errors import Forbidden
 from core.ids import new_id
 from experiments.models import Attempt
-from queues.models import QueueEntry
+from queues.models import Queue, QueueEntry
+from queues.services import queue_create
 from workers.models import Worker, WorkerStatus
 from workers.services import worker_unregister
 
@@ -130,6 +131,29 @@ provider_register(Provider.AWS, _aws)
 
 
 # -- an app's life ------------------------------------------------------------------------------
+
+LOCAL_QUEUE = "autoscaled"
+
+
+@atomic
+def local_autoscaler_ensure(*, owner: User) -> AutoscalerApp:
+    """`make run`'s first run: a running Local app serving the queue `autoscaled`, at most two
+    machines (agent processes on this host), stopped after a minute idle, so that a new user
+    sees machines start, run, go idle and stop with no cloud account."""
+    found = AutoscalerApp.objects.filter(provider=Provider.LOCAL, name="local").first()
+    if found is not None:
+        return found
+    queue = Queue.objects.filter(name=LOCAL_QUEUE).first() or queue_create(actor=SYSTEM, name=LOCAL_QUEUE)
+    app = AutoscalerApp.objects.create(
+        name="local", provider=Provider.LOCAL, state=AppState.RUNNING, owner=owner, workers_prefix="local-auto",
+        polling_interval_s=10, max_idle_s=60, max_spinup_s=120,
+    )  # fmt: skip
+    resource = Resource.objects.create(
+        app=app, name="agent", instance_type="local", cpu_mode=True, cpus=1, max_instances=2
+    )
+    ServedQueue.objects.create(app=app, queue=queue, resource=resource, order=0)
+    decide(app, "state", f"created by the first run, serving queue {LOCAL_QUEUE}")
+    return app
 
 
 @atomic
@@ -335,11 +359,16 @@ def _observe(app: AutoscalerApp, rows: list[Instance], seen: list[CloudMachine],
                 row.state = InstanceState.IDLE
                 row.idle_since = now
         elif row.state == InstanceState.DRAINING:
+            # Drained under the worker row's lock with nothing running, and a draining worker
+            # claims nothing: it can be ended now (its agent's SIGTERM or the power-off finishes
+            # cleanly). One still running something (an admin undrained and drained it) waits,
+            # up to DRAIN_GRACE_S.
             gone = worker is None
+            idle = row.worker_name not in busy
             late = row.drain_started_at is not None and (now - row.drain_started_at).total_seconds() > DRAIN_GRACE_S
-            if gone or late:
+            if gone or idle or late:
                 row.state = InstanceState.TERMINATING
-                row.end_reason = "idle: drained and stopped" if gone else "idle: its agent did not exit after the drain"
+                row.end_reason = "idle: drained and stopped" if gone or idle else "idle: ended after the drain's grace"
                 plan.terminations.append((row.pk, row.cloud_id))
                 decide(app, "terminate", f"{row.worker_name}: {row.end_reason}", row)
         elif row.state == InstanceState.TERMINATING:
@@ -554,6 +583,22 @@ def _cloud_error(app: AutoscalerApp, e: CloudError, doing: str) -> None:
         decide(app, "error", f"{e.kind} error {doing}: {e}; the app stopped")
     else:
         decide(app, "retry", f"{e.kind} error {doing}: {e}; trying again next pass")
+
+
+def wake_on_enqueue(queue_ids: list[str]) -> None:
+    """An enqueue to a served queue wakes its running apps now, not at their next poll."""
+    apps = (
+        ServedQueue.objects.filter(queue_id__in=queue_ids, app__state=AppState.RUNNING)
+        .order_by()  # no ordering columns in the DISTINCT
+        .values_list("app_id", flat=True)
+        .distinct()
+    )
+    if not apps:
+        return
+    from autoscalers.tasks import reconcile_task  # noqa: PLC0415 - the tasks module imports this one
+
+    for app_id in apps:
+        reconcile_task.delay(app_id)
 
 
 def reconcile_due(now: datetime | None = None) -> int:

@@ -17,7 +17,7 @@ import contextvars
 import logging
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -31,11 +31,26 @@ CHANNEL_PREFIX = "muster:queue:"
 PASS_ON_HOPS = 4
 
 
+# Called (after the commit) with the queues that just got work: the autoscalers register one,
+# which wakes the apps serving those queues (autoscalers/apps.py). A listener's failure costs a
+# wake-up, never the enqueue.
+ENQUEUE_LISTENERS: list[Callable[[list[str]], None]] = []
+
+
 def notify_queues(queue_ids: Iterable[str]) -> None:
     """Tell waiters on these queues that work arrived, once the transaction commits."""
     ids = sorted(set(queue_ids))
     if ids:
-        transaction.on_commit(lambda: publish(ids))
+        transaction.on_commit(lambda: _after_enqueue(ids))
+
+
+def _after_enqueue(ids: list[str]) -> None:
+    publish(ids)
+    for listener in ENQUEUE_LISTENERS:
+        try:
+            listener(ids)
+        except Exception:
+            log.warning("an enqueue listener failed", exc_info=True)
 
 
 def publish(queue_ids: list[str], hops: int = 0) -> None:

@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HOST = os.environ.get("MUSTER_HOST", "127.0.0.1")
@@ -143,6 +145,7 @@ def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.settings")
     os.environ.setdefault("DEBUG", "true")
     os.environ.setdefault("SITE_URL", f"http://{HOST}:{PORT}")
+    os.environ.setdefault("PUBLIC_URL", f"http://{HOST}:{PORT}")  # what the Local autoscaler's agents reach
     VAR.mkdir(parents=True, exist_ok=True)
     VAR.chmod(0o700)  # the database, the credentials and the agent's spool: this account's alone
     print("migrating the database …", flush=True)
@@ -178,6 +181,13 @@ def main() -> int:
             *proxy_flags(os.environ.get("TRUSTED_PROXIES", "")),
         ],
     )
+    # The runs' user and folders, for the local agent and the Local autoscaler's agents alike
+    # (celery starts those, and they take MUSTER_RUN_AS and MUSTER_WORK_DIR from its environment).
+    run_as, isolation_note = run_user()
+    work_dir = agent_work_dir()
+    os.environ["MUSTER_WORK_DIR"] = str(work_dir)
+    if run_as:
+        os.environ["MUSTER_RUN_AS"] = run_as
     start(
         "celery worker + beat",
         [
@@ -200,8 +210,6 @@ def main() -> int:
     wait_until_up(url)
     # The local agent: its key in a file only this account reads (never in argv or its environment),
     # its runs as an unprivileged user when this is root, in folders outside this tree.
-    run_as, isolation_note = run_user()
-    work_dir = agent_work_dir()
     agent: subprocess.Popen[bytes] | None = start(
         "local agent",
         [str(Path(PY).parent / "muster"), "agent", "run", "--server", url, "--queue", "default",
@@ -257,6 +265,7 @@ def main() -> int:
         time.sleep(0.3)
     if agent is not None and agent.poll() is None:
         stop_agent(agent)
+    stop_local_machines()
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)  # the leader stops its own children cleanly
@@ -268,6 +277,19 @@ def main() -> int:
             os.killpg(child.pid, signal.SIGKILL)
     print("stopped", flush=True)
     return code
+
+
+def stop_local_machines() -> None:
+    """The Local autoscaler's agents (started by celery in sessions of their own) stop with
+    make run: SIGTERM drains each; the next run's autoscaler sees them gone and ends their rows."""
+    for record in (VAR / "autoscalers").glob("*/*.json"):
+        try:
+            rec = json.loads(record.read_text())
+            pid, started = int(rec["pid"]), float(rec["started"])
+            if abs(psutil.Process(pid).create_time() - started) < 1:
+                os.killpg(pid, signal.SIGTERM)
+        except (ValueError, KeyError, OSError, psutil.Error):
+            continue
 
 
 def stop_agent(agent: subprocess.Popen[bytes]) -> None:

@@ -357,3 +357,20 @@ def test_no_module_outside_the_providers_imports_a_cloud_sdk() -> None:
                 f"{rel}: {n}" for n in names if n.split(".")[0] in {"boto3", "botocore", "googleapiclient", "google"}
             ]
     assert found == []
+
+
+def test_an_enqueue_to_a_served_queue_wakes_its_app_at_once(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_queue: Callable[..., Queue],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from autoscalers import tasks  # noqa: PLC0415
+
+    woken: list[str] = []
+    monkeypatch.setattr(tasks.reconcile_task, "delay", woken.append)
+    make_experiment(queue=make_queue("elsewhere"))
+    assert woken == []
+    make_experiment(queue=Queue.objects.get(name="gpu"))
+    assert woken == [app.pk]
+    AutoscalerApp.objects.filter(pk=app.pk).update(state=AppState.STOPPED)
+    make_experiment(queue=Queue.objects.get(name="gpu"))
+    assert woken == [app.pk]  # a stopped app is not woken

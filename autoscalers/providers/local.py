@@ -48,12 +48,17 @@ class LocalProvider:
         if path.exists():  # the same launch again: the machine it started is the answer
             rec = json.loads(path.read_text())
             return f"local-{rec['pid']}"
+        key_file = self.folder / f"{spec.instance_id}.key"  # its own key, in a file of mode 600
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(spec.agent_key)
         argv = [sys.executable, "-m", "muster_agent", "agent", "run", "--server", spec.server_url,
-                "--name", spec.name, "--cpu-only", "--state-dir", str(self.folder / spec.instance_id)]  # fmt: skip
+                "--name", spec.name, "--cpu-only", "--key-file", str(key_file),
+                "--state-dir", str(self.folder / spec.instance_id)]  # fmt: skip
         for queue in spec.queues:
             argv += ["--queue", queue]
         env = {k: os.environ[k] for k in AGENT_ENV_KEEP if k in os.environ}
-        env |= {str(k): str(v) for k, v in spec.environment.items()} | {"MUSTER_API_KEY": spec.agent_key}
+        env |= {str(k): str(v) for k, v in spec.environment.items()}
         log = (self.folder / f"{spec.instance_id}.log").open("ab")
         try:
             proc = subprocess.Popen(  # noqa: S603 - our own agent, argv built here

@@ -1,4 +1,5 @@
-"""`manage.py bootstrap`: on first run, an admin login, a `default` queue and API keys."""
+"""`manage.py bootstrap`: on first run, an admin login, a `default` queue, API keys and a running Local
+autoscaler serving the queue `autoscaled` (docs/autoscalers.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from accounts.actor import SYSTEM
 from accounts.models import Role
 from accounts.services import admin_user_ensure, apikey_create
+from autoscalers.services import local_autoscaler_ensure
 from queues.models import Queue
 from queues.services import queue_create
 
@@ -34,6 +36,7 @@ class Command(BaseCommand):
             user = admin_user_ensure(username=opts["username"], password=password)
             if not Queue.objects.filter(name__iexact="default").exists():
                 queue_create(actor=SYSTEM, name="default", system_tags=["default"])
+            local_autoscaler_ensure(owner=user)
             user_key = apikey_create(actor=SYSTEM, user=user, name="make run (CLI)", role=Role.ADMIN)
             agent_key = apikey_create(actor=SYSTEM, user=user, name="make run (local agent)", role=Role.AGENT)
             state = {
