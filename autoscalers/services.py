@@ -56,8 +56,9 @@ from autoscalers.models import (
     ServedQueue,
 )
 from autoscalers.providers.base import STOPS_THE_APP, CloudError, CloudMachine, ErrorClass, LaunchSpec
+from core.audit import Change, audit_record
 from core.db import atomic
-from core.errors import Forbidden
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.ids import new_id
 from experiments.models import Attempt
 from queues.models import Queue, QueueEntry
@@ -154,6 +155,134 @@ def local_autoscaler_ensure(*, owner: User) -> AutoscalerApp:
     ServedQueue.objects.create(app=app, queue=queue, resource=resource, order=0)
     decide(app, "state", f"created by the first run, serving queue {LOCAL_QUEUE}")
     return app
+
+
+APP_FIELDS = (
+    "name", "provider", "workers_prefix", "polling_interval_s", "max_idle_s", "max_spinup_s", "init_script",
+    "extra_agent_config", "container_mode", "default_container_image", "environment", "files",
+    "warn_duplicate_runs", "settings", "cap_day_usd", "cap_month_usd",
+)  # fmt: skip
+RESOURCE_FIELDS = (
+    "instance_type", "cpu_mode", "gpu_type", "gpu_count", "cpus", "memory_mb", "spot", "spot_rollback_after_s",
+    "spot_blackout_s", "machine_image", "disk_gb", "max_instances", "hourly_price_usd", "min_idle",
+)  # fmt: skip
+
+
+def _snapshot(app: AutoscalerApp) -> dict[str, Any]:
+    snap: dict[str, Any] = json.loads(json.dumps(app_export(app), default=str))
+    return snap
+
+
+def app_export(app: AutoscalerApp) -> dict[str, Any]:
+    """The app as the create call takes it (JSON import), without its credentials."""
+    out: dict[str, Any] = {name: getattr(app, name) for name in APP_FIELDS}
+    out["resources"] = [
+        {"name": r.name, **{f: getattr(r, f) for f in RESOURCE_FIELDS}} for r in app.resources.order_by("name")
+    ]
+    queues: dict[str, list[str]] = {}
+    for s in ServedQueue.objects.filter(app=app).select_related("queue", "resource").order_by("queue__name", "order"):
+        queues.setdefault(s.queue.name, []).append(s.resource.name)
+    out["queues"] = queues
+    return out
+
+
+@atomic
+def app_save(*, actor: Actor, data: dict[str, Any], app_id: str | None = None) -> AutoscalerApp:
+    """Create an app, or replace an existing one's fields, resources and served queues (data as
+    AppWriteSerializer validated it). Credentials change only when given."""
+    admin_check(actor)
+    data = dict(data)
+    resources = data.pop("resources")
+    queue_map: dict[str, list[str]] = data.pop("queues")
+    credentials = data.pop("credentials", None)
+    names = list(queue_map)
+    queues = {q.name: q for q in Queue.objects.filter(name__in=names)}
+    missing = [n for n in names if n not in queues]
+    if missing:
+        raise NotFound(f"queue {missing[0]!r} does not exist", field="queues")
+    clash = AutoscalerApp.objects.exclude(pk=app_id).filter(
+        Q(name=data["name"]) | Q(workers_prefix=data["workers_prefix"])
+    )
+    for other in clash:
+        field = "name" if other.name == data["name"] else "workers_prefix"
+        raise Conflict(f"another autoscaler already has this {field.replace('_', ' ')}", field=field)
+    if app_id is None:
+        if actor.user_id is None:
+            raise Forbidden("an autoscaler belongs to a person: use an admin's key")
+        app = AutoscalerApp(owner_id=actor.user_id, state=AppState.STOPPED)
+        before: dict[str, Any] = {}
+    else:
+        app = AutoscalerApp.objects.select_for_update().get(pk=app_id)
+        before = _snapshot(app)
+        if app.provider != data["provider"]:
+            raise InvalidInput("an app's provider cannot change: make a new app", field="provider")
+    for name in APP_FIELDS:
+        setattr(app, name, data[name])
+    if credentials is not None:
+        credentials_set(app, {k: v for k, v in credentials.items() if v})
+    app.save()
+    kept = {r.name: r for r in Resource.objects.filter(app=app)}
+    wanted = {r["name"] for r in resources}
+    for name, r in kept.items():
+        if name not in wanted:
+            if Instance.objects.filter(resource=r, state__in=FOOTPRINT).exists():
+                raise Conflict(f"resource {name} still has machines: stop them first", field="resources")
+            ServedQueue.objects.filter(resource=r).delete()
+            if Instance.objects.filter(resource=r).exists():
+                r.max_instances = 0  # its history stays; it starts nothing more
+                r.save(update_fields=["max_instances"])
+                ServedQueue.objects.filter(resource=r).delete()
+            else:
+                r.delete()
+    by_name: dict[str, Resource] = {}
+    for spec in resources:
+        r = kept.get(spec["name"]) or Resource(app=app, name=spec["name"])
+        for f in RESOURCE_FIELDS:
+            setattr(r, f, spec[f])
+        r.save()
+        by_name[r.name] = r
+    ServedQueue.objects.filter(app=app).delete()
+    ServedQueue.objects.bulk_create(
+        [
+            ServedQueue(app=app, queue=queues[q], resource=by_name[name], order=i)
+            for q, order in queue_map.items()
+            for i, name in enumerate(order)
+        ]
+    )
+    after = _snapshot(app)
+    audit_record(
+        actor=actor, change=Change("autoscaler", app.pk, "create" if app_id is None else "edit", before, after)
+    )
+    decide(app, "config", f"{actor.label} {'created' if app_id is None else 'changed'} the app")
+    return app
+
+
+@atomic
+def app_delete(*, actor: Actor, app_id: str) -> None:
+    admin_check(actor)
+    app = AutoscalerApp.objects.select_for_update().filter(pk=app_id).first()
+    if app is None:
+        raise NotFound(f"autoscaler {app_id} does not exist", field="id")
+    if Instance.objects.filter(app=app, state__in=FOOTPRINT).exists():
+        raise Conflict("this app still has machines: stop it and wait until they are gone", field="id")
+    before = _snapshot(app)
+    Instance.objects.filter(app=app).delete()
+    app.delete()
+    audit_record(actor=actor, change=Change("autoscaler", app_id, "delete", before, {}))
+
+
+def console_of(*, actor: Actor, instance_id: str) -> str:
+    """A machine's console output, from its cloud (admins)."""
+    admin_check(actor)
+    row = Instance.objects.select_related("app").filter(pk=instance_id).first()
+    if row is None:
+        raise NotFound(f"instance {instance_id} does not exist", field="instance")
+    if not row.cloud_id:
+        return ""
+    try:
+        return str(provider_for(row.app).console(row.cloud_id))
+    except CloudError as e:
+        return f"[the cloud did not give the console: {e}]"
 
 
 @atomic

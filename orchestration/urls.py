@@ -7,6 +7,7 @@ from rest_framework.routers import SimpleRouter
 
 from accounts import api as accounts_api
 from accounts.throttle import throttled_login
+from autoscalers.api import AutoscalerViewSet
 from clearml_api.transport import dispatch as clearml_dispatch
 from dashboard.metrics import metrics
 from experiments.api import (
@@ -27,6 +28,7 @@ from workers.stats_api import ExperimentStatsView, FleetStatsView, QueueStatsVie
 router = SimpleRouter()
 router.register("experiments", ExperimentViewSet, basename="experiment")
 router.register("queues", QueueViewSet, basename="queue")
+router.register("autoscalers", AutoscalerViewSet, basename="autoscaler")
 
 WORKER = "workers/<str:name>/"
 ATTEMPT = "attempts/<str:attempt_id>/"

@@ -37,6 +37,9 @@ from accounts.actor import SYSTEM, actor_for_user
 from accounts.models import Role
 from accounts.secrets import secret_set
 from accounts.services import NewKey, apikey_create
+from autoscalers.models import Instance
+from autoscalers.serializers import AppWriteSerializer
+from autoscalers.services import app_save as autoscaler_save
 from clearml_api import endpoints as _clearml_endpoints  # registers every ClearML endpoint
 from clearml_api.transport import ENDPOINTS as CLEARML_ENDPOINTS
 from experiments.services import experiment_create, experiment_enqueue
@@ -74,6 +77,17 @@ REST: dict[str, set[str]] = {
     "keys_list": PEOPLE,  # one's own keys (admins: everyone's)
     "keys_create": PEOPLE,  # for oneself
     "keys_revoke": OWNER,
+    "v1_autoscalers_list": ADMIN,  # the autoscalers hold cloud accounts and spend money: admins only
+    "v1_autoscalers_create": ADMIN,
+    "v1_autoscalers_retrieve": ADMIN,
+    "v1_autoscalers_update": ADMIN,
+    "v1_autoscalers_destroy": ADMIN,
+    "autoscalers_state": ADMIN,
+    "autoscalers_export": ADMIN,
+    "autoscalers_instances": ADMIN,
+    "autoscalers_decisions": ADMIN,
+    "autoscalers_spend": ADMIN,
+    "autoscalers_console": ADMIN,
     "v1_queues_list": PEOPLE,
     "v1_queues_create": ADMIN,
     "v1_queues_retrieve": PEOPLE,
@@ -183,7 +197,8 @@ def _routes() -> set[tuple[str, str]]:
 
 def _url_name(path: str) -> str:
     """The URL name a schema path resolves to (placeholders filled with values their patterns take)."""
-    concrete = re.sub(r"\{[^}]+\}", lambda m: "0" * 32 if m.group(0) in ("{id}", "{attempt_id}") else "abc", path)
+    hexes = ("{id}", "{attempt_id}", "{instance_id}")
+    concrete = re.sub(r"\{[^}]+\}", lambda m: "0" * 32 if m.group(0) in hexes else "abc", path)
     return str(resolve(concrete).url_name)
 
 
@@ -245,7 +260,18 @@ def world(db: Any) -> World:
     content = b"Bob's tarball"
     snap, _ = snapshot_store(actor=owner, sha256=hashlib.sha256(content).hexdigest(), chunks=[content])
     token = claim.attempt.lease_token
+    autoscaler_body = {
+        "name": "fleet", "provider": "local", "workers_prefix": "fleet",
+        "resources": [{"name": "box", "instance_type": "local", "max_instances": 1}], "queues": {"queue-b": ["box"]},
+    }  # fmt: skip
+    fleet = autoscaler_save(actor=actor_for_user(admin), data=_autoscaler_data(autoscaler_body))
+    machine = Instance.objects.create(
+        app=fleet, resource=fleet.resources.get(), worker_name="fleet-box-1", hourly_price_usd=0, state="terminated"
+    )
     rest_bodies = {
+        "v1_autoscalers_create": {**autoscaler_body, "name": "another", "workers_prefix": "another"},
+        "v1_autoscalers_update": {**autoscaler_body, "max_idle_s": 120},
+        "autoscalers_state": {"state": "stopped"},
         "auth_login": {"username": "bob", "password": "pw-bob-123"},
         "v1_experiments_create": {"name": "new", "command": ["true"], "queue": "queue-b"},
         "v1_experiments_partial_update": {"name": "renamed"},
@@ -297,8 +323,16 @@ def world(db: Any) -> World:
         "keys": bob_agent_key.key.access_key,
         "secrets": "B_TOKEN",
         "snapshots": snap.sha256,
+        "autoscalers": fleet.pk,
+        "instances": machine.pk,
     }
     return World(keys, path_values, rest_bodies, clearml_bodies, (running.pk, queued.pk, created.pk))
+
+
+def _autoscaler_data(body: dict[str, Any]) -> dict[str, Any]:
+    data = AppWriteSerializer(data=body)
+    data.is_valid(raise_exception=True)
+    return dict(data.validated_data)
 
 
 def _path(world: World, path: str) -> str:

@@ -4,6 +4,7 @@ provider, with faults injected by a botocore hook (reference/autoscaling.md §2.
 from __future__ import annotations
 
 import ast
+import json
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -374,3 +375,87 @@ def test_an_enqueue_to_a_served_queue_wakes_its_app_at_once(
     AutoscalerApp.objects.filter(pk=app.pk).update(state=AppState.STOPPED)
     make_experiment(queue=Queue.objects.get(name="gpu"))
     assert woken == [app.pk]  # a stopped app is not woken
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+BODY: dict[str, Any] = {
+    "name": "gpu-east", "provider": "aws", "workers_prefix": "east",
+    "settings": {"region": "us-east-1", "subnets": ["subnet-a", "subnet-b"], "tags": {"team": "ml"}},
+    "credentials": {"access_key_id": "AKIAEXAMPLE", "secret_access_key": "very-secret-key"},
+    "resources": [
+        {"name": "g5", "instance_type": "g5.xlarge", "gpu_count": 1, "max_instances": 4, "machine_image": AMI},
+        {"name": "g6", "instance_type": "g6.xlarge", "gpu_count": 1, "max_instances": 2, "spot": True},
+    ],
+    "queues": {"train": ["g5", "g6"]},
+    "cap_day_usd": "50.00",
+}  # fmt: skip
+
+
+def test_the_api_creates_exports_imports_and_never_shows_credentials(
+    admin_api: Any, make_queue: Callable[..., Queue]
+) -> None:
+    make_queue("train")
+    r = admin_api.post("/api/v1/autoscalers/", BODY, format="json")
+    assert r.status_code == 201, r.content
+    app = r.json()
+    assert app["state"] == "stopped" and app["credentials_set"] and app["queues"] == {"train": ["g5", "g6"]}
+    assert "very-secret-key" not in r.content.decode()
+    exported = admin_api.get(f"/api/v1/autoscalers/{app['id']}/export/").json()
+    assert "credentials" not in exported and "very-secret-key" not in json.dumps(exported)
+    assert [r["name"] for r in exported["resources"]] == ["g5", "g6"] and exported["resources"][1]["spot"]
+    assert exported["settings"]["subnets"] == ["subnet-a", "subnet-b"] and exported["queues"] == {"train": ["g5", "g6"]}
+    # The export is an import: another app from it (a new name and prefix).
+    again = admin_api.post(
+        "/api/v1/autoscalers/", {**exported, "name": "gpu-west", "workers_prefix": "west"}, format="json"
+    )
+    assert again.status_code == 201, again.content
+    assert not again.json()["credentials_set"]
+    assert "very-secret-key" not in json.dumps(admin_api.get("/api/v1/autoscalers/").json())
+    # Start, then stop; the console says who did what.
+    assert (
+        admin_api.post(f"/api/v1/autoscalers/{app['id']}/state/", {"state": "running"}, format="json").json()["state"]
+        == "running"
+    )
+    kinds = [d["kind"] for d in admin_api.get(f"/api/v1/autoscalers/{app['id']}/decisions/").json()]
+    assert "state" in kinds and "config" in kinds
+    spend = admin_api.get(f"/api/v1/autoscalers/{app['id']}/spend/").json()
+    assert spend["today_usd"] == "0.0000" and spend["cap_day_usd"] == "50.00"
+    assert admin_api.delete(f"/api/v1/autoscalers/{app['id']}/").status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"settings": {}}, "settings", "aws needs region"),
+        ({"settings": {"region": "x", "zone": "y"}}, "settings", "'zone' is not a aws setting"),
+        ({"queues": {"train": ["p4d"]}}, "queues", "no resource named 'p4d'"),
+        ({"queues": {"nowhere": ["g5"]}}, "queues", "queue 'nowhere' does not exist"),
+        ({"credentials": {"password": "x"}}, "credentials", "'password' is not a aws credential"),
+        ({"workers_prefix": "Bad Prefix"}, "workers_prefix", "a workers prefix"),
+        ({"container_mode": True}, "default_container_image", "container mode needs a default container image"),
+        ({"resources": [{**BODY["resources"][0], "min_idle": 9}]}, "min_idle", "cannot be more than max_instances"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_problem_and_writes_nothing(
+    admin_api: Any, make_queue: Callable[..., Queue], change: dict[str, Any], field: str, words: str
+) -> None:
+    make_queue("train")
+    r = admin_api.post("/api/v1/autoscalers/", {**BODY, **change}, format="json")
+    assert 400 <= r.status_code < 500 and words in r.content.decode(), r.content
+    assert field in r.content.decode()
+    assert not AutoscalerApp.objects.exists()
+
+
+def test_an_app_with_machines_is_not_deleted(
+    app: AutoscalerApp, admin_api: Any, make_experiment: Callable[..., Experiment]
+) -> None:
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    r = admin_api.delete(f"/api/v1/autoscalers/{app.pk}/")
+    assert r.status_code == 409 and "still has machines" in r.content.decode()
+    (row,) = live(app)
+    machines = admin_api.get(f"/api/v1/autoscalers/{app.pk}/instances/").json()
+    assert machines[0]["worker_name"] == row.worker_name and machines[0]["cloud_id"] == row.cloud_id
+    console = admin_api.get(f"/api/v1/autoscalers/{app.pk}/instances/{row.pk}/console/")
+    assert console.status_code == 200 and "output" in console.json()
