@@ -154,6 +154,67 @@ def cmd_workers(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def _autoscaler_id(client: Client, ref: str) -> str:
+    """An autoscaler by id or name."""
+    for app in client.request("GET", "autoscalers/"):
+        if ref in (app["id"], app["name"]):
+            return str(app["id"])
+    raise UsageError(f"no autoscaler named {ref!r} (muster autoscalers lists them)")
+
+
+def cmd_autoscalers(args: argparse.Namespace, out: Out) -> int:
+    """List the autoscaler apps, or act on one: show, start, stop, export, import, machines, console."""
+    client = _client(args)
+    action = args.action
+    if action == "list":
+        rows = client.request("GET", "autoscalers/")
+        for r in rows:
+            r["queue_names"] = sorted(r.get("queues", {}))
+        out.table(rows, [("name", "Autoscaler"), ("provider", "Provider"), ("state", "State"), ("running", "Running"),
+                         ("idle", "Idle"), ("queue_names", "Queues"), ("id", "Id")])  # fmt: skip
+        return EXIT_OK
+    if action == "import":
+        if not args.ref:
+            raise UsageError("muster autoscalers import FILE.json (from muster autoscalers export)")
+        try:
+            body = json.loads(Path(args.ref).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read {args.ref}: {e}") from None
+        app = client.request("POST", "autoscalers/", body)
+        out.say(f"{app['id']} {app['name']} created (stopped: muster autoscalers start {app['name']})", app)
+        return EXIT_OK
+    if not args.ref:
+        raise UsageError(f"muster autoscalers {action} NAME")
+    app_id = _autoscaler_id(client, args.ref)
+    if action in ("start", "stop"):
+        state = "running" if action == "start" else "stopped"
+        app = client.request("POST", f"autoscalers/{app_id}/state/", {"state": state})
+        out.say(f"{app['name']} {app['state']}", app)
+    elif action == "export":
+        print(json.dumps(client.request("GET", f"autoscalers/{app_id}/export/"), indent=2))
+    elif action == "machines":
+        rows = client.request("GET", f"autoscalers/{app_id}/instances/")
+        out.table(rows, [("worker_name", "Machine"), ("resource", "Resource"), ("state", "State"),
+                         ("cloud_id", "Cloud id"), ("cost_usd", "Cost $"), ("end_reason", "Ended because")])  # fmt: skip
+    elif action == "console":
+        for d in reversed(client.request("GET", f"autoscalers/{app_id}/decisions/")):
+            out.say(f"{d['at']}  {d['kind']:<10} {d['message']}", d)
+    else:  # show
+        app = client.request("GET", f"autoscalers/{app_id}/")
+        spend = client.request("GET", f"autoscalers/{app_id}/spend/")
+        queues = ", ".join(q + " -> " + " > ".join(r) for q, r in app["queues"].items()) or "none"
+        error = " - " + app["error"] if app["error"] else ""
+        out.say(
+            f"{app['name']} ({app['provider']}): {app['state']}{error}\n"
+            f"  machines: {app['running']} running, {app['idle']} idle or starting\n"
+            f"  queues: {queues}\n"
+            f"  spend: ${spend['today_usd']} today, ${spend['month_usd']} this month, "
+            f"${spend['burn_usd_per_hour']}/h now, ${spend['forecast_month_usd']} forecast for the month",
+            {**app, "spend": spend},
+        )
+    return EXIT_OK
+
+
 def _command(args: argparse.Namespace, verb: str) -> list[str]:
     command = list(args.command)
     if command and command[0] == "--":
@@ -443,6 +504,12 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("queues", parents=[common], help="list queues").set_defaults(func=cmd_queues)
     sub.add_parser("workers", parents=[common], help="list workers").set_defaults(func=cmd_workers)
+    s = sub.add_parser("autoscalers", parents=[common], help="list the autoscalers, or show, start or stop one")
+    s.add_argument("action", nargs="?", default="list",
+                   choices=["list", "show", "start", "stop", "export", "import", "machines", "console"],
+                   help="what to do (default: list)")  # fmt: skip
+    s.add_argument("ref", nargs="?", help="the autoscaler's name or id (for import: the JSON file)")
+    s.set_defaults(func=cmd_autoscalers)
 
     s = sub.add_parser("enqueue", parents=[common], help="queue a command: muster enqueue --queue Q -- CMD ...")
     _add_spec_args(s)

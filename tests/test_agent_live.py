@@ -296,6 +296,20 @@ def test_every_cli_command_against_the_live_server(st: Stack, tmp_path: Path) ->
     r = _cli(st, tmp_path, "dequeue", waiting, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["experiment"]["status"] != "queued"
 
+    # The autoscalers (an admin's key): the Local app the first run made, shown, stopped and started, exported and imported.
+    r = _cli(st, tmp_path, "autoscalers", key=st.admin_key)
+    assert r.returncode == 0 and "local" in r.stdout and "autoscaled" in r.stdout, r.stderr
+    r = _cli(st, tmp_path, "autoscalers", "show", "local", key=st.admin_key)
+    assert r.returncode == 0 and "local (local): running" in r.stdout and "autoscaled -> agent" in r.stdout
+    assert "stopped" in _cli(st, tmp_path, "autoscalers", "stop", "local", key=st.admin_key).stdout
+    assert "running" in _cli(st, tmp_path, "autoscalers", "start", "local", key=st.admin_key).stdout
+    exported = json.loads(_cli(st, tmp_path, "autoscalers", "export", "local", key=st.admin_key).stdout)
+    (tmp_path / "copy.json").write_text(json.dumps({**exported, "name": "local-copy", "workers_prefix": "copy"}))
+    r = _cli(st, tmp_path, "autoscalers", "import", str(tmp_path / "copy.json"), key=st.admin_key)
+    assert r.returncode == 0 and "local-copy created" in r.stdout, r.stderr
+    assert "stop" in _cli(st, tmp_path, "autoscalers", "console", "local", key=st.admin_key).stdout
+    assert _cli(st, tmp_path, "autoscalers", "show", "nothing-here", key=st.admin_key).returncode == 2
+
     assert _cli(st, tmp_path, "status", "0" * 32).returncode == 3
     assert _cli(st, tmp_path, "dequeue", exp_id).returncode in (0, 5)
     assert _cli(st, tmp_path, "enqueue", "--queue", q).returncode == 2
