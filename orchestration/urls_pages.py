@@ -4,6 +4,7 @@ from django.urls import path
 
 from accounts import pages as accounts
 from actions import pages as actions
+from autoscalers import pages as autoscalers
 from experiments import pages as experiments
 from orchestration import views as shell
 from queues import pages as queues
@@ -14,6 +15,7 @@ app_name = "pages"
 Q = "orchestration/queues/<str:pk>/"
 W = "orchestration/workers/<str:name>/"
 X = "experiments/<str:pk>/"
+A = "orchestration/autoscalers/<str:pk>/"
 
 urlpatterns = [
     path("", shell.home, name="home"),
@@ -45,6 +47,20 @@ urlpatterns = [
     path(Q + "pause/", queues.queue_pause, name="queue-pause"),
     path(Q + "move/", queues.entries_move, name="entries-move"),
     path(Q + "dequeue/", queues.entries_dequeue, name="entries-dequeue"),
+    # AUTOSCALERS
+    path("orchestration/autoscalers/", autoscalers.autoscalers_page, name="autoscalers"),
+    path("orchestration/autoscalers/new/", autoscalers.autoscaler_edit, name="autoscaler-new"),
+    path(A, autoscalers.autoscaler_page, name="autoscaler"),
+    path(A + "live/", autoscalers.autoscaler_live, name="autoscaler-live"),
+    path(A + "edit/", autoscalers.autoscaler_edit, name="autoscaler-edit"),
+    path(A + "state/", autoscalers.autoscaler_state, name="autoscaler-state"),
+    path(A + "delete/", autoscalers.autoscaler_delete, name="autoscaler-delete"),
+    path(A + "export/", autoscalers.autoscaler_export, name="autoscaler-export"),
+    path(
+        A + "machines/<str:instance_id>/console/",
+        autoscalers.autoscaler_machine_console,
+        name="autoscaler-machine-console",
+    ),
     # EXPERIMENTS
     path("experiments/", experiments.experiments_page, name="experiments"),
     path("experiments/rows/", experiments.experiment_rows, name="experiment-rows"),

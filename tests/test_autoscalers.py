@@ -17,6 +17,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
@@ -459,3 +460,72 @@ def test_an_app_with_machines_is_not_deleted(
     assert machines[0]["worker_name"] == row.worker_name and machines[0]["cloud_id"] == row.cloud_id
     console = admin_api.get(f"/api/v1/autoscalers/{app.pk}/instances/{row.pk}/console/")
     assert console.status_code == 200 and "output" in console.json()
+
+
+# -- the AUTOSCALERS tab ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def web(admin_user: User) -> Client:
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+def test_the_tab_lists_apps_and_a_json_editor_creates_edits_and_shows_every_error(
+    web: Client, alice: User, make_queue: Callable[..., Queue]
+) -> None:
+    make_queue("train")
+    assert "AUTOSCALERS" in web.get("/orchestration/workers/").content.decode()
+    page = web.get("/orchestration/autoscalers/").content.decode()
+    assert "No autoscalers yet" in page
+    new = web.get("/orchestration/autoscalers/new/").content.decode()
+    assert "&quot;provider&quot;: &quot;aws&quot;" in new  # an example to edit
+    bad = {**BODY, "workers_prefix": "Bad", "max_idle_s": 1, "resources": [{**BODY["resources"][0], "gpu_count": -1}]}
+    r = web.post("/orchestration/autoscalers/new/", {"config": json.dumps(bad)})
+    text = r.content.decode()
+    assert r.status_code == 400 and "workers_prefix: a workers prefix" in text and "max_idle_s: " in text
+    assert "resources[0].gpu_count: " in text  # every problem at once, each named by its path
+    r = web.post("/orchestration/autoscalers/new/", {"config": json.dumps({**BODY, "queues": {"train": ["p4d"]}})})
+    assert r.status_code == 400 and "queues: queue train: no resource named" in r.content.decode()
+    assert not AutoscalerApp.objects.exists()
+    assert web.post("/orchestration/autoscalers/new/", {"config": "{nope"}).status_code == 400
+    r = web.post("/orchestration/autoscalers/new/", {"config": json.dumps(BODY)})
+    assert r.status_code == 302
+    app = AutoscalerApp.objects.get(name="gpu-east")
+    dashboard = web.get(r["Location"]).content.decode()
+    assert "Machines per resource" in dashboard and "g5.xlarge" in dashboard and "very-secret-key" not in dashboard
+    edit = web.get(f"/orchestration/autoscalers/{app.pk}/edit/").content.decode()
+    assert "very-secret-key" not in edit and "AKIAEXAMPLE" not in edit
+    changed = {**json.loads(web.get(f"/orchestration/autoscalers/{app.pk}/export/").content), "max_idle_s": 300}
+    assert "credentials" not in changed
+    assert web.post(f"/orchestration/autoscalers/{app.pk}/edit/", {"config": json.dumps(changed)}).status_code == 302
+    app.refresh_from_db()
+    assert app.max_idle_s == 300 and services.credentials_of(app)["secret_access_key"] == "very-secret-key"
+    r = web.post(f"/orchestration/autoscalers/{app.pk}/state/", {"state": "running"})
+    assert r.status_code == 204 and AutoscalerApp.objects.get(pk=app.pk).state == "running"
+    cards = web.get("/orchestration/autoscalers/").content.decode()
+    assert f'id="app-{app.pk}"' in cards and "month-end forecast" in cards
+    # Not for people who are not admins: no tab, and the pages say so.
+    other = Client()
+    other.force_login(alice)
+    assert "AUTOSCALERS" not in other.get("/orchestration/workers/").content.decode()
+    assert other.get("/orchestration/autoscalers/").status_code == 403
+    assert other.get(f"/orchestration/autoscalers/{app.pk}/").status_code == 403
+    assert other.post(f"/orchestration/autoscalers/{app.pk}/state/", {"state": "stopped"}).status_code == 403
+
+
+def test_the_dashboard_shows_machines_their_console_and_the_decisions(
+    app: AutoscalerApp, web: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    (row,) = live(app)
+    page = web.get(f"/orchestration/autoscalers/{app.pk}/").content.decode()
+    assert row.worker_name in page and row.cloud_id in page and "starting a g5.xlarge" in page
+    assert "1 waiting" in page
+    console = web.get(f"/orchestration/autoscalers/{app.pk}/machines/{row.pk}/console/")
+    assert console.status_code == 200 and "output" in console.json()
+    assert web.get(f"/orchestration/autoscalers/{app.pk}/live/").status_code == 200
+    r = web.post(f"/orchestration/autoscalers/{app.pk}/delete/")
+    assert r.status_code == 409  # it has a machine

@@ -494,7 +494,10 @@ def test_keyboard_reaches_rows_and_panels_and_axe_finds_nothing_serious(page: Pa
     page.keyboard.press("Escape")
     expect(page.locator(".menu:not([hidden])")).to_have_count(0)
     problems = {}
-    paths = (*PHONE_PAGES.values(), f"/orchestration/queues/?queue={q['id']}", f"/experiments/{exp['id']}/")
+    local = next(a for a in ws.admin.request("GET", "autoscalers/") if a["name"] == "local")
+    paths = (*PHONE_PAGES.values(), f"/orchestration/queues/?queue={q['id']}", f"/experiments/{exp['id']}/",
+             "/orchestration/autoscalers/", f"/orchestration/autoscalers/{local['id']}/",
+             "/orchestration/autoscalers/new/")  # fmt: skip
     for theme, path in [(theme, path) for theme in ("light", "dark") for path in paths]:
         page.evaluate(f"localStorage.setItem('muster-theme', '{theme}')")
         page.goto(ws.url + path)
@@ -551,7 +554,8 @@ def test_every_page_keeps_to_the_content_security_policy(page: Page, ws: Stack) 
     login(page, ws)
     exp = ws.enqueue("default", name="csp", command=["true"])
     for path in ("/orchestration/workers/", "/orchestration/queues/", "/experiments/", "/experiments/new/",
-                 f"/experiments/{exp['id']}/", "/settings/", "/admin/", "/admin/queues/queue/", "/api/docs/"):  # fmt: skip
+                 f"/experiments/{exp['id']}/", "/settings/", "/admin/", "/admin/queues/queue/", "/api/docs/",
+                 "/orchestration/autoscalers/", "/orchestration/autoscalers/new/"):  # fmt: skip
         response = page.goto(ws.url + path)
         assert response is not None and response.ok, path
         assert "default-src 'self'" in (response.headers.get("content-security-policy") or ""), path

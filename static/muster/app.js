@@ -547,6 +547,20 @@
   }
   document.addEventListener("DOMContentLoaded", () => { const log = $("#log[data-src]"); if (log) tailLog(log); });
 
+  /* --- a machine's console output (autoscalers), in a dialog --------------------------------------- */
+  document.addEventListener("click", async (e) => {
+    const btn = e.target.closest("[data-console-url]");
+    if (!btn) return;
+    const dlg = $("#console-dialog"), out = $("#console-output");
+    out.textContent = "reading …";
+    dlg.showModal();
+    try {
+      const r = await fetch(btn.dataset.consoleUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      const body = await r.json();
+      out.textContent = r.ok ? (body.output || "(no output yet)") : (body.error ? body.error.message : "HTTP " + r.status);
+    } catch (err) { out.textContent = "Could not read it: " + err.message; }
+  });
+
   /* --- after every swap -------------------------------------------------------------------------- */
   function wire(root) { applyTimes(root); markSelected(root); applySubtabs(root); applySelection(root); wireSortable(root); repointGraphs(root); loadAll(root); }
   document.body.addEventListener("htmx:afterSettle", (e) => wire(e.detail.elt));
