@@ -530,6 +530,7 @@ def _plan_launches(app: AutoscalerApp, rows: list[Instance], now: datetime, plan
     planned_money = Decimal("0")
     wanted: dict[int, int] = defaultdict(int)
     refusals: list[str] = []
+    unserved = 0
     for queue_id, groups in _waiting(app).items():
         for gpus, cpus, count in groups:
             left = count
@@ -553,8 +554,7 @@ def _plan_launches(app: AutoscalerApp, rows: list[Instance], now: datetime, plan
                     wanted[r.pk] += 1
                     room -= 1
                     left -= 1
-            if left:
-                refusals.append(f"{left} waiting experiment(s) in this app's queues find no resource with room")
+            unserved += left
     # The warm pool: each resource keeps at least min_idle machines that can take work.
     for r in resources.values():
         short = r.min_idle - free[r.pk] - wanted[r.pk]
@@ -579,6 +579,8 @@ def _plan_launches(app: AutoscalerApp, rows: list[Instance], now: datetime, plan
             )
             plan.launches.append(row.pk)
             decide(app, "launch", f"{row.worker_name}: starting a {r.instance_type}{' (spot)' if spot else ''}", row)
+    if unserved:
+        refusals.append(f"{unserved} waiting experiment(s) in this app's queues find no resource with room")
     for why in dict.fromkeys(refusals):
         decide(app, "refuse", f"no launch: {why}")
 
