@@ -60,7 +60,7 @@ from core.audit import Change, audit_record
 from core.db import atomic
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.ids import new_id
-from experiments.models import Attempt
+from experiments.models import Attempt, FailureClass
 from queues.models import Queue, QueueEntry
 from queues.services import queue_create
 from workers.models import Worker, WorkerStatus
@@ -417,16 +417,20 @@ def _decide(app_id: str, seen: list[CloudMachine], now: datetime) -> Plan:
     return plan
 
 
-def _end(app: AutoscalerApp, row: Instance, now: datetime, state: str, reason: str) -> None:
+def _end(
+    app: AutoscalerApp, row: Instance, now: datetime, state: str, reason: str, *, interrupted: bool = False
+) -> None:
     """A machine is gone (or never came): its row ends, its key is revoked and its worker
-    unregistered at once (what it still ran is ended as worker lost, and retried by policy)."""
+    unregistered at once. What it still ran is ended as worker lost (retried by policy), or, when
+    the cloud took the machine back, as interrupted: back to the front, no retry used."""
     row.state = state
     row.ended_at = row.ended_at or now
     row.end_reason = reason
     row.save(update_fields=["state", "ended_at", "end_reason"])
     worker = Worker.objects.filter(name=row.worker_name).first()
     if worker is not None:
-        worker_unregister(actor=SYSTEM, worker=worker)
+        failure = FailureClass.INTERRUPTED if interrupted else FailureClass.WORKER_LOST
+        worker_unregister(actor=SYSTEM, worker=worker, failure_class=failure, message=reason)
     if row.api_key_id is not None:
         key = ApiKey.objects.filter(pk=row.api_key_id, revoked_at__isnull=True).first()
         if key is not None:
@@ -453,10 +457,9 @@ def _observe(app: AutoscalerApp, rows: list[Instance], seen: list[CloudMachine],
             if row.state == InstanceState.TERMINATING or row.drain_started_at is not None:
                 _end(app, row, now, InstanceState.TERMINATED, row.end_reason or "drained and stopped")
             else:
-                reason = (
-                    "the cloud interrupted it (spot)" if machine and machine.interrupted else "the machine went away"
-                )
-                _end(app, row, now, InstanceState.TERMINATED, reason)
+                interrupted = machine is not None and machine.interrupted
+                reason = "the cloud interrupted it (spot)" if interrupted else "the machine went away"
+                _end(app, row, now, InstanceState.TERMINATED, reason, interrupted=interrupted)
                 decide(app, "gone", f"{row.worker_name}: {reason}", row)
             continue
         if machine and machine.launched_at and row.started_at is None:

@@ -746,6 +746,7 @@ def attempt_append_text(*, actor: Actor, attempt_id: str, token: str, text: str)
 
 
 UNSTARTED_FREE_RETURNS = 3
+INTERRUPTED_FREE_RETURNS = 5
 
 
 def _retry_allowed(exp: Experiment, failure_class: str) -> bool:
@@ -828,6 +829,15 @@ def _settle_experiment(
         and exp.stop_requested_at is None
         and Attempt.objects.filter(experiment_id=exp.pk, started_at__isnull=True).count() <= UNSTARTED_FREE_RETURNS
     )
+    # A machine the cloud took back (spot, preemption) is nobody's fault: the run goes back to
+    # the front without using a retry, up to INTERRUPTED_FREE_RETURNS times.
+    interrupted = (
+        failure_class == FailureClass.INTERRUPTED
+        and exp.stop_requested_at is None
+        and Attempt.objects.filter(experiment_id=exp.pk, failure_class=FailureClass.INTERRUPTED).count()
+        <= INTERRUPTED_FREE_RETURNS
+    )
+    free = free or interrupted
     if outcome != Status.COMPLETED and failure_class and (free or _retry_allowed(exp, failure_class)):
         queue = Queue.objects.filter(pk=attempt.queue_id or exp.queue_id).first()
         if queue is not None:
@@ -838,7 +848,9 @@ def _settle_experiment(
                 to=Status.QUEUED,
                 action="retry",
                 message=(
-                    f"back to the front: it never started on {attempt.worker_name or 'its worker'} ({message})"
+                    f"back to the front: its machine {attempt.worker_name or ''} was interrupted ({message})"
+                    if interrupted
+                    else f"back to the front: it never started on {attempt.worker_name or 'its worker'} ({message})"
                     if free
                     else f"retry {exp.retry_count + 1} after {failure_class}"
                 ),

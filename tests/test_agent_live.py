@@ -349,7 +349,7 @@ def test_sigterm_drains_and_a_second_sigterm_stops_the_runs(st: Stack) -> None:
     assert agent.wait(timeout=30) == 0
     assert run_processes(attempt) == []
     after = st.experiment(third["id"])
-    assert after["status"] == "queued" and after["retry_count"] == 1  # interrupted runs go back to the front
+    assert after["status"] == "queued" and after["retry_count"] == 0  # interrupted: back to the front, no retry used
     first_try = st.attempts(third["id"])[0]
     assert first_try["failure_class"] == "interrupted", first_try  # the message says which path ended it
     st.admin.request("POST", f"experiments/{third['id']}/dequeue/", {})

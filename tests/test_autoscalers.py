@@ -30,8 +30,8 @@ from autoscalers import billing, services
 from autoscalers.models import AppState, AutoscalerApp, Decision, Instance, InstanceState, Resource, ServedQueue
 from autoscalers.providers.aws import AwsProvider
 from autoscalers.providers.base import TAG_APP, TAG_INSTANCE, TAG_MANAGED
-from experiments.models import Experiment
-from queues.models import Queue
+from experiments.models import Attempt, Experiment
+from queues.models import Queue, QueueEntry
 from workers.dispatch import dispatch_claim
 from workers.models import Worker
 
@@ -260,23 +260,27 @@ def test_a_lost_answer_to_a_launch_never_starts_a_second_machine(
     assert row.state == InstanceState.PENDING and len(ours(moto_url)) == 1
 
 
-def test_an_orphan_machine_is_ended_and_a_spot_interruption_ends_its_row(
-    app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker], moto_url: str
-) -> None:
+def test_an_orphan_machine_is_ended_and_a_spot_interruption_puts_the_run_back_at_the_front(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker], moto_url: str,
+    agent_actor: Actor,
+) -> None:  # fmt: skip
     tags = [{"Key": TAG_MANAGED, "Value": "true"}, {"Key": TAG_APP, "Value": app.pk}]
     orphan = ec2(moto_url).run_instances(
         ImageId=AMI, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": tags}]
     )["Instances"][0]["InstanceId"]
     gpu = Queue.objects.get(name="gpu")
-    waiting(make_experiment, gpu, 1)
+    (exp,) = waiting(make_experiment, gpu, 1)
     services.reconcile(app.pk)
     (row,) = live(app)
-    make_worker(row.worker_name, [gpu])
+    worker = make_worker(row.worker_name, [gpu], gpu_slots=[{"index": 0, "model": "nvidia a10g", "memory_mb": 24576}])
+    claim = dispatch_claim(actor=agent_actor, worker=worker)
+    assert claim is not None and claim.experiment.pk == exp.pk
     later = timezone.now() + timedelta(seconds=services.ORPHAN_GRACE_S + 1)
     services.reconcile(app.pk, now=later)
     assert orphan in {i["InstanceId"] for i in ours(moto_url, "terminated")}
     assert Decision.objects.filter(app=app, kind="orphan", message__contains=orphan).exists()
-    # The cloud ends our machine (spot): its row ends and its worker is unregistered at once.
+    # The cloud takes our machine back (spot): its row ends, its worker goes at once, and the run
+    # goes back to the front of its queue without using a retry.
     row.refresh_from_db()
     inst = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_instance(row.cloud_id)
     inst.terminate()
@@ -287,6 +291,10 @@ def test_an_orphan_machine_is_ended_and_a_spot_interruption_ends_its_row(
     row.refresh_from_db()
     assert row.state == InstanceState.TERMINATED and "spot" in row.end_reason
     assert not Worker.objects.filter(name=row.worker_name).exists()
+    exp.refresh_from_db()
+    assert exp.status == "queued" and exp.retry_count == 0 and exp.status_reason == "interrupted"
+    assert Attempt.objects.get(pk=claim.attempt.pk).failure_class == "interrupted"
+    assert QueueEntry.objects.get(experiment=exp).queue_id == gpu.pk
 
 
 def test_the_money_cap_refuses_a_launch_and_says_so(

@@ -320,6 +320,29 @@ def test_a_lost_claim_that_never_started_goes_back_without_using_a_retry_three_t
     assert exp.status == Status.FAILED and exp.status_reason == FailureClass.WORKER_LOST
 
 
+def test_an_interrupted_run_goes_back_to_the_front_without_using_a_retry_five_times(
+    running: tuple[Experiment, Attempt, Worker], agent_actor: Actor, queue: Queue
+) -> None:
+    """Spot or preemption (or an agent stopped twice): not the experiment's fault, so no retry is
+    used, up to INTERRUPTED_FREE_RETURNS times; then the retry policy decides."""
+    exp, attempt, worker = running
+    Experiment.objects.filter(pk=exp.pk).update(retry_policy={"interrupted": 0})
+    for n in range(1, services.INTERRUPTED_FREE_RETURNS + 1):
+        services.attempt_start(actor=agent_actor, attempt_id=attempt.pk, token=attempt.lease_token)
+        services.attempt_fence(
+            actor=agent_actor, attempt=attempt, failure_class=FailureClass.INTERRUPTED, message="spot"
+        )
+        exp.refresh_from_db()
+        assert exp.status == Status.QUEUED and exp.retry_count == 0, n
+        claim = dispatch_claim(actor=agent_actor, worker=worker)
+        assert claim is not None and claim.experiment.pk == exp.pk
+        attempt = claim.attempt
+    services.attempt_start(actor=agent_actor, attempt_id=attempt.pk, token=attempt.lease_token)
+    services.attempt_fence(actor=agent_actor, attempt=attempt, failure_class=FailureClass.INTERRUPTED, message="spot")
+    exp.refresh_from_db()
+    assert exp.status == Status.FAILED and exp.status_reason == FailureClass.INTERRUPTED
+
+
 def test_user_errors_are_retried_only_when_the_policy_says(
     make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker], queue: Queue, agent_actor: Actor
 ) -> None:

@@ -203,21 +203,28 @@ def worker_register(*, actor: Actor, reg: Registration) -> Worker:
     return worker
 
 
-def _fence_lost(actor: Actor, attempts: Sequence[Attempt], message: str) -> None:
-    """End runs the worker no longer has as worker_lost (each retried by its policy)."""
+def _fence_lost(
+    actor: Actor, attempts: Sequence[Attempt], message: str, failure_class: str = FailureClass.WORKER_LOST
+) -> None:
+    """End runs the worker no longer has as worker_lost (each retried by its policy), or as
+    interrupted when its machine was (spot or preemption: back to the front, no retry used)."""
     for attempt in attempts:
-        attempt_fence(actor=actor, attempt=attempt, failure_class=FailureClass.WORKER_LOST, message=message)
+        attempt_fence(actor=actor, attempt=attempt, failure_class=failure_class, message=message)
 
 
 @atomic
-def worker_unregister(*, actor: Actor, worker: Worker) -> None:
-    """Remove a worker; what it still ran is ended as worker lost (and retried by policy).
+def worker_unregister(
+    *, actor: Actor, worker: Worker, failure_class: str = FailureClass.WORKER_LOST, message: str = "unregistered"
+) -> None:
+    """Remove a worker; what it still ran is ended as worker lost (and retried by policy), or
+    with the failure class given (an autoscaler's interrupted machine).
 
     One transaction, in the lock order (the runs, their experiments, then the worker).
     """
     if not actor.can_write:
         raise Forbidden("this key is read-only")
-    _fence_lost(actor, list(Attempt.objects.filter(worker=worker, finished_at__isnull=True)), "unregistered")
+    running = list(Attempt.objects.filter(worker=worker, finished_at__isnull=True))
+    _fence_lost(actor, running, message, failure_class)
     before = _snapshot(worker)
     Worker.objects.filter(pk=worker.pk).delete()
     audit_record(actor=actor, change=Change("worker", worker.name, "unregister", before, {}))
