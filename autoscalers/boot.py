@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from autoscalers.models import AutoscalerApp
     from autoscalers.providers.base import LaunchSpec
 
-AGENT_PACKAGE_PATH = "/agent/muster_agent.tar.gz"
+AGENT_WHEELS_PATH = "/agent/wheels/"
 
 
 def boot_script(app: AutoscalerApp, spec: LaunchSpec) -> str:
@@ -28,7 +28,10 @@ def boot_script(app: AutoscalerApp, spec: LaunchSpec) -> str:
         lines += ["# the app's init script", app.init_script.rstrip()]
     lines += [
         "python3 -m venv /opt/muster-agent",
-        f"/opt/muster-agent/bin/pip install --quiet {q(spec.server_url + AGENT_PACKAGE_PATH)}",
+        # From this server's wheels (the agent's and, once scripts/agent-wheels.sh ran, its
+        # dependencies'): no registry needed; one that can be reached fills any gap.
+        f"/opt/muster-agent/bin/pip install --quiet --find-links {q(spec.server_url + AGENT_WHEELS_PATH)} "
+        f"{q('muster-agent[gpu]' if spec.gpu_count else 'muster-agent')}",
     ]
     agent = ["/opt/muster-agent/bin/muster", "agent", "run", "--name", spec.name]
     for queue in spec.queues:

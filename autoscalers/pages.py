@@ -10,13 +10,13 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.actor import request_actor
-from autoscalers import billing, services
+from autoscalers import agent_package, billing, services
 from autoscalers.api import app_list
 from autoscalers.models import FOOTPRINT, AutoscalerApp, Decision, Instance, InstanceState
 from autoscalers.serializers import AppWriteSerializer
@@ -212,3 +212,19 @@ def autoscaler_export(request: HttpRequest, pk: str) -> JsonResponse:
     response = JsonResponse(services.app_export(_get(pk)), json_dumps_params={"indent": 2, "default": str})
     response["Content-Disposition"] = f'attachment; filename="autoscaler-{pk}.json"'
     return response
+
+
+def agent_wheels_index(request: HttpRequest) -> HttpResponse:
+    """A simple index of the agent's wheels (pip's --find-links reads its links). Public: the
+    agent's code holds no secret, and a machine fetches it before it has anything to log in with."""
+    names = agent_package.wheel_names()
+    links = "".join(f'<a href="{name}">{name}</a><br>\n' for name in names)
+    body = f"<!doctype html><html><head><title>Muster agent wheels</title></head><body>\n{links}</body></html>\n"
+    return HttpResponse(body, content_type="text/html; charset=utf-8")
+
+
+def agent_wheel_file(request: HttpRequest, name: str) -> HttpResponse:
+    path = agent_package.wheel_path(name)
+    if path is None:
+        return HttpResponse("no such wheel", status=404, content_type="text/plain")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=name, content_type="application/zip")

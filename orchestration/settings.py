@@ -319,6 +319,9 @@ LOG_TAIL_BYTES = envint("LOG_TAIL_BYTES", 4 * 1024 * 1024, minimum=1024)
 # run on this host), and the interval of beat's pass over every app.
 PUBLIC_URL = envstr("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 AUTOSCALER_TICK_S = envfloat("AUTOSCALER_TICK_S", 10.0)
+# The wheels machines install the agent from (GET /agent/wheels/): the agent's own, built by the
+# server, and its dependencies', which scripts/agent-wheels.sh downloads for the machines' platforms.
+AGENT_WHEELS_DIR = Path(envstr("AGENT_WHEELS_DIR", str(VAR_DIR / "agent-wheels")))
 MAX_LOG_BATCH_BYTES = envint("MAX_LOG_BATCH_BYTES", 1024 * 1024, minimum=1024)
 QUEUE_POSITION_GAP = 1024
 AUDIT_RETENTION_DAYS = envint("AUDIT_RETENTION_DAYS", 365, minimum=1)

@@ -61,6 +61,8 @@ urlpatterns = [
         autoscalers.autoscaler_machine_console,
         name="autoscaler-machine-console",
     ),
+    path("agent/wheels/", autoscalers.agent_wheels_index, name="agent-wheels"),
+    path("agent/wheels/<str:name>", autoscalers.agent_wheel_file, name="agent-wheel"),
     # EXPERIMENTS
     path("experiments/", experiments.experiments_page, name="experiments"),
     path("experiments/rows/", experiments.experiment_rows, name="experiment-rows"),

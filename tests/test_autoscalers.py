@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -27,9 +32,10 @@ from moto.server import ThreadedMotoServer
 from accounts.actor import Actor
 from accounts.models import ApiKey
 from autoscalers import billing, services
+from autoscalers.boot import boot_script
 from autoscalers.models import AppState, AutoscalerApp, Decision, Instance, InstanceState, Resource, ServedQueue
 from autoscalers.providers.aws import AwsProvider
-from autoscalers.providers.base import TAG_APP, TAG_INSTANCE, TAG_MANAGED
+from autoscalers.providers.base import TAG_APP, TAG_INSTANCE, TAG_MANAGED, LaunchSpec
 from experiments.models import Attempt, Experiment
 from queues.models import Queue, QueueEntry
 from workers.dispatch import dispatch_claim
@@ -537,3 +543,60 @@ def test_the_dashboard_shows_machines_their_console_and_the_decisions(
     assert web.get(f"/orchestration/autoscalers/{app.pk}/live/").status_code == 200
     r = web.post(f"/orchestration/autoscalers/{app.pk}/delete/")
     assert r.status_code == 409  # it has a machine
+
+
+def test_the_server_serves_the_agent_as_a_wheel_that_pip_installs(
+    client: Client, tmp_path: Path, settings: Any
+) -> None:
+    """Machines install the agent from the server (no registry): an index pip's --find-links reads,
+    and a wheel built from muster_agent/ that pip installs, with its dependencies declared."""
+    settings.AGENT_WHEELS_DIR = tmp_path / "wheels"
+    index = client.get("/agent/wheels/").content.decode()  # no login: a booting machine has none
+    (name,) = re.findall(r'href="(muster_agent-[^"]+\.whl)"', index)
+    response = client.get(f"/agent/wheels/{name}")
+    assert response.status_code == 200
+    wheel = tmp_path / name
+    wheel.write_bytes(b"".join(response.streaming_content))
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "muster_agent/cli.py" in names and "muster_agent/sdk/muster/__init__.py" in names
+    assert "Requires-Dist: psutil>=5.9" in meta and 'Requires-Dist: nvidia-ml-py>=12.535; extra == "gpu"' in meta
+    assert client.get("/agent/wheels/../../etc/passwd").status_code == 404
+    assert client.get("/agent/wheels/nothing.whl").status_code == 404
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-index", "--no-deps", str(wheel)],
+                   check=True, timeout=120)  # fmt: skip
+    code = "import importlib.metadata as m, muster_agent; print(m.version('muster-agent'), muster_agent.__file__)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shown = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+    )
+    version, where = shown.stdout.split()
+    assert version == "0.1.0" and where.startswith(str(venv)), shown.stderr
+    assert (venv / "bin" / "muster").exists()
+    # The same code, the same wheel: built once.
+    assert re.findall(r'href="(muster_agent-[^"]+\.whl)"', client.get("/agent/wheels/").content.decode()) == [name]
+
+
+def test_the_boot_script_installs_the_agent_from_the_server_and_powers_off_after_it(app: AutoscalerApp) -> None:
+    AutoscalerApp.objects.filter(pk=app.pk).update(
+        init_script="nvidia-smi", container_mode=True, default_container_image="python:3.12",
+        environment={"HF_HOME": "/data/hf"}, files={"/etc/muster/extra.txt": "hello"},
+    )  # fmt: skip
+    app.refresh_from_db()
+    spec = LaunchSpec(
+        instance_id="i" * 32, app_id=app.pk, name="aws-g5-1", instance_type="g5.xlarge", spot=False,
+        machine_image=AMI, disk_gb=100, gpu_type="", gpu_count=1, boot_script="",
+        server_url="https://muster.example.com", agent_key="mk123.secret", queues=("gpu", "gpu-low"),
+        environment={"HF_HOME": "/data/hf"},
+    )  # fmt: skip
+    script = boot_script(app, spec)
+    assert script.startswith("#!/bin/bash\n")
+    assert "--find-links https://muster.example.com/agent/wheels/ 'muster-agent[gpu]'" in script
+    assert "muster agent run --name aws-g5-1 --queue gpu --queue gpu-low --container-engine docker" in script
+    assert "--default-image python:3.12" in script and "--cpu-only" not in script
+    assert "export HF_HOME=/data/hf" in script and "export MUSTER_API_KEY=mk123.secret" in script
+    assert script.index("nvidia-smi") < script.index("pip install") and script.rstrip().endswith("stop billing")
+    assert "cat > /etc/muster/extra.txt" in script
