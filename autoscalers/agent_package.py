@@ -73,12 +73,12 @@ def agent_wheel() -> Path:
     members[f"{dist}/entry_points.txt"] = (
         "[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in scripts.items())
     ).encode()
-    record = [f"{path},{_digest(data)},{len(data)}" for path, data in members.items()]
+    record = [f"{member},{_digest(data)},{len(data)}" for member, data in members.items()]
     members[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as wheel:
-        for path, data in members.items():
-            info = zipfile.ZipInfo(path, date_time=(2026, 1, 1, 0, 0, 0))
+        for member, data in members.items():
+            info = zipfile.ZipInfo(member, date_time=(2026, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             wheel.writestr(info, data, zipfile.ZIP_DEFLATED)
     partial = target.with_suffix(".part")

@@ -223,7 +223,7 @@ def agent_wheels_index(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type="text/html; charset=utf-8")
 
 
-def agent_wheel_file(request: HttpRequest, name: str) -> HttpResponse:
+def agent_wheel_file(request: HttpRequest, name: str) -> HttpResponse | FileResponse:
     path = agent_package.wheel_path(name)
     if path is None:
         return HttpResponse("no such wheel", status=404, content_type="text/plain")
