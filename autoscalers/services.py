@@ -127,8 +127,15 @@ def _aws(app: AutoscalerApp) -> Any:
     return AwsProvider(app.pk, dict(app.settings or {}), credentials_of(app))
 
 
+def _gcp(app: AutoscalerApp) -> Any:
+    from autoscalers.providers.gcp import GcpProvider  # noqa: PLC0415 - the clouds load only when used
+
+    return GcpProvider(app.pk, dict(app.settings or {}), credentials_of(app))
+
+
 provider_register(Provider.LOCAL, _local)
 provider_register(Provider.AWS, _aws)
+provider_register(Provider.GCP, _gcp)
 
 
 # -- an app's life ------------------------------------------------------------------------------
@@ -439,6 +446,7 @@ def _end(
 
 def _observe(app: AutoscalerApp, rows: list[Instance], seen: list[CloudMachine], now: datetime, plan: Plan) -> None:
     by_row = {m.instance_id: m for m in seen if m.instance_id}
+    by_cloud = {m.cloud_id: m for m in seen}  # a machine gone without its tags (a preempted GCE one)
     known = {r.pk for r in rows}
     workers = {
         w.name: w for w in Worker.objects.filter(name__in=[r.worker_name for r in rows]).only("id", "name", "status")
@@ -449,7 +457,7 @@ def _observe(app: AutoscalerApp, rows: list[Instance], seen: list[CloudMachine],
         )
     )
     for row in rows:
-        machine = by_row.get(row.pk)
+        machine = by_row.get(row.pk) or (by_cloud.get(row.cloud_id) if row.cloud_id else None)
         alive = machine is not None and machine.state not in ("terminated", "shutting-down", "stopped")
         if row.state == InstanceState.REQUESTED:
             continue  # its launch is under way (or will be retried)
