@@ -83,7 +83,7 @@ REPEAT_QUIET_S = 600  # a refusal or retry said once is not said again every pas
 
 
 def decide(app: AutoscalerApp, kind: str, message: str, instance: Instance | None = None) -> None:
-    if kind in ("refuse", "retry"):
+    if kind in ("refuse", "retry", "warn"):
         since = timezone.now() - timedelta(seconds=REPEAT_QUIET_S)
         if Decision.objects.filter(app=app, kind=kind, message=message, at__gte=since).exists():
             return
@@ -421,7 +421,24 @@ def _decide(app_id: str, seen: list[CloudMachine], now: datetime) -> Plan:
     if app.state == AppState.RUNNING:
         _plan_launches(app, rows, now, plan)
     _plan_drains(app, rows, now, plan)
+    if app.warn_duplicate_runs:
+        _warn_duplicates(app, rows)
     return plan
+
+
+def _warn_duplicates(app: AutoscalerApp, rows: list[Instance]) -> None:
+    """More than one of this app's machines running one experiment (a resurrected agent, an
+    attempt the server fenced that a machine still runs): said in the console, once a while."""
+    names = [r.worker_name for r in rows]
+    doubled = (
+        Attempt.objects.filter(worker_name__in=names, finished_at__isnull=True)
+        .values("experiment_id")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+        .values_list("experiment_id", "n")
+    )
+    for experiment_id, n in doubled:
+        decide(app, "warn", f"experiment {experiment_id} runs on {n} machines at once")
 
 
 def _end(
@@ -479,6 +496,15 @@ def _observe(app: AutoscalerApp, rows: list[Instance], seen: list[CloudMachine],
                 row.registered_at = now
                 row.idle_since = now
                 decide(app, "registered", f"{row.worker_name}: its agent registered", row)
+            elif row.spot and _spot_too_slow(row, now):
+                # Spot did not come up within its rollback timeout: end it and rest the Spot market,
+                # so the waiting experiment gets an on-demand machine on the next pass.
+                row.state = InstanceState.TERMINATING
+                row.end_reason = f"spot not up within {row.resource.spot_rollback_after_s} s: rolling back to on-demand"
+                plan.terminations.append((row.pk, row.cloud_id))
+                rest = max(row.resource.spot_blackout_s, int(row.resource.spot_rollback_after_s or 0), 300)
+                Resource.objects.filter(pk=row.resource_id).update(spot_blocked_until=now + timedelta(seconds=rest))
+                decide(app, "rollback", f"{row.worker_name}: {row.end_reason}", row)
             elif (now - row.requested_at).total_seconds() > app.max_spinup_s:
                 row.state = InstanceState.TERMINATING
                 row.end_reason = f"its agent did not register within {app.max_spinup_s} s"
@@ -523,6 +549,11 @@ def _observe(app: AutoscalerApp, rows: list[Instance], seen: list[CloudMachine],
             continue
         plan.terminations.append(("", machine.cloud_id))
         decide(app, "orphan", f"{machine.cloud_id} carries this app's tags but no live instance knows it: ending it")
+
+
+def _spot_too_slow(row: Instance, now: datetime) -> bool:
+    limit = row.resource.spot_rollback_after_s
+    return limit is not None and (now - row.requested_at).total_seconds() > limit
 
 
 def _plan_launches(app: AutoscalerApp, rows: list[Instance], now: datetime, plan: Plan) -> None:

@@ -600,3 +600,38 @@ def test_the_boot_script_installs_the_agent_from_the_server_and_powers_off_after
     assert "export HF_HOME=/data/hf" in script and "export MUSTER_API_KEY=mk123.secret" in script
     assert script.index("nvidia-smi") < script.index("pip install") and script.rstrip().endswith("stop billing")
     assert "cat > /etc/muster/extra.txt" in script
+
+
+def test_a_spot_machine_not_up_within_its_rollback_timeout_is_replaced_on_demand(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], moto_url: str
+) -> None:
+    Resource.objects.filter(app=app, name="g5").update(spot=True, spot_rollback_after_s=120, spot_blackout_s=600)
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    (first,) = live(app)
+    assert first.spot and ours(moto_url)[0].get("InstanceLifecycle") == "spot"
+    services.reconcile(app.pk, now=timezone.now() + timedelta(seconds=121))
+    first.refresh_from_db()
+    assert first.state == InstanceState.TERMINATING and "rolling back to on-demand" in first.end_reason
+    assert Resource.objects.get(app=app, name="g5").spot_blocked_until is not None
+    services.reconcile(app.pk)
+    replacement = next(r for r in live(app) if r.pk != first.pk)
+    assert replacement.resource.name == "g5" and not replacement.spot
+
+
+def test_two_machines_running_one_experiment_are_reported_in_the_console(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker]
+) -> None:
+    gpu = Queue.objects.get(name="gpu")
+    (exp,) = waiting(make_experiment, gpu, 1)
+    services.reconcile(app.pk)
+    Resource.objects.filter(app=app).update(max_instances=3)
+    waiting(make_experiment, gpu, 1)
+    services.reconcile(app.pk)
+    first, second = live(app)[:2]
+    for row in (first, second):  # a fenced attempt its machine still runs, beside the current one
+        make_worker(row.worker_name, [gpu], instance_id=row.pk)
+        Attempt.objects.create(experiment=exp, number=Attempt.objects.filter(experiment=exp).count() + 1,
+                               worker_name=row.worker_name, lease_token="t", claimed_at=timezone.now())  # fmt: skip
+    services.reconcile(app.pk)
+    assert Decision.objects.filter(app=app, message__contains=f"experiment {exp.pk} runs on 2 machines").exists()

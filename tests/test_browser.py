@@ -513,6 +513,40 @@ def test_keyboard_reaches_rows_and_panels_and_axe_finds_nothing_serious(page: Pa
     assert problems == {}, json.dumps(problems, indent=1)
 
 
+def test_an_admin_creates_launches_and_stops_an_autoscaler_in_the_browser(page: Page, ws: Stack) -> None:
+    """The AUTOSCALERS tab: the JSON editor shows every error at once, creates the app, whose
+    dashboard then launches and stops it; the Local app of the first run has its card."""
+    ws.queue("browser-auto")
+    login(page, ws)
+    page.goto(ws.url + "/orchestration/workers/")
+    page.locator(".tabs a", has_text="AUTOSCALERS").click()
+    expect(page.locator(".appcard h2", has_text="local")).to_be_visible()
+    page.click("#new-autoscaler")
+    config = {
+        "name": "browser-fleet", "provider": "local", "workers_prefix": "Browser Fleet", "max_idle_s": 1,
+        "resources": [{"name": "box", "instance_type": "local", "max_instances": 1}],
+        "queues": {"browser-auto": ["box"]},
+    }  # fmt: skip
+    page.fill("#config", json.dumps(config))
+    page.locator("#autoscaler-form button[type=submit]").click()
+    errors = page.locator("#config-errors li")
+    expect(errors).to_have_count(2)
+    expect(page.locator("#config-errors")).to_contain_text("workers_prefix")
+    expect(page.locator("#config-errors")).to_contain_text("max_idle_s")
+    page.fill("#config", json.dumps({**config, "workers_prefix": "browser", "max_idle_s": 60}))
+    page.locator("#autoscaler-form button[type=submit]").click()
+    expect(page.locator(".pagehead h1").last).to_have_text("browser-fleet")
+    expect(page.locator("#app-state")).to_have_text("stopped")
+    expect(page.locator("#resources")).to_contain_text("box")
+    expect(page.locator("#app-queues")).to_contain_text("browser-auto")
+    page.locator(".pagehead button", has_text="Launch").click()
+    expect(page.locator("#app-state")).to_have_text("running")
+    page.locator(".pagehead button", has_text="Stop").click()
+    page.click("#confirm-yes")
+    expect(page.locator("#app-state")).to_have_text("stopped")
+    expect(page.locator("#app-console")).to_contain_text("set the app stopped")
+
+
 def test_screenshots(page: Page, ws: Stack, tmp_path: Path) -> None:
     """Both tabs, a worker panel, a queue panel and an experiment page, light and dark."""
     if not ws.worker("web-agent"):
