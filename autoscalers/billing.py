@@ -60,8 +60,8 @@ def spend_between(provider: str, lives: Iterable[Life], since: datetime, now: da
     carries its minimum charge there."""
     total = Decimal("0")
     for life in lives:
-        if life.start is None:
-            continue
+        if life.start is None or life.start >= now:
+            continue  # not started in the window
         end = min(life.end or now, now)
         if end <= since:
             continue

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -228,3 +230,25 @@ def agent_wheel_file(request: HttpRequest, name: str) -> HttpResponse | FileResp
     if path is None:
         return HttpResponse("no such wheel", status=404, content_type="text/plain")
     return FileResponse(path.open("rb"), as_attachment=True, filename=name, content_type="application/zip")
+
+
+@json_view
+def autoscaler_spend_graph(request: HttpRequest, pk: str) -> JsonResponse:
+    """Spend per day over the last 30 days (UTC days), and its running total, for the dashboard."""
+    _admin(request)
+    app = _get(pk)
+    now = timezone.now()
+    first = billing.day_start(now) - timedelta(days=29)
+    rows = Instance.objects.filter(app=app).filter(Q(ended_at__isnull=True) | Q(ended_at__gte=first))
+    lives = [billing.Life(i.hourly_price_usd, i.started_at, i.ended_at) for i in rows]
+    days, daily, total, running = [], [], Decimal("0"), []
+    for n in range(30):
+        start = first + timedelta(days=n)
+        spent = billing.spend_between(app.provider, lives, start, min(start + timedelta(days=1), now))
+        total += spent
+        days.append(start.isoformat())
+        daily.append(float(spent))
+        running.append(float(total))
+    traces = [{"name": "Spend that day", "x": days, "y": daily}, {"name": "Running total", "x": days, "y": running}]
+    return JsonResponse({"traces": traces, "y_title": "USD", "hover_format": ".2f", "y_suffix": " $", "shape": "hv",
+                         "x_range": [first.isoformat(), now.isoformat()]})  # fmt: skip

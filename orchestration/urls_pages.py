@@ -56,6 +56,7 @@ urlpatterns = [
     path(A + "state/", autoscalers.autoscaler_state, name="autoscaler-state"),
     path(A + "delete/", autoscalers.autoscaler_delete, name="autoscaler-delete"),
     path(A + "export/", autoscalers.autoscaler_export, name="autoscaler-export"),
+    path(A + "spend/", autoscalers.autoscaler_spend_graph, name="autoscaler-spend"),
     path(
         A + "machines/<str:instance_id>/console/",
         autoscalers.autoscaler_machine_console,

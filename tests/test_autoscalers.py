@@ -350,6 +350,8 @@ def test_billing_follows_each_clouds_rule() -> None:
     life = billing.Life(Decimal("3.60"), t0 - timedelta(hours=2), None)
     assert billing.spend_between("aws", [life], t0 - timedelta(hours=1), t0) == Decimal("3.6000")
     assert billing.burn_rate([life]) == Decimal("3.60")
+    later = billing.Life(Decimal("3.60"), t0 + timedelta(hours=1), None)  # after the window: nothing in it
+    assert billing.spend_between("aws", [later], t0 - timedelta(hours=1), t0) == Decimal("0")
 
 
 def test_credentials_are_encrypted_and_never_leave(app: AutoscalerApp) -> None:
@@ -635,3 +637,19 @@ def test_two_machines_running_one_experiment_are_reported_in_the_console(
                                worker_name=row.worker_name, lease_token="t", claimed_at=timezone.now())  # fmt: skip
     services.reconcile(app.pk)
     assert Decision.objects.filter(app=app, message__contains=f"experiment {exp.pk} runs on 2 machines").exists()
+
+
+def test_the_spend_graph_has_each_days_spend_and_the_running_total(
+    app: AutoscalerApp, web: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    Resource.objects.filter(app=app).update(hourly_price_usd=Decimal("3.60"))
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    Instance.objects.filter(app=app).update(started_at=timezone.now() - timedelta(minutes=10))
+    graph = web.get(f"/orchestration/autoscalers/{app.pk}/spend/").json()
+    daily, total = graph["traces"]
+    assert len(daily["x"]) == 30 and total["y"][-1] == pytest.approx(0.6, abs=0.01)  # 10 minutes at $3.60/h
+    assert total["y"][-1] == pytest.approx(sum(daily["y"]), abs=0.001) and daily["y"][0] == 0
+    assert (
+        'data-graph="/orchestration/autoscalers/' in web.get(f"/orchestration/autoscalers/{app.pk}/").content.decode()
+    )
