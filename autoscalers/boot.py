@@ -38,6 +38,8 @@ def boot_script(app: AutoscalerApp, spec: LaunchSpec) -> str:
         agent += ["--queue", queue]
     if spec.gpu_count == 0:
         agent.append("--cpu-only")
+    if spec.spot and app.provider in ("aws", "gcp"):
+        agent += ["--spot-notice", app.provider]  # the cloud's notice stops the runs as interrupted
     if app.container_mode:
         agent += ["--container-engine", "docker"]
         if app.default_container_image:

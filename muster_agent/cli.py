@@ -448,6 +448,8 @@ def cmd_agent(args: argparse.Namespace, out: Out) -> int:
         if args.work_dir or os.environ.get("MUSTER_WORK_DIR")
         else None,
         pass_env=[*args.pass_env, *filter(None, os.environ.get("MUSTER_PASS_ENV", "").split(","))],
+        spot_notice=args.spot_notice,
+        spot_metadata_url=args.spot_metadata_url,
     )
     if args.name:
         opts.name = args.name
@@ -587,6 +589,10 @@ def parser() -> argparse.ArgumentParser:
                                       "with --run-as, a folder that user can reach")  # fmt: skip
     r.add_argument("--pass-env", action="append", default=[], metavar="NAME",
                    help="one more of the agent's variables runs get (repeat; MUSTER_PASS_ENV=A,B)")  # fmt: skip
+    r.add_argument("--spot-notice", choices=["aws", "gcp"],
+                   help="on a Spot or preemptible machine: when the cloud says it takes the machine back, "
+                        "stop the runs as interrupted (they go back to the front of their queues)")  # fmt: skip
+    r.add_argument("--spot-metadata-url", help="the metadata server to read the notice from (default: the cloud's)")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info")
     r.set_defaults(func=cmd_agent)
     return p

@@ -35,6 +35,7 @@ from muster_agent.ledger import Ledger, end_processes
 from muster_agent.monitor import Gpus, Sampler, load_nvml
 from muster_agent.runner import SDK_DIR, Ending, Run, RunContext, reap_orphans, set_subreaper
 from muster_agent.spool import Spool
+from muster_agent.spot import SpotWatch
 
 log = logging.getLogger("muster.agent")
 
@@ -61,6 +62,9 @@ class Options:
     run_as: str | None = None  # the user runs execute as (muster_agent/isolation.py: run_user)
     work_dir: Path | None = None  # the runs' working folders; state_dir/work when None
     pass_env: list[str] = field(default_factory=list)  # more of the agent's variables runs get
+    spot_notice: str | None = None  # aws | gcp: watch the metadata server for the cloud taking the machine back
+    spot_metadata_url: str | None = None  # that metadata server (default: the cloud's own address)
+    spot_poll_s: float = 5.0
 
 
 class Backoff:
@@ -545,6 +549,29 @@ class Agent:
                 run.request_stop(Ending("failed", "interrupted", "the agent was stopped"))
         self.wake.set()
 
+    def on_cloud_notice(self, notice: str) -> None:
+        """The cloud is taking this machine back: no new work, and the runs stop now as
+        interrupted (back at the front of their queues, no retry used), while their end can
+        still be reported."""
+        log.warning("%s: stopping every run as interrupted", notice)
+        self.draining = True
+        if not self.terminating:
+            self.terminating = True
+            for run in self._runs_snapshot().values():
+                run.request_stop(Ending("failed", "interrupted", notice))
+        self.signalled.set()
+        self.client.abort()
+        self.wake.set()
+
+    def spot_loop(self) -> None:
+        watch = SpotWatch(self.opts.spot_notice or "aws", self.opts.spot_metadata_url)
+        while not self.stop_event.is_set():
+            notice = watch.notice()
+            if notice:
+                self.on_cloud_notice(notice)
+                return
+            self.stop_event.wait(self.opts.spot_poll_s)
+
     def end_previous_runs(self) -> int:
         """End what a previous instance of this agent left running, and queue each attempt's end for
         the server, before anything is claimed (muster_agent/ledger.py). How many runs it found."""
@@ -600,7 +627,10 @@ class Agent:
         if not self.register():
             self.shutdown(threads, deliver_s=0.0, unregister=False)
             return 0
-        for target, name in ((self.report_loop, "report"), (self.ticker_loop, "ticker")):
+        loops = [(self.report_loop, "report"), (self.ticker_loop, "ticker")]
+        if self.opts.spot_notice:
+            loops.append((self.spot_loop, "spot"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             threads.append(t)

@@ -492,3 +492,23 @@ def test_an_agent_restarted_after_a_crash_stops_when_told(st: Stack) -> None:
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0
     assert st.worker("stale-1") is None  # it unregistered
+
+
+def test_a_spot_notice_stops_the_runs_as_interrupted_and_they_go_back_to_the_front(st: Stack) -> None:
+    from tests.agent.test_spot import FakeMetadata  # noqa: PLC0415
+
+    metadata = FakeMetadata()
+    try:
+        q = _q(st, "live-spot")
+        st.start_agent("spot-1", [q], "--cpu-only", "--spot-notice", "aws", "--spot-metadata-url", metadata.url)
+        exp = st.enqueue(q, name="long", command=["sleep", "120"])
+        st.wait_status(exp["id"], "in_progress", timeout=30)
+        metadata.action = {"action": "terminate", "time": "2026-12-07T20:00:00Z"}
+        after = wait_for(lambda: (e := st.experiment(exp["id"]))["status"] == "queued" and e, timeout=30,
+                         what="the run back in its queue")  # fmt: skip
+        assert after["retry_count"] == 0  # the cloud's doing: no retry used
+        (first,) = st.attempts(exp["id"])
+        assert first["failure_class"] == "interrupted" and "spot instance" in first["message"], first
+        assert "stopping every run as interrupted" in st.agent_log("spot-1")
+    finally:
+        metadata.server.shutdown()
