@@ -622,9 +622,9 @@ def _plan_launches(app: AutoscalerApp, rows: list[Instance], now: datetime, plan
             plan.launches.append(row.pk)
             decide(app, "launch", f"{row.worker_name}: starting a {r.instance_type}{' (spot)' if spot else ''}", row)
     if unserved:
-        refusals.append(f"{unserved} waiting experiment(s) in this app's queues find no resource with room")
-    for why in dict.fromkeys(refusals):
-        decide(app, "refuse", f"no launch: {why}")
+        # One line a pass: how many wait, and why each resource they could use starts nothing.
+        why = "; ".join(dict.fromkeys(refusals)) or "every resource that fits is at its max instances"
+        decide(app, "refuse", f"no launch for {unserved} waiting experiment(s): {why}")
 
 
 def _price(app: AutoscalerApp, r: Resource, spot: bool) -> Decimal:
@@ -772,6 +772,31 @@ def wake_on_enqueue(queue_ids: list[str]) -> None:
 
     for app_id in apps:
         reconcile_task.delay(app_id)
+
+
+def wait_note(exp: Any) -> list[str]:
+    """What the autoscalers serving a queued experiment's queue are doing about it (its page's
+    "why it waits"): starting a machine, refusing one (and why), or stopped in error."""
+    served = list(
+        AutoscalerApp.objects.filter(served__queue_id=exp.queue_id).distinct().only("id", "name", "state", "error")
+    )
+    notes: list[str] = []
+    since = timezone.now() - timedelta(seconds=REPEAT_QUIET_S)
+    for app in served:
+        if app.state == AppState.ERROR:
+            notes.append(f"autoscaler {app.name} is stopped by an error: {app.error}")
+            continue
+        if app.state != AppState.RUNNING:
+            continue
+        starting = Instance.objects.filter(
+            app=app, state__in=(InstanceState.REQUESTED, InstanceState.PENDING, InstanceState.BOOTING)
+        ).count()
+        if starting:
+            notes.append(f"autoscaler {app.name} is starting {starting} machine{'s' if starting != 1 else ''}")
+        refusal = Decision.objects.filter(app=app, kind="refuse", at__gte=since).order_by("-at").first()
+        if refusal is not None:
+            notes.append(f"autoscaler {app.name}: {refusal.message}")
+    return notes
 
 
 def reconcile_due(now: datetime | None = None) -> int:

@@ -27,6 +27,7 @@ from experiments.access import may_manage
 from experiments.filters import ExperimentFilter
 from experiments.models import FINISHED, Experiment, Status
 from experiments.serializers import ExperimentCreateSerializer
+from experiments.waitnotes import wait_notes
 from queues import selectors as queue_selectors
 from workers.graphs import attempt_graph, graph_window
 from workers.selectors import wait_reasons
@@ -119,6 +120,14 @@ def experiments_bulk(request: HttpRequest) -> HttpResponse:
 # -- the detail page -------------------------------------------------------------------------------
 
 
+def _waiting(exp: Experiment) -> dict[str, Any]:
+    """Where a queued experiment stands and why it waits, the autoscalers' word included."""
+    waiting = wait_reasons(exp)
+    if waiting:
+        waiting["reasons"] = [*waiting.get("reasons", []), *wait_notes(exp)]
+    return waiting
+
+
 def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     exp = selectors.experiment_get(pk)
     me = request_actor(request)
@@ -127,7 +136,7 @@ def _detail_context(request: HttpRequest, pk: str) -> dict[str, Any]:
     return {
         "exp": exp,
         "attempts": list(selectors.attempt_list(pk).select_related("worker")),
-        "waiting": wait_reasons(exp) if status == Status.QUEUED else {},
+        "waiting": _waiting(exp) if status == Status.QUEUED else {},
         "queue_priority": selectors.queue_priority(exp.pk) if status == Status.QUEUED else None,
         "command": shlex.join(exp.command) if exp.command else "",
         "parameters": json.dumps(exp.parameters, indent=2) if exp.parameters else "",

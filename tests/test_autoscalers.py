@@ -115,7 +115,11 @@ def test_waiting_experiments_start_machines_in_resource_order_within_max_instanc
     assert len(machines) == 3
     tags = {t["Key"]: t["Value"] for t in machines[0]["Tags"]}
     assert tags[TAG_APP] == app.pk and tags[TAG_INSTANCE] in {r.pk for r in rows}
-    assert any("no resource with room" in d.message for d in Decision.objects.filter(app=app, kind="refuse"))
+    assert Decision.objects.filter(
+        app=app,
+        kind="refuse",
+        message="no launch for 1 waiting experiment(s): every resource that fits is at its max instances",
+    ).exists()
     # Each machine has its own expiring agent key for its worker name and its queues only.
     key = ApiKey.objects.get(pk=rows[0].api_key_id)
     assert key.role == "agent" and key.worker_prefix == rows[0].worker_name and key.expires_at is not None
@@ -303,18 +307,20 @@ def test_an_orphan_machine_is_ended_and_a_spot_interruption_puts_the_run_back_at
     assert QueueEntry.objects.get(experiment=exp).queue_id == gpu.pk
 
 
-def test_the_money_cap_refuses_a_launch_and_says_so(
-    app: AutoscalerApp, make_experiment: Callable[..., Experiment]
+def test_the_money_cap_refuses_a_launch_and_says_so_in_the_console_and_on_the_experiment(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], web: Client
 ) -> None:
     Resource.objects.filter(app=app).update(hourly_price_usd=Decimal("3.60"))
     # A launch reserves its spin-up time (600 s here): $0.60.
     AutoscalerApp.objects.filter(pk=app.pk).update(cap_day_usd=Decimal("0.50"))
-    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    (exp,) = waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
     assert services.reconcile(app.pk).launches == []
     assert Decision.objects.filter(app=app, kind="refuse", message__contains="day's cap of $0.50").exists()
     before = Decision.objects.filter(app=app).count()
     services.reconcile(app.pk)  # the same refusal again is not written again
     assert Decision.objects.filter(app=app).count() == before
+    page = web.get(f"/experiments/{exp.pk}/").content.decode()
+    assert "autoscaler gpu-fleet: no launch for 1 waiting experiment(s): g5: the day&#x27;s cap of $0.50" in page
 
 
 @pytest.mark.postgres_only
@@ -534,9 +540,10 @@ def test_the_tab_lists_apps_and_a_json_editor_creates_edits_and_shows_every_erro
 def test_the_dashboard_shows_machines_their_console_and_the_decisions(
     app: AutoscalerApp, web: Client, make_experiment: Callable[..., Experiment]
 ) -> None:
-    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    (exp,) = waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
     services.reconcile(app.pk)
     (row,) = live(app)
+    assert "autoscaler gpu-fleet is starting 1 machine<" in web.get(f"/experiments/{exp.pk}/").content.decode()
     page = web.get(f"/orchestration/autoscalers/{app.pk}/").content.decode()
     assert row.worker_name in page and row.cloud_id in page and "starting a g5.xlarge" in page
     assert "1 waiting" in page
