@@ -18,14 +18,14 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.actor import request_actor
-from autoscalers import agent_package, billing, services
+from autoscalers import agent_package, billing, forms, services
 from autoscalers.api import app_list
-from autoscalers.models import FOOTPRINT, AutoscalerApp, Decision, Instance, InstanceState
+from autoscalers.models import FOOTPRINT, AutoscalerApp, Decision, Instance, InstanceState, Provider
 from autoscalers.serializers import AppWriteSerializer
 from core.api import first_error
 from core.errors import Forbidden, NotFound, ServiceError
 from core.pages import json_view, page_action, with_toast
-from queues.models import QueueEntry
+from queues.models import Queue, QueueEntry
 
 EXAMPLE = {
     "name": "gpu-east", "provider": "aws", "workers_prefix": "east", "max_idle_s": 900, "max_spinup_s": 1800,
@@ -252,3 +252,53 @@ def autoscaler_spend_graph(request: HttpRequest, pk: str) -> JsonResponse:
     traces = [{"name": "Spend that day", "x": days, "y": daily}, {"name": "Running total", "x": days, "y": running}]
     return JsonResponse({"traces": traces, "y_title": "USD", "hover_format": ".2f", "y_suffix": " $", "shape": "hv",
                          "x_range": [first.isoformat(), now.isoformat()]})  # fmt: skip
+
+
+PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "aws": {"settings": {"region": "us-east-1", "ebs_device": "/dev/sda1", "ebs_type": "gp3"}},
+    "gcp": {"settings": {"zone": "us-central1-a"}},
+    "local": {},
+}
+
+
+@login_required
+def autoscaler_form(request: HttpRequest, pk: str | None = None) -> HttpResponse:
+    """Create or edit an app with a field for every setting, grouped as ClearML groups them;
+    every error shows beside its field at once."""
+    try:
+        _admin(request)
+        app = _get(pk) if pk else None
+    except Forbidden as e:
+        return _forbidden(request, e)
+    context: dict[str, Any] = {
+        "section": "orchestration", "tab": "autoscalers", "app": app, "errors": {},
+        "providers": Provider.choices, "queue_names": list(Queue.objects.order_by("name").values_list("name", flat=True)),
+    }  # fmt: skip
+    if request.method != "POST":
+        if app is not None:
+            data = services.app_export(app)
+        else:
+            provider = request.GET.get("provider", "aws")
+            provider = provider if provider in PROVIDER_DEFAULTS else "aws"
+            data = {"provider": provider, "warn_duplicate_runs": True, **PROVIDER_DEFAULTS[provider]}
+        context["values"] = forms.initial(json.loads(json.dumps(data, default=str)))
+        return render(request, "autoscalers/form.html", context)
+    try:
+        body = forms.read(request.POST)
+    except forms.FormError as e:
+        context["errors"] = {e.field: str(e)}
+        context["values"] = forms.initial({"provider": request.POST.get("provider", "aws")})
+        return render(request, "autoscalers/form.html", context, status=400)
+    context["values"] = forms.initial(body)
+    ser = AppWriteSerializer(data=body)
+    if not ser.is_valid():
+        context["errors"] = {
+            field.replace("[", ".").replace("]", ""): message for field, message in _all_errors(ser.errors)
+        }
+        return render(request, "autoscalers/form.html", context, status=400)
+    try:
+        saved = services.app_save(actor=request_actor(request), data=dict(ser.validated_data), app_id=pk)
+    except ServiceError as e:
+        context["errors"] = {e.field or "name": e.message}
+        return render(request, "autoscalers/form.html", context, status=e.status)
+    return HttpResponseRedirect(reverse("pages:autoscaler", args=[saved.pk]))

@@ -501,27 +501,29 @@ def test_the_tab_lists_apps_and_a_json_editor_creates_edits_and_shows_every_erro
     assert "AUTOSCALERS" in web.get("/orchestration/workers/").content.decode()
     page = web.get("/orchestration/autoscalers/").content.decode()
     assert "No autoscalers yet" in page
-    new = web.get("/orchestration/autoscalers/new/").content.decode()
+    new = web.get("/orchestration/autoscalers/new/json/").content.decode()
     assert "&quot;provider&quot;: &quot;aws&quot;" in new  # an example to edit
     bad = {**BODY, "workers_prefix": "Bad", "max_idle_s": 1, "resources": [{**BODY["resources"][0], "gpu_count": -1}]}
-    r = web.post("/orchestration/autoscalers/new/", {"config": json.dumps(bad)})
+    r = web.post("/orchestration/autoscalers/new/json/", {"config": json.dumps(bad)})
     text = r.content.decode()
     assert r.status_code == 400 and "workers_prefix: a workers prefix" in text and "max_idle_s: " in text
     assert "resources[0].gpu_count: " in text  # every problem at once, each named by its path
-    r = web.post("/orchestration/autoscalers/new/", {"config": json.dumps({**BODY, "queues": {"train": ["p4d"]}})})
+    r = web.post("/orchestration/autoscalers/new/json/", {"config": json.dumps({**BODY, "queues": {"train": ["p4d"]}})})
     assert r.status_code == 400 and "queues: queue train: no resource named" in r.content.decode()
     assert not AutoscalerApp.objects.exists()
-    assert web.post("/orchestration/autoscalers/new/", {"config": "{nope"}).status_code == 400
-    r = web.post("/orchestration/autoscalers/new/", {"config": json.dumps(BODY)})
+    assert web.post("/orchestration/autoscalers/new/json/", {"config": "{nope"}).status_code == 400
+    r = web.post("/orchestration/autoscalers/new/json/", {"config": json.dumps(BODY)})
     assert r.status_code == 302
     app = AutoscalerApp.objects.get(name="gpu-east")
     dashboard = web.get(r["Location"]).content.decode()
     assert "Machines per resource" in dashboard and "g5.xlarge" in dashboard and "very-secret-key" not in dashboard
-    edit = web.get(f"/orchestration/autoscalers/{app.pk}/edit/").content.decode()
+    edit = web.get(f"/orchestration/autoscalers/{app.pk}/edit/json/").content.decode()
     assert "very-secret-key" not in edit and "AKIAEXAMPLE" not in edit
     changed = {**json.loads(web.get(f"/orchestration/autoscalers/{app.pk}/export/").content), "max_idle_s": 300}
     assert "credentials" not in changed
-    assert web.post(f"/orchestration/autoscalers/{app.pk}/edit/", {"config": json.dumps(changed)}).status_code == 302
+    assert (
+        web.post(f"/orchestration/autoscalers/{app.pk}/edit/json/", {"config": json.dumps(changed)}).status_code == 302
+    )
     app.refresh_from_db()
     assert app.max_idle_s == 300 and services.credentials_of(app)["secret_access_key"] == "very-secret-key"
     r = web.post(f"/orchestration/autoscalers/{app.pk}/state/", {"state": "running"})
@@ -660,3 +662,55 @@ def test_the_spend_graph_has_each_days_spend_and_the_running_total(
     assert (
         'data-graph="/orchestration/autoscalers/' in web.get(f"/orchestration/autoscalers/{app.pk}/").content.decode()
     )
+
+
+def _form(**fields: str) -> dict[str, str]:
+    base = {
+        "name": "gpu-form", "provider": "aws", "workers_prefix": "form", "polling_interval_s": "30",
+        "max_idle_s": "600", "max_spinup_s": "1200", "settings.region": "eu-west-1",
+        "settings.subnets": "subnet-a, subnet-b", "settings.tags": "team=ml\ncost-center=42",
+        "settings.launch_spec": '{"EbsOptimized": true}', "credentials.access_key_id": "AKIAFORM",
+        "credentials.secret_access_key": "form-secret", "environment": "HF_HOME=/data/hf", "files": "",
+        "cap_day_usd": "25", "cap_month_usd": "", "warn_duplicate_runs": "on",
+        "resource_rows": "3", "resources.0.name": "g5", "resources.0.instance_type": "g5.xlarge",
+        "resources.0.gpu_count": "1", "resources.0.max_instances": "3", "resources.0.spot": "on",
+        "resources.0.spot_rollback_after_s": "300", "resources.1.name": "g6", "resources.1.instance_type": "g6.xlarge",
+        "resources.1.gpu_count": "1", "queue_rows": "2", "queues.0.queue": "train", "queues.0.resources": "g5, g6",
+    }  # fmt: skip
+    return {**base, **fields}
+
+
+def test_the_field_form_creates_and_edits_an_app_and_shows_every_error_beside_its_field(
+    web: Client, make_queue: Callable[..., Queue]
+) -> None:
+    make_queue("train")
+    page = web.get("/orchestration/autoscalers/new/").content.decode()
+    assert 'name="settings.region"' in page and 'name="settings.project"' in page and "Compute resources" in page
+    bad = web.post(
+        "/orchestration/autoscalers/new/", _form(workers_prefix="Bad Prefix", **{"resources.0.gpu_count": "-1"})
+    )
+    text = bad.content.decode()
+    assert bad.status_code == 400 and "workers_prefix" in text and "resources.0.gpu_count" in text
+    assert 'id="f-workers_prefix" name="workers_prefix" type="text" value="Bad Prefix" aria-invalid="true"' in text
+    assert not AutoscalerApp.objects.exists()
+    assert web.post("/orchestration/autoscalers/new/", _form(**{"settings.tags": "no-equals"})).status_code == 400
+    r = web.post("/orchestration/autoscalers/new/", _form())
+    assert r.status_code == 302, r.content.decode()[-2000:]
+    app = AutoscalerApp.objects.get(name="gpu-form")
+    exported = services.app_export(app)
+    assert exported["settings"] == {
+        "region": "eu-west-1",
+        "subnets": ["subnet-a", "subnet-b"],
+        "tags": {"team": "ml", "cost-center": "42"},
+        "launch_spec": {"EbsOptimized": True},
+    }
+    assert exported["queues"] == {"train": ["g5", "g6"]} and exported["environment"] == {"HF_HOME": "/data/hf"}
+    g5 = app.resources.get(name="g5")
+    assert g5.spot and g5.spot_rollback_after_s == 300 and g5.max_instances == 3
+    assert services.credentials_of(app)["secret_access_key"] == "form-secret"
+    edit = web.get(f"/orchestration/autoscalers/{app.pk}/edit/").content.decode()
+    assert "form-secret" not in edit and "AKIAFORM" not in edit and 'value="subnet-a, subnet-b"' in edit
+    changed = _form(max_idle_s="300", **{"credentials.access_key_id": "", "credentials.secret_access_key": ""})
+    assert web.post(f"/orchestration/autoscalers/{app.pk}/edit/", changed).status_code == 302
+    app.refresh_from_db()
+    assert app.max_idle_s == 300 and services.credentials_of(app)["secret_access_key"] == "form-secret"

@@ -497,7 +497,7 @@ def test_keyboard_reaches_rows_and_panels_and_axe_finds_nothing_serious(page: Pa
     local = next(a for a in ws.admin.request("GET", "autoscalers/") if a["name"] == "local")
     paths = (*PHONE_PAGES.values(), f"/orchestration/queues/?queue={q['id']}", f"/experiments/{exp['id']}/",
              "/orchestration/autoscalers/", f"/orchestration/autoscalers/{local['id']}/",
-             "/orchestration/autoscalers/new/")  # fmt: skip
+             "/orchestration/autoscalers/new/", "/orchestration/autoscalers/new/json/")  # fmt: skip
     for theme, path in [(theme, path) for theme in ("light", "dark") for path in paths]:
         page.evaluate(f"localStorage.setItem('muster-theme', '{theme}')")
         page.goto(ws.url + path)
@@ -514,27 +514,34 @@ def test_keyboard_reaches_rows_and_panels_and_axe_finds_nothing_serious(page: Pa
 
 
 def test_an_admin_creates_launches_and_stops_an_autoscaler_in_the_browser(page: Page, ws: Stack) -> None:
-    """The AUTOSCALERS tab: the JSON editor shows every error at once, creates the app, whose
-    dashboard then launches and stops it; the Local app of the first run has its card."""
+    """The AUTOSCALERS tab: the form (a field for every setting, grouped) shows every error beside
+    its field, creates the app, whose dashboard then launches and stops it."""
     ws.queue("browser-auto")
     login(page, ws)
     page.goto(ws.url + "/orchestration/workers/")
     page.locator(".tabs a", has_text="AUTOSCALERS").click()
     expect(page.locator(".appcard h2", has_text="local")).to_be_visible()
     page.click("#new-autoscaler")
-    config = {
-        "name": "browser-fleet", "provider": "local", "workers_prefix": "Browser Fleet", "max_idle_s": 1,
-        "resources": [{"name": "box", "instance_type": "local", "max_instances": 1}],
-        "queues": {"browser-auto": ["box"]},
-    }  # fmt: skip
-    page.fill("#config", json.dumps(config))
-    page.locator("#autoscaler-form button[type=submit]").click()
-    errors = page.locator("#config-errors li")
-    expect(errors).to_have_count(2)
-    expect(page.locator("#config-errors")).to_contain_text("workers_prefix")
-    expect(page.locator("#config-errors")).to_contain_text("max_idle_s")
-    page.fill("#config", json.dumps({**config, "workers_prefix": "browser", "max_idle_s": 60}))
-    page.locator("#autoscaler-form button[type=submit]").click()
+    expect(page.locator("[data-provider-section=aws]").first).to_be_visible()
+    page.select_option("#f-provider", "local")
+    expect(page.locator("[data-provider-section=aws]").first).to_be_hidden()
+    page.fill("#f-name", "browser-fleet")
+    page.fill("#f-workers_prefix", "Browser Fleet")
+    page.fill("#f-max_idle_s", "1")
+    page.fill("input[name='resources.0.name']", "box")
+    page.fill("input[name='resources.0.instance_type']", "local")
+    page.fill("input[name='resources.0.max_instances']", "1")
+    page.click("[data-add-row=resource]")  # a fourth row, from the template
+    expect(page.locator("input[name='resources.3.name']")).to_be_focused()
+    page.fill("input[name='queues.0.queue']", "browser-auto")
+    page.fill("input[name='queues.0.resources']", "box")
+    page.locator("#autoscaler-fields button[type=submit]").click()
+    expect(page.locator("#form-errors li")).to_have_count(2)
+    expect(page.locator("#f-workers_prefix + .field-error, #f-workers_prefix ~ .field-error")).to_contain_text("prefix")
+    expect(page.locator("#f-max_idle_s ~ .field-error")).to_be_visible()
+    page.fill("#f-workers_prefix", "browser")
+    page.fill("#f-max_idle_s", "60")
+    page.locator("#autoscaler-fields button[type=submit]").click()
     expect(page.locator(".pagehead h1").last).to_have_text("browser-fleet")
     expect(page.locator("#app-state")).to_have_text("stopped")
     expect(page.locator("#resources")).to_contain_text("box")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from django import template
 from django.utils import timezone
@@ -91,3 +92,12 @@ COPY_ICON = mark_safe(
 @register.simple_tag
 def copy_icon() -> SafeString:
     return COPY_ICON
+
+
+@register.filter
+def get(mapping: Any, key: str) -> Any:
+    """mapping[key], or "" (a form's values and errors by field name)."""
+    if isinstance(mapping, dict):
+        value = mapping.get(key, "")
+        return "" if value is None else value
+    return ""

@@ -561,6 +561,26 @@
     } catch (err) { out.textContent = "Could not read it: " + err.message; }
   });
 
+  /* --- the autoscaler form: the provider's sections, and rows added from a template ------------------ */
+  document.addEventListener("change", (e) => {
+    const sel = e.target.closest("select[data-provider-switch]");
+    if (!sel) return;
+    $$("[data-provider-section]").forEach((el) => { el.hidden = el.dataset.providerSection !== sel.value; });
+  });
+  document.addEventListener("click", (e) => {
+    const btn = e.target.closest("[data-add-row]");
+    if (!btn) return;
+    const kind = btn.dataset.addRow, count = $(`input[data-row-count="${kind}"]`);
+    const template = document.getElementById(`${kind}-row-template`);
+    const body = $(`#${kind}-rows tbody`);
+    const holder = document.createElement("tbody");
+    holder.innerHTML = template.innerHTML.replaceAll("__i__", count.value);
+    const row = holder.firstElementChild;
+    body.appendChild(row);
+    count.value = String(Number(count.value) + 1);
+    const first = $("input", row); if (first) first.focus();
+  });
+
   /* --- after every swap -------------------------------------------------------------------------- */
   function wire(root) { applyTimes(root); markSelected(root); applySubtabs(root); applySelection(root); wireSortable(root); repointGraphs(root); loadAll(root); }
   document.body.addEventListener("htmx:afterSettle", (e) => wire(e.detail.elt));
