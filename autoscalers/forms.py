@@ -86,8 +86,9 @@ def read(post: QueryDict) -> dict[str, Any]:
         "cap_month_usd": post.get("cap_month_usd", "").strip() or None,
     }
     for name in NUMBERS:
-        if post.get(name, "").strip():
-            body[name] = post[name].strip()
+        number = post.get(name, "").strip()
+        if number:
+            body[name] = number
     settings: dict[str, Any] = {}
     for key in SETTING_FIELDS.get(provider, ()):
         raw = post.get(f"settings.{key}", "")
