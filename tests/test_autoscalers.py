@@ -218,6 +218,38 @@ def test_a_capacity_error_falls_back_to_the_next_resource_and_rests_the_first(
     assert [r.resource.name for r in live(app)] == ["g6"]
 
 
+def test_a_throttling_storm_is_retried_by_botocore_and_the_launch_goes_through(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], monkeypatch: pytest.MonkeyPatch, moto_url: str
+) -> None:
+    throttled = {"n": 0}
+
+    def throttle(request: Any, **_: Any) -> AWSResponse | None:
+        if throttled["n"] >= 2:
+            return None  # the third try reaches moto
+        throttled["n"] += 1
+        body = (b'<?xml version="1.0"?><Response><Errors><Error><Code>RequestLimitExceeded</Code>'
+                b"<Message>slow down</Message></Error></Errors><RequestID>t</RequestID></Response>")  # fmt: skip
+
+        class Raw:
+            def stream(self, **_: Any) -> Iterator[bytes]:
+                yield body
+
+        return AWSResponse(request.url, 503, {}, Raw())
+
+    def faulty(a: AutoscalerApp) -> AwsProvider:
+        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
+        p.ec2.meta.events.register_first("before-send.ec2.RunInstances", throttle)
+        return p
+
+    monkeypatch.setattr("botocore.retries.standard.ExponentialBackoff.delay_amount", lambda self, context: 0)
+    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
+    services.reconcile(app.pk)
+    (row,) = live(app)
+    assert throttled["n"] == 2 and row.state == InstanceState.PENDING and len(ours(moto_url)) == 1
+    assert AutoscalerApp.objects.get(pk=app.pk).state == AppState.RUNNING
+
+
 def test_a_permission_error_stops_the_app_with_the_error_shown(
     app: AutoscalerApp, make_experiment: Callable[..., Experiment], monkeypatch: pytest.MonkeyPatch
 ) -> None:
