@@ -60,7 +60,7 @@ from core.audit import Change, audit_record
 from core.db import atomic
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.ids import new_id
-from experiments.models import Attempt, FailureClass
+from experiments.models import Attempt, FailureClass, UsageRecord
 from queues.models import Queue, QueueEntry
 from queues.services import queue_create
 from workers.models import Worker, WorkerStatus
@@ -423,7 +423,26 @@ def _decide(app_id: str, seen: list[CloudMachine], now: datetime) -> Plan:
     _plan_drains(app, rows, now, plan)
     if app.warn_duplicate_runs:
         _warn_duplicates(app, rows)
+    _price_usage(app, now)
     return plan
+
+
+def _price_usage(app: AutoscalerApp, now: datetime) -> None:
+    """The usage ledger's runs on this app's machines get their cost: the machine's hourly price
+    for the run's duration (what cost reports and budgets read)."""
+    prices = dict(
+        Instance.objects.filter(app=app, requested_at__gte=now - timedelta(days=2)).values_list(
+            "worker_name", "hourly_price_usd"
+        )
+    )
+    if not prices:
+        return
+    records = list(UsageRecord.objects.filter(worker_name__in=list(prices), cost__isnull=True))
+    for record in records:
+        seconds = Decimal(str(max((record.ended_at - record.started_at).total_seconds(), 0.0)))
+        record.cost = (prices[record.worker_name] * seconds / Decimal(3600)).quantize(Decimal("0.0001"))
+    if records:
+        UsageRecord.objects.bulk_update(records, ["cost"])
 
 
 def _warn_duplicates(app: AutoscalerApp, rows: list[Instance]) -> None:
@@ -569,7 +588,10 @@ def _plan_launches(app: AutoscalerApp, rows: list[Instance], now: datetime, plan
         if row.state in CAPACITY:
             free[row.resource_id] += 1
     spend = app_spend(app, now)
-    planned_money = Decimal("0")
+    # Machines still starting keep their reservation until they run (reference/autoscaling.md
+    # §5.3: spend = accrued + reserved), so pass after pass cannot launch past a cap.
+    starting = (InstanceState.REQUESTED, InstanceState.PENDING, InstanceState.BOOTING)
+    planned_money = sum((_reservation(app, row.resource) for row in rows if row.state in starting), Decimal("0"))
     wanted: dict[int, int] = defaultdict(int)
     refusals: list[str] = []
     unserved = 0

@@ -746,3 +746,66 @@ def test_the_field_form_creates_and_edits_an_app_and_shows_every_error_beside_it
     assert web.post(f"/orchestration/autoscalers/{app.pk}/edit/", changed).status_code == 302
     app.refresh_from_db()
     assert app.max_idle_s == 300 and services.credentials_of(app)["secret_access_key"] == "form-secret"
+
+
+def test_runs_on_autoscaled_machines_get_their_cost_in_the_usage_ledger(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker],
+    agent_actor: Actor,
+) -> None:  # fmt: skip
+    from experiments import services as experiment_services  # noqa: PLC0415
+    from experiments.models import UsageRecord  # noqa: PLC0415
+
+    Resource.objects.filter(app=app).update(hourly_price_usd=Decimal("3.60"))
+    gpu = Queue.objects.get(name="gpu")
+    waiting(make_experiment, gpu, 1)
+    services.reconcile(app.pk)
+    (row,) = live(app)
+    worker = make_worker(row.worker_name, [gpu], gpu_slots=[{"index": 0, "model": "nvidia a10g", "memory_mb": 24576}])
+    claim = dispatch_claim(actor=agent_actor, worker=worker)
+    assert claim is not None
+    attempt = claim.attempt
+    experiment_services.attempt_start(actor=agent_actor, attempt_id=attempt.pk, token=attempt.lease_token)
+    experiment_services.attempt_finish(
+        actor=agent_actor, attempt_id=attempt.pk, token=attempt.lease_token, outcome="completed", exit_code=0
+    )
+    record = UsageRecord.objects.get(attempt_id=attempt.pk)
+    UsageRecord.objects.filter(pk=record.pk).update(started_at=record.ended_at - timedelta(minutes=30))
+    services.reconcile(app.pk)
+    assert UsageRecord.objects.get(pk=record.pk).cost == Decimal("1.8000")  # 30 minutes at $3.60/h
+
+
+def _cap_world(app: AutoscalerApp, make_experiment: Callable[..., Experiment]) -> None:
+    Resource.objects.filter(app=app).update(hourly_price_usd=Decimal("3.60"), max_instances=10)
+    AutoscalerApp.objects.filter(pk=app.pk).update(cap_day_usd=Decimal("1.30"))  # two reservations of $0.60
+    waiting(make_experiment, Queue.objects.get(name="gpu"), 10)
+
+
+def test_pass_after_pass_never_launches_past_the_money_cap(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], moto_url: str
+) -> None:
+    _cap_world(app, make_experiment)
+    for _ in range(3):  # machines still starting keep their reservation
+        services.reconcile(app.pk)
+    assert Instance.objects.filter(app=app).count() == 2 and len(ours(moto_url)) == 2
+
+
+@pytest.mark.postgres_only
+def test_four_passes_at_once_never_launch_past_the_money_cap(
+    app: AutoscalerApp, make_experiment: Callable[..., Experiment], moto_url: str
+) -> None:
+    _cap_world(app, make_experiment)
+    barrier = threading.Barrier(4)
+
+    def run(gate: threading.Barrier = barrier) -> None:
+        gate.wait()
+        try:
+            services.reconcile(app.pk)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Instance.objects.filter(app=app).count() == 2 and len(ours(moto_url)) == 2
