@@ -133,6 +133,9 @@ def test_clearml_agent_3_serves_our_queues(cs: Stack) -> None:
     # force_workers:off on its queue: it stops taking work there until the tag goes.
     hi = next(q for q in cs.admin.request("GET", "queues/") if q["name"] == "cl-hi")
     cs.admin.request("PATCH", f"queues/{hi['id']}/", {"tags": ["force_workers:off"]})
+    # clearml-agent reads its queues' tags itself, once a loop: let it see the tag before the
+    # work arrives (on a loaded machine, a loop that began before the tag took it).
+    cs.wait_rounds("cla3:0", rounds=2, timeout=90)
     held = cs.enqueue("cl-hi", name="held", script=script(1))
 
     cs.wait_rounds("cla3:0", rounds=3, timeout=90)  # it asked for work and reported, three times over
