@@ -187,28 +187,37 @@ def test_a_machine_whose_agent_never_registers_is_ended_after_max_spin_up(
     assert len(ours(moto_url, "terminated")) == 1
 
 
+def ec2_error(code: str, status: int = 400) -> AWSResponse:
+    """What EC2 answers with an error (reference/autoscaling.md §2.12), for a before-send hook."""
+    body = (f'<?xml version="1.0"?><Response><Errors><Error><Code>{code}</Code><Message>injected {code}</Message>'
+            "</Error></Errors><RequestID>t</RequestID></Response>").encode()  # fmt: skip
+
+    class Raw:
+        def stream(self, **_: Any) -> Iterator[bytes]:
+            yield body
+
+    return AWSResponse("http://injected", status, {}, Raw())
+
+
+def with_fault(monkeypatch: pytest.MonkeyPatch, event: str, hook: Callable[..., Any], first: bool = True) -> None:
+    """The AWS provider, with a botocore hook on one of its client's events."""
+
+    def faulty(a: AutoscalerApp) -> AwsProvider:
+        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
+        (p.ec2.meta.events.register_first if first else p.ec2.meta.events.register)(event, hook)
+        return p
+
+    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+
+
 def test_a_capacity_error_falls_back_to_the_next_resource_and_rests_the_first(
     app: AutoscalerApp, make_experiment: Callable[..., Experiment], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def ice(request: Any, **_: Any) -> AWSResponse | None:
         body_sent = request.body.encode() if isinstance(request.body, str) else (request.body or b"")
-        if b"g5.xlarge" not in body_sent:
-            return None
-        body = (b'<?xml version="1.0"?><Response><Errors><Error><Code>InsufficientInstanceCapacity</Code>'
-                b"<Message>no g5 here</Message></Error></Errors><RequestID>t</RequestID></Response>")  # fmt: skip
+        return ec2_error("InsufficientInstanceCapacity") if b"g5.xlarge" in body_sent else None
 
-        class Raw:
-            def stream(self, **_: Any) -> Iterator[bytes]:
-                yield body
-
-        return AWSResponse(request.url, 400, {}, Raw())
-
-    def faulty(a: AutoscalerApp) -> AwsProvider:
-        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
-        p.ec2.meta.events.register_first("before-send.ec2.RunInstances", ice)
-        return p
-
-    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+    with_fault(monkeypatch, "before-send.ec2.RunInstances", ice)
     waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
     services.reconcile(app.pk)
     failed = Instance.objects.get(app=app, resource__name="g5")
@@ -227,22 +236,10 @@ def test_a_throttling_storm_is_retried_by_botocore_and_the_launch_goes_through(
         if throttled["n"] >= 2:
             return None  # the third try reaches moto
         throttled["n"] += 1
-        body = (b'<?xml version="1.0"?><Response><Errors><Error><Code>RequestLimitExceeded</Code>'
-                b"<Message>slow down</Message></Error></Errors><RequestID>t</RequestID></Response>")  # fmt: skip
-
-        class Raw:
-            def stream(self, **_: Any) -> Iterator[bytes]:
-                yield body
-
-        return AWSResponse(request.url, 503, {}, Raw())
-
-    def faulty(a: AutoscalerApp) -> AwsProvider:
-        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
-        p.ec2.meta.events.register_first("before-send.ec2.RunInstances", throttle)
-        return p
+        return ec2_error("RequestLimitExceeded", 503)
 
     monkeypatch.setattr("botocore.retries.standard.ExponentialBackoff.delay_amount", lambda self, context: 0)
-    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+    with_fault(monkeypatch, "before-send.ec2.RunInstances", throttle)
     waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
     services.reconcile(app.pk)
     (row,) = live(app)
@@ -253,22 +250,7 @@ def test_a_throttling_storm_is_retried_by_botocore_and_the_launch_goes_through(
 def test_a_permission_error_stops_the_app_with_the_error_shown(
     app: AutoscalerApp, make_experiment: Callable[..., Experiment], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def denied(request: Any, **_: Any) -> AWSResponse:
-        body = (b'<?xml version="1.0"?><Response><Errors><Error><Code>UnauthorizedOperation</Code>'
-                b"<Message>not allowed: ec2:RunInstances</Message></Error></Errors></Response>")  # fmt: skip
-
-        class Raw:
-            def stream(self, **_: Any) -> Iterator[bytes]:
-                yield body
-
-        return AWSResponse(request.url, 403, {}, Raw())
-
-    def faulty(a: AutoscalerApp) -> AwsProvider:
-        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
-        p.ec2.meta.events.register_first("before-send.ec2.RunInstances", denied)
-        return p
-
-    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+    with_fault(monkeypatch, "before-send.ec2.RunInstances", lambda **_: ec2_error("UnauthorizedOperation", 403))
     waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
     services.reconcile(app.pk)
     app.refresh_from_db()
@@ -284,12 +266,7 @@ def test_a_lost_answer_to_a_launch_never_starts_a_second_machine(
     def lose(**_: Any) -> None:
         raise ReadTimeoutError(endpoint_url="injected")
 
-    def faulty(a: AutoscalerApp) -> AwsProvider:
-        p = AwsProvider(a.pk, dict(a.settings), services.credentials_of(a))
-        p.ec2.meta.events.register("after-call.ec2.RunInstances", lose)
-        return p
-
-    monkeypatch.setitem(services.PROVIDERS, "aws", faulty)
+    with_fault(monkeypatch, "after-call.ec2.RunInstances", lose, first=False)
     Resource.objects.filter(app=app, name="g5").update(max_instances=1)
     waiting(make_experiment, Queue.objects.get(name="gpu"), 1)
     services.reconcile(app.pk)  # the machine starts; its answer is lost: the row stays requested
