@@ -6,7 +6,8 @@ class AutoscalersConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here: the services need the app registry, which is ready only now.
-        from autoscalers.services import wait_note, wake_on_enqueue  # noqa: PLC0415
+        from autoscalers.services import wait_note  # noqa: PLC0415
+        from autoscalers.tasks import wake_on_enqueue  # noqa: PLC0415
         from experiments.waitnotes import WAIT_NOTES  # noqa: PLC0415
         from queues.wakeup import ENQUEUE_LISTENERS  # noqa: PLC0415
 

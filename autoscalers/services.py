@@ -780,20 +780,14 @@ def _cloud_error(app: AutoscalerApp, e: CloudError, doing: str) -> None:
         decide(app, "retry", f"{e.kind} error {doing}: {e}; trying again next pass")
 
 
-def wake_on_enqueue(queue_ids: list[str]) -> None:
-    """An enqueue to a served queue wakes its running apps now, not at their next poll."""
-    apps = (
+def apps_serving(queue_ids: list[str]) -> list[str]:
+    """The running apps that serve any of these queues (an enqueue there wakes them: tasks.py)."""
+    return list(
         ServedQueue.objects.filter(queue_id__in=queue_ids, app__state=AppState.RUNNING)
         .order_by()  # no ordering columns in the DISTINCT
         .values_list("app_id", flat=True)
         .distinct()
     )
-    if not apps:
-        return
-    from autoscalers.tasks import reconcile_task  # noqa: PLC0415 - the tasks module imports this one
-
-    for app_id in apps:
-        reconcile_task.delay(app_id)
 
 
 def wait_note(exp: Any) -> list[str]:

@@ -15,3 +15,10 @@ def reconcile_due_task() -> int:
 @shared_task(name="autoscalers.reconcile", ignore_result=True)
 def reconcile_task(app_id: str) -> None:
     services.reconcile(app_id)
+
+
+def wake_on_enqueue(queue_ids: list[str]) -> None:
+    """An enqueue to a served queue wakes its running apps now, not at their next poll (an
+    enqueue listener after the commit: autoscalers/apps.py)."""
+    for app_id in services.apps_serving(queue_ids):
+        reconcile_task.delay(app_id)

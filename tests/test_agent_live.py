@@ -19,6 +19,7 @@ import pytest
 
 from muster_agent.client import ApiError
 from tests import live
+from tests.agent.test_spot import FakeMetadata
 from tests.live import Stack, run_processes, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -495,7 +496,6 @@ def test_an_agent_restarted_after_a_crash_stops_when_told(st: Stack) -> None:
 
 
 def test_a_spot_notice_stops_the_runs_as_interrupted_and_they_go_back_to_the_front(st: Stack) -> None:
-    from tests.agent.test_spot import FakeMetadata  # noqa: PLC0415
 
     metadata = FakeMetadata()
     try:

@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ReadTimeoutError
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
@@ -31,12 +32,13 @@ from moto.server import ThreadedMotoServer
 
 from accounts.actor import Actor
 from accounts.models import ApiKey
-from autoscalers import billing, services
+from autoscalers import billing, services, tasks
 from autoscalers.boot import boot_script
 from autoscalers.models import AppState, AutoscalerApp, Decision, Instance, InstanceState, Resource, ServedQueue
 from autoscalers.providers.aws import AwsProvider
 from autoscalers.providers.base import TAG_APP, TAG_INSTANCE, TAG_MANAGED, LaunchSpec
-from experiments.models import Attempt, Experiment
+from experiments import services as experiment_services
+from experiments.models import Attempt, Experiment, UsageRecord
 from queues.models import Queue, QueueEntry
 from workers.dispatch import dispatch_claim
 from workers.models import Worker
@@ -261,7 +263,6 @@ def test_a_permission_error_stops_the_app_with_the_error_shown(
 def test_a_lost_answer_to_a_launch_never_starts_a_second_machine(
     app: AutoscalerApp, make_experiment: Callable[..., Experiment], moto_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from botocore.exceptions import ReadTimeoutError  # noqa: PLC0415
 
     def lose(**_: Any) -> None:
         raise ReadTimeoutError(endpoint_url="injected")
@@ -396,7 +397,6 @@ def test_an_enqueue_to_a_served_queue_wakes_its_app_at_once(
     app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_queue: Callable[..., Queue],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    from autoscalers import tasks  # noqa: PLC0415
 
     woken: list[str] = []
     monkeypatch.setattr(tasks.reconcile_task, "delay", woken.append)
@@ -729,8 +729,6 @@ def test_runs_on_autoscaled_machines_get_their_cost_in_the_usage_ledger(
     app: AutoscalerApp, make_experiment: Callable[..., Experiment], make_worker: Callable[..., Worker],
     agent_actor: Actor,
 ) -> None:  # fmt: skip
-    from experiments import services as experiment_services  # noqa: PLC0415
-    from experiments.models import UsageRecord  # noqa: PLC0415
 
     Resource.objects.filter(app=app).update(hourly_price_usd=Decimal("3.60"))
     gpu = Queue.objects.get(name="gpu")
@@ -786,3 +784,39 @@ def test_four_passes_at_once_never_launch_past_the_money_cap(
     for t in threads:
         t.join()
     assert Instance.objects.filter(app=app).count() == 2 and len(ours(moto_url)) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/orchestration/autoscalers/"), ("GET", "/orchestration/autoscalers/new/"),
+        ("GET", "/orchestration/autoscalers/new/json/"), ("GET", "/orchestration/autoscalers/{app}/"),
+        ("GET", "/orchestration/autoscalers/{app}/live/"), ("GET", "/orchestration/autoscalers/{app}/edit/"),
+        ("GET", "/orchestration/autoscalers/{app}/edit/json/"), ("GET", "/orchestration/autoscalers/{app}/export/"),
+        ("GET", "/orchestration/autoscalers/{app}/spend/"), ("POST", "/orchestration/autoscalers/{app}/state/"),
+        ("POST", "/orchestration/autoscalers/{app}/delete/"),
+        ("GET", "/orchestration/autoscalers/{app}/machines/{machine}/console/"),
+    ],
+)  # fmt: skip
+def test_every_autoscaler_page_route_is_for_admins_only(
+    app: AutoscalerApp, web: Client, alice: User, method: str, path: str
+) -> None:
+    """The pages' routes as each role: nobody signed in, a user (not an admin), an admin."""
+    machine = Instance.objects.create(
+        app=app, resource=app.resources.first(), worker_name="aws-x-1", hourly_price_usd=0, state="terminated"
+    )
+    url = path.format(app=app.pk, machine=machine.pk)
+    body = {"state": "stopped"} if url.endswith("state/") else {}
+    anon = getattr(Client(), method.lower())(url, body)
+    assert anon.status_code in (302, 401), (url, anon.status_code)
+    user = Client()
+    user.force_login(alice)
+    assert getattr(user, method.lower())(url, body).status_code == 403, url
+    assert getattr(web, method.lower())(url, body).status_code < 400 or url.endswith("delete/"), url
+    assert AutoscalerApp.objects.filter(pk=app.pk).exists() or url.endswith("delete/")
+
+
+def test_the_agent_wheels_are_public_and_nothing_else_there(client: Client, tmp_path: Path, settings: Any) -> None:
+    settings.AGENT_WHEELS_DIR = tmp_path
+    assert client.get("/agent/wheels/").status_code == 200  # a booting machine has no login
+    assert client.get("/agent/wheels/secrets.txt").status_code == 404

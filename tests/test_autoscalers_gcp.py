@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from accounts.actor import Actor
+from accounts.actor import Actor, actor_for_user
 from autoscalers import services
 from autoscalers.models import AppState, AutoscalerApp, Instance, InstanceState, Resource, ServedQueue
-from autoscalers.providers.base import TAG_APP, TAG_INSTANCE
+from autoscalers.providers.base import TAG_APP, TAG_INSTANCE, LaunchSpec
 from experiments.models import Attempt, Experiment
 from queues.models import Queue
 from tests.fake_gce import FakeComputeEngine
@@ -143,13 +143,11 @@ def test_a_preempted_machine_puts_its_run_back_at_the_front(
 
 
 def _admin(app: AutoscalerApp) -> Actor:
-    from accounts.actor import actor_for_user  # noqa: PLC0415
 
     return actor_for_user(app.owner)
 
 
 def _spec_of(row: Instance) -> Any:
-    from autoscalers.providers.base import LaunchSpec  # noqa: PLC0415
 
     r = row.resource
     return LaunchSpec(
